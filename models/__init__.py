@@ -1,0 +1,1 @@
+"""shadowcam training side: synthetic warehouse data, datasets, training, ONNX export (torch, albumentations)."""
