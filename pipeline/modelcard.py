@@ -14,6 +14,15 @@ from typing import Any
 from pipeline.types import ModelCardError
 
 CARD_KEY = "shadowcam.model_card"
+
+# The graph contract (models/export.py writes it, pipeline/runtime.py relies on it):
+#   input  "image":  uint8 (batch, H, W, 3) in the card's input_color order, at the card's input_size;
+#                    scaling and mean/std normalisation happen inside the graph.
+#   output "logits": float32 (batch, n_classes), raw.
+#   output "probs":  float32 (batch, n_classes), softmax(logits / temperature): calibrated.
+INPUT_NAME = "image"
+LOGITS_NAME = "logits"
+PROBS_NAME = "probs"
 CARD_SCHEMA = 1
 
 
@@ -28,7 +37,9 @@ class ModelCard:
     resize_interpolation: str = "area"  # cv2 interpolation name used when resizing camera frames
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    temperature: float = 1.0  # softmax temperature fitted on the validation set (outputs are already calibrated)
+    temperature: float = 1.0  # softmax temperature fitted on the validation set; the graph's "probs" output applies it
+    atc_threshold: float | None = None  # Average Thresholded Confidence threshold fitted on the validation set
+    atc_score: str = "max_confidence"  # score the ATC threshold applies to (pipeline.evaluation.estimate)
     test_accuracy: float | None = None
     val_accuracy: float | None = None
     per_class_accuracy: dict[str, float] = field(default_factory=dict)
