@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline.types import Frame, HealthEvent, Label, LabelImportError, Prediction, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -118,13 +118,26 @@ labels = sa.Table(
     sa.UniqueConstraint("frame_id", "annotator", name="uq_label_frame_annotator"),
 )
 
+# A frame an annotator chose to skip on the labeling page: hidden from that annotator only (schema v2).
+label_skips = sa.Table(
+    "label_skips",
+    metadata,
+    sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), primary_key=True),
+    sa.Column("annotator", sa.String(128), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+
 
 def _migrate_0_to_1(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _migrate_1_to_2(conn: Connection) -> None:
+    label_skips.create(conn, checkfirst=True)
+
+
 # MIGRATIONS[v] takes a store at version v to v + 1. Append, never edit.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_0_to_1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -282,7 +295,8 @@ class PredictionStore:
 
     # --- labels -----------------------------------------------------------------------------------
     def add_labels(self, new: Iterable[Label], replace: bool = False) -> int:
-        """Insert labels in one transaction (all or nothing); marks their samples as labeled.
+        """Insert labels in one transaction (all or nothing); marks their samples as labeled
+        once they have all the labels they need (two for ``double_label`` samples, else one).
 
         A second label by the same annotator for the same frame replaces the first when
         ``replace`` is true, otherwise raises :class:`LabelImportError`.
@@ -297,8 +311,10 @@ class PredictionStore:
                         conn.execute(labels.delete().where((labels.c.frame_id == r["frame_id"]) & (labels.c.annotator == r["annotator"])))
                 conn.execute(labels.insert(), rows)
                 ids = sorted({r["frame_id"] for r in rows})
+                n_labels = sa.select(sa.func.count()).select_from(labels).where(labels.c.frame_id == samples.c.frame_id).scalar_subquery()
+                needed = sa.case((samples.c.double_label, 2), else_=1)
                 for chunk in _chunks(ids, 500):
-                    conn.execute(samples.update().where(samples.c.frame_id.in_(chunk)).values(status="labeled"))
+                    conn.execute(samples.update().where(samples.c.frame_id.in_(chunk) & (n_labels >= needed)).values(status="labeled"))
         except sa.exc.IntegrityError as e:
             raise LabelImportError(f"labels not imported (nothing was written): {e.orig}") from None
         return len(rows)
