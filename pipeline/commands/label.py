@@ -1,0 +1,118 @@
+"""``shadowcam label``: the labeling page, label import/export, and the simulated annotator.
+
+    shadowcam label serve    --db URL [--host 127.0.0.1] [--port 8765] [--token TOKEN:ANNOTATOR ...]
+                             [--tokens-file FILE] [--show-predictions] [--classes a,b,c] [--image-root DIR]
+    shadowcam label export   --db URL --pending [--format csv|jsonl|labelstudio] [--out FILE]
+    shadowcam label import   FILE --db URL [--annotator NAME] [--classes a,b,c]
+    shadowcam label simulate --db URL --manifest FILE [--manifest FILE ...] [--error-rate 0.05] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "label"
+HELP = "label sampled frames: web page, import/export, simulated annotator"
+DESCRIPTION = __doc__
+
+
+def _classes(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="label_command", metavar="ACTION", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    s = sub.add_parser("serve", help="run the labeling web page", formatter_class=fmt)
+    s.add_argument("--db", required=True, help="prediction store: SQLite path or SQLAlchemy URL")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for the whole network)")
+    s.add_argument("--port", type=int, default=8765, help="TCP port")
+    s.add_argument("--token", action="append", default=[], metavar="TOKEN:ANNOTATOR",
+                   help="an annotator's login token (repeatable); none given: one random token for annotator 'annotator' is made and printed")
+    s.add_argument("--tokens-file", default=None, help="file with one TOKEN:ANNOTATOR per line")
+    s.add_argument("--show-predictions", action="store_true", help="offer a collapsed 'reveal model predictions' toggle (off: never shown)")
+    s.add_argument("--classes", default=None, help="comma-separated class names (default: those of the newest run in the store)")
+    s.add_argument("--image-root", default=None, help="folder relative image paths are resolved against; images outside it are refused (default: current directory, no restriction)")
+
+    e = sub.add_parser("export", help="write the frames awaiting labels for an external tool", formatter_class=fmt)
+    e.add_argument("--db", required=True, help="prediction store: SQLite path or SQLAlchemy URL")
+    e.add_argument("--pending", action="store_true", required=True, help="export the frames awaiting labels (the only selection so far)")
+    e.add_argument("--format", choices=["csv", "jsonl", "labelstudio"], default="csv", help="output format; labelstudio = Label Studio tasks JSON")
+    e.add_argument("--out", default=None, help="output file (default: stdout)")
+    e.add_argument("--image-url-prefix", default=None,
+                   help="labelstudio only: put this in front of image paths (e.g. '/data/local-files/?d=' for Label Studio local files)")
+
+    i = sub.add_parser("import", help="import labels from CSV/JSONL or a Label Studio JSON export (all or nothing)", formatter_class=fmt)
+    i.add_argument("file", help=".csv (frame_id,label[,annotator]), .jsonl, or .json (Label Studio export)")
+    i.add_argument("--db", required=True, help="prediction store: SQLite path or SQLAlchemy URL")
+    i.add_argument("--annotator", default=None, help="annotator for rows without one (default: 'import')")
+    i.add_argument("--classes", default=None, help="comma-separated class names (default: those of the newest run in the store)")
+
+    m = sub.add_parser("simulate", help="label the queue from synthetic ground truth (demos, tests)", formatter_class=fmt)
+    m.add_argument("--db", required=True, help="prediction store: SQLite path or SQLAlchemy URL")
+    m.add_argument("--manifest", action="append", required=True, help="manifest CSV with source_ref (or path) and label; repeatable")
+    m.add_argument("--error-rate", type=float, default=0.0, help="share of answers replaced by a uniformly drawn wrong class")
+    m.add_argument("--seed", type=int, default=0, help="random seed of the simulated errors")
+    m.add_argument("--annotator", default="sim", help="simulated annotator name (double-label frames also get NAME-2)")
+    m.add_argument("--classes", default=None, help="comma-separated class names (default: the store's, else the manifests')")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.store import PredictionStore
+
+    if args.label_command == "serve":
+        return _serve(args)
+    store = PredictionStore(args.db)
+    try:
+        if args.label_command == "export":
+            from pipeline.labeling.io import export_pending
+
+            n = export_pending(store, args.out, args.format, args.image_url_prefix)
+            if args.out:
+                print(f"exported {n} frame(s) awaiting labels to {args.out} ({args.format})")
+            return 0
+        if args.label_command == "import":
+            from pipeline.labeling.io import import_labels
+
+            n = import_labels(store, args.file, annotator=args.annotator, class_names=_classes(args.classes))
+            print(f"imported {n} label(s) from {args.file}")
+            return 0
+        if args.label_command == "simulate":
+            from pipeline.labeling.simulate import simulate_labels
+
+            n = simulate_labels(store, args.manifest, error_rate=args.error_rate, annotator=args.annotator, seed=args.seed,
+                                classes=_classes(args.classes))
+            print(f"simulated {n} label(s) (error rate {args.error_rate:g}, seed {args.seed})")
+            return 0
+    finally:
+        store.close()
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import secrets
+
+    import uvicorn
+
+    from pipeline.labeling.app import create_app, parse_token_specs, read_tokens_file
+    from pipeline.types import ConfigError
+
+    tokens = parse_token_specs(args.token)
+    if args.tokens_file:
+        for tok, who in read_tokens_file(args.tokens_file).items():
+            if tok in tokens:
+                raise ConfigError(f"{args.tokens_file}: token for {who!r} is also given with --token")
+            tokens[tok] = who
+    generated = None
+    if not tokens:
+        generated = secrets.token_urlsafe(12)
+        tokens = {generated: "annotator"}
+    app = create_app(args.db, class_names=_classes(args.classes), tokens=tokens, image_root=args.image_root,
+                     show_predictions=args.show_predictions)
+    host = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    print(f"labeling page: http://{host}:{args.port}/  ({len(tokens)} annotator token(s), classes: {', '.join(app.state.class_names)})", flush=True)
+    if generated:
+        print(f"no --token given: log in with token {generated} (annotator 'annotator')", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

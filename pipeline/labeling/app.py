@@ -1,0 +1,326 @@
+"""The labeling page: server-rendered HTML (FastAPI + Jinja2), no front-end build.
+
+One frame at a time, large; one button per class (keys 1..9), plus ``unsure`` (u) and ``skip`` (s).
+The flow is plain HTML forms with Post/Redirect/Get: ``GET /`` shows the next frame of the logged-in
+annotator, ``POST /label`` stores the answer and redirects back to ``/``. A few lines of inline
+JavaScript map keys to buttons; without JavaScript the buttons still work.
+
+Who gets what is decided by :mod:`pipeline.labeling.queue`. On top of it the app keeps short
+in-memory *leases* so that two annotators working at the same time are not shown the same frame
+when it needs only one label (a lease expires after ``lease_s`` seconds, e.g. when someone walks
+away; the frame then goes to the next annotator).
+
+Model predictions are never rendered unless the app was created with ``show_predictions=True``;
+then they sit collapsed behind a "reveal" toggle, so they do not anchor the annotator.
+
+Auth: each annotator has a token (``tokens={token: annotator}``). Logging in sets an HMAC-signed,
+HttpOnly, SameSite=Strict cookie naming the annotator; the signing key is random per process
+unless ``secret_key`` is given, so restarting the server logs everyone out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import mimetypes
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from pipeline.labeling import queue
+from pipeline.store import PredictionStore, predictions
+from pipeline.types import UNSURE, ConfigError, Label, LabelImportError
+
+log = logging.getLogger(__name__)
+
+COOKIE = "shadowcam_annotator"
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _sign(secret: bytes, annotator: str) -> str:
+    name = base64.urlsafe_b64encode(annotator.encode()).decode().rstrip("=")
+    sig = hmac.new(secret, name.encode(), hashlib.sha256).hexdigest()
+    return f"{name}.{sig}"
+
+
+def _unsign(secret: bytes, value: str | None) -> str | None:
+    if not value or "." not in value:
+        return None
+    name, sig = value.rsplit(".", 1)
+    if not hmac.compare_digest(sig, hmac.new(secret, name.encode(), hashlib.sha256).hexdigest()):
+        return None
+    try:
+        return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
+    except ValueError:
+        return None
+
+
+class _Leases:
+    """frame_id -> {annotator: expiry}: frames currently shown to someone (in memory, per process)."""
+
+    def __init__(self, lease_s: float):
+        self.lease_s = lease_s
+        self._d: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        for fid in list(self._d):
+            held = {a: t for a, t in self._d[fid].items() if t > now}
+            if held:
+                self._d[fid] = held
+            else:
+                del self._d[fid]
+
+    def held_by_others(self, annotator: str) -> dict[str, int]:
+        """frame_id -> how many *other* annotators hold it now."""
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            return {fid: n for fid, held in self._d.items() if (n := sum(1 for a in held if a != annotator))}
+
+    def mine(self, annotator: str) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            return [fid for fid, held in self._d.items() if annotator in held]
+
+    def take(self, frame_id: str, annotator: str) -> None:
+        with self._lock:
+            self._d.setdefault(frame_id, {})[annotator] = time.monotonic() + self.lease_s
+
+    def release(self, frame_id: str, annotator: str) -> None:
+        with self._lock:
+            held = self._d.get(frame_id)
+            if held:
+                held.pop(annotator, None)
+                if not held:
+                    del self._d[frame_id]
+
+
+def create_app(
+    store_url: str | PredictionStore,
+    class_names: Sequence[str] | None = None,
+    tokens: Mapping[str, str] | None = None,
+    image_root: str | Path | None = None,
+    show_predictions: bool = False,
+    secret_key: str | bytes | None = None,
+    lease_s: float = 300.0,
+) -> FastAPI:
+    """Build the labeling app.
+
+    Args:
+        store_url: the PredictionStore URL (or an open store).
+        class_names: the label space; default: the class names of the newest run in the store.
+        tokens: ``{token: annotator name}``; at least one.
+        image_root: folder that relative ``samples.image_path`` values are resolved against (default:
+            the current directory); when given, images outside it are refused.
+        show_predictions: render the models' predictions behind a collapsed "reveal" toggle.
+        secret_key: cookie signing key (default: random per process).
+        lease_s: how long a frame shown to one annotator is held back from the others.
+
+    Which samples need two annotators is decided by the sampler (``samples.double_label``).
+    """
+    store = store_url if isinstance(store_url, PredictionStore) else PredictionStore(store_url)
+    classes = queue.label_space(store, class_names)
+    tokens = dict(tokens or {})
+    if not tokens:
+        raise ConfigError("the labeling page needs at least one token (--token TOKEN:ANNOTATOR or --tokens-file FILE)")
+    for tok, who in tokens.items():
+        if not tok or not who:
+            raise ConfigError(f"empty token or annotator name in tokens: {tok!r} -> {who!r}")
+    annotators = set(tokens.values())
+    secret = secret_key.encode() if isinstance(secret_key, str) else (secret_key or secrets.token_bytes(32))
+    root = Path(image_root).resolve() if image_root is not None else None
+    leases = _Leases(lease_s)
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+
+    # keys: 1..9 for the first nine classes, u for unsure, s for skip
+    buttons = [dict(value=c, text=c, key=str(i + 1) if i < 9 else "", kind="class") for i, c in enumerate(classes)]
+    buttons += [dict(value=UNSURE, text="unsure", key="u", kind="unsure"), dict(value=queue.SKIP, text="skip", key="s", kind="skip")]
+    allowed = set(classes) | {UNSURE, queue.SKIP}
+
+    app = FastAPI(title="shadowcam labeling", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+    app.state.class_names = classes
+
+    def who(request: Request) -> str | None:
+        name = _unsign(secret, request.cookies.get(COOKIE))
+        return name if name in annotators else None
+
+    def page(request: Request, name: str, status: int = 200, **ctx: object) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, ctx, status_code=status)
+
+    def error(request: Request, status: int, title: str, message: str, annotator: str | None = None) -> HTMLResponse:
+        return page(request, "error.html", status, title=title, message=message, annotator=annotator)
+
+    def progress(annotator: str) -> dict:
+        return dict(
+            annotator=annotator,
+            labeled_by_you=queue.count_labeled_by(store, annotator),
+            your_queue=queue.count_queue_for(store, annotator),
+            awaiting=queue.count_awaiting(store),
+        )
+
+    def next_frame(annotator: str) -> dict | None:
+        held = leases.held_by_others(annotator)
+        cands = queue.queue_for(store, annotator, limit=len(held) + 50)
+        # a frame already shown to this annotator comes first (a reload shows the same frame)
+        mine = set(leases.mine(annotator))
+        cands.sort(key=lambda c: c["frame_id"] not in mine)
+        for c in cands:
+            if c["n_labels"] + held.get(c["frame_id"], 0) < c["labels_needed"]:
+                leases.take(c["frame_id"], annotator)
+                return c
+        return None
+
+    def resolve_image(image_path: str) -> Path | None:
+        p = Path(image_path)
+        if not p.is_absolute():
+            p = (root or Path.cwd()) / p
+        p = p.resolve()
+        if root is not None and not p.is_relative_to(root):
+            return None
+        return p
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request) -> Response:
+        return page(request, "login.html", message=None)
+
+    @app.post("/login", response_class=HTMLResponse)
+    def login(request: Request, token: str = Form("")) -> Response:
+        annotator = next((a for t, a in tokens.items() if hmac.compare_digest(t.encode(), token.strip().encode())), None)
+        if annotator is None:
+            msg = ("No token given." if not token.strip() else "That token is not valid.") + (
+                " Ask the person who started `shadowcam label serve` for your annotator token"
+                " (one of its --token TOKEN:ANNOTATOR or --tokens-file entries)."
+            )
+            return page(request, "login.html", 401, message=msg)
+        resp = RedirectResponse("/", status_code=303)
+        resp.set_cookie(COOKIE, _sign(secret, annotator), httponly=True, samesite="strict", max_age=7 * 24 * 3600)
+        log.info("annotator %s logged in", annotator)
+        return resp
+
+    @app.post("/logout")
+    def logout(request: Request) -> Response:
+        annotator = who(request)
+        if annotator:
+            for fid in leases.mine(annotator):
+                leases.release(fid, annotator)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(COOKIE)
+        return resp
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return RedirectResponse("/login", status_code=303)
+        frame = next_frame(annotator)
+        preds: list[dict] = []
+        if frame is not None and show_predictions:
+            preds = store.table_rows(predictions, predictions.c.frame_id == frame["frame_id"], predictions.c.role)
+        return page(
+            request, "label.html", annotator=annotator, frame=frame, buttons=buttons, progress=progress(annotator),
+            show_predictions=show_predictions, preds=preds,
+        )
+
+    @app.post("/label")
+    def post_label(request: Request, frame_id: str = Form(""), label: str = Form("")) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return error(request, 401, "Not logged in", "Your session has ended; log in again with your token.")
+        if not frame_id or not label:
+            return error(request, 400, "Incomplete answer", "The form needs both frame_id and label.", annotator)
+        if label not in allowed:
+            return error(
+                request, 400, "Unknown label",
+                f"{label!r} is not a label of this deployment; expected one of: {', '.join(sorted(allowed))}.", annotator,
+            )
+        if queue.sample_row(store, frame_id) is None:
+            return error(request, 404, "Unknown frame", f"Frame {frame_id!r} is not in the label queue.", annotator)
+        if label == queue.SKIP:
+            queue.add_skip(store, frame_id, annotator)
+        else:
+            try:
+                store.add_labels([Label(frame_id=frame_id, label=label, annotator=annotator, timestamp=time.time(), source="web")])
+            except LabelImportError:
+                log.info("duplicate answer from %s for %s ignored (double submit?)", annotator, frame_id)
+        leases.release(frame_id, annotator)
+        return RedirectResponse("/", status_code=303)
+
+    @app.get("/image")
+    def image(request: Request, frame_id: str = "") -> Response:
+        if who(request) is None:
+            return Response("log in first", status_code=401, media_type="text/plain")
+        # only paths recorded in the samples table are ever served (no user-controlled paths)
+        row = queue.sample_row(store, frame_id)
+        if row is None:
+            return Response(f"no sampled frame {frame_id!r}", status_code=404, media_type="text/plain")
+        path = resolve_image(row["image_path"])
+        if path is None:
+            return Response("image outside the image root", status_code=403, media_type="text/plain")
+        if not path.is_file():
+            return Response(f"image file missing for frame {frame_id!r}", status_code=404, media_type="text/plain")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/progress")
+    def api_progress(request: Request) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return JSONResponse({"error": "log in first"}, status_code=401)
+        return JSONResponse(progress(annotator))
+
+    return app
+
+
+def parse_token_specs(specs: Sequence[str], source: str = "--token") -> dict[str, str]:
+    """``["TOKEN:ANNOTATOR", ...]`` -> ``{token: annotator}``; :class:`ConfigError` names the bad entry."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        tok, sep, name = spec.strip().partition(":")
+        where = f"{source} {spec!r}"
+        if not sep or not tok.strip() or not name.strip():
+            raise ConfigError(f"{where}: expected TOKEN:ANNOTATOR (e.g. s3cret:alice), got {spec!r}")
+        if tok.strip() in out:
+            raise ConfigError(f"{where}: token given twice")
+        out[tok.strip()] = name.strip()
+    return out
+
+
+def read_tokens_file(path: str | Path) -> dict[str, str]:
+    """A tokens file: one ``TOKEN:ANNOTATOR`` per line; blank lines and ``#`` comments ignored."""
+    p = Path(path)
+    try:
+        lines = p.read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read tokens file {p}: {e.strerror}") from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        tok, sep, name = line.partition(":")
+        if not sep or not tok.strip() or not name.strip():
+            raise ConfigError(f"{p}:{n}: expected TOKEN:ANNOTATOR, got {line!r}")
+        if tok.strip() in out:
+            raise ConfigError(f"{p}:{n}: token given twice")
+        out[tok.strip()] = name.strip()
+    if not out:
+        raise ConfigError(f"{p}: no tokens; expected lines like TOKEN:ANNOTATOR")
+    return out
+
+
+__all__ = ["create_app", "parse_token_specs", "read_tokens_file", "COOKIE"]
