@@ -36,6 +36,9 @@ class CameraHealthConfig(_Strict):
     reconnect_jitter: float = Field(default=0.25, ge=0, le=1)  # +- fraction of the delay
     frozen_after_s: float = Field(default=5.0, gt=0)  # identical frames this long -> frozen
     blank_std_threshold: float = Field(default=3.0, ge=0)  # grey-level std below this -> blank frame
+    # consecutive frames whose mean |grey difference| (every 4th pixel) is <= this count as identical
+    # (0 = bit-identical; raise it for codecs that re-encode a frozen picture with small changes)
+    frozen_max_diff: float = Field(default=0.0, ge=0)
     open_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=5.0, gt=0)
 
