@@ -1,0 +1,127 @@
+"""``shadowcam evaluate``: production accuracy, the train-to-production gap, the champion/challenger decision and
+drift from the prediction store, logged to MLflow, with alerts.
+
+Examples::
+
+    shadowcam evaluate --db runs/demo/shadowcam.db --window 10m
+    shadowcam evaluate --db postgresql://user@host/shadowcam --json eval.json --html eval.html --no-mlflow
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "evaluate"
+HELP = "measure both models' production accuracy, gap, paired decision and drift; log to MLflow"
+DESCRIPTION = (
+    "Join predictions with human labels and compute, for the incumbent and the shadow: production accuracy with a CI, "
+    "per-class recall, per-camera accuracy, the train-to-production gap against the model card, the paired "
+    "champion/challenger test and decision, drift against a reference period and a label-free accuracy estimate. "
+    "Logs one MLflow run (time series over windows, plots, HTML report), prints a summary and raises alerts."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, help="prediction store: SQLite path or SQLAlchemy URL (default: WORKDIR/shadowcam.db)")
+    p.add_argument("--workdir", default=".", help="work directory: default store, mlflow.db, metrics/evaluation.prom")
+    p.add_argument("--window", default=None, metavar="DURATION", help="also evaluate consecutive windows of this length (300s, 10m, 1h); MLflow step = window index")
+    p.add_argument("--cumulative", action="store_true", help="windows accumulate from the first frame instead of being separate slices")
+    p.add_argument("--reference", default="0.2", metavar="FRACTION|DURATION", help="drift reference: the first fraction of the frames (0.2) or the first DURATION (30m)")
+    p.add_argument("--run", dest="runs", action="append", default=None, metavar="RUN_ID", help="evaluate these runs only (repeatable; default: runs with the newest run's model pair)")
+    p.add_argument("--incumbent-card", default=None, metavar="FILE.onnx", help="ONNX file whose model card holds the incumbent's offline accuracy (default: resolved from the run config)")
+    p.add_argument("--shadow-card", default=None, metavar="FILE.onnx", help="same for the shadow model")
+    p.add_argument("--cache-dir", default=None, help="where models:/ URIs are downloaded to when resolving cards")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level of the intervals, level of the tests")
+    p.add_argument("--min-effect", type=float, default=0.0, help="smallest accuracy gain worth promoting the shadow for")
+    p.add_argument("--experiment", default="shadowcam-deployment", help="MLflow experiment")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the full result (overall, windows, alerts) as JSON")
+    p.add_argument("--html", default=None, metavar="FILE", help="write the self-contained HTML report")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="run config whose `alerts` section sets thresholds (default: the stored run config's)")
+    p.add_argument("--max-gap", type=float, default=None, help="alert when a gap's CI lower bound exceeds this (overrides the config)")
+    p.add_argument("--drift-p", type=float, default=None, help="alert when a drift p-value is below this (overrides the config)")
+    p.add_argument("--webhook", default=None, help="POST alerts as JSON to this URL (overrides the config)")
+    p.add_argument("--fail-on-alert", action="store_true", help="exit with status 3 when an alert fires")
+
+
+def _alert_config(args: argparse.Namespace, store) -> "object":
+    import json
+
+    from pipeline.config import AlertConfig, load_config
+
+    if args.config:
+        base = load_config(args.config).alerts
+    else:
+        base = AlertConfig()
+        runs = store.list_runs()
+        if runs and runs[-1].get("config"):
+            try:
+                stored = json.loads(runs[-1]["config"]).get("alerts")
+                if isinstance(stored, dict):
+                    base = AlertConfig.model_validate(stored)
+            except (ValueError, TypeError):
+                pass
+    updates = {k: v for k, v in (("max_gap", args.max_gap), ("drift_p", args.drift_p), ("webhook", args.webhook)) if v is not None}
+    return base.model_copy(update=updates) if updates else base
+
+
+def main(args: argparse.Namespace) -> int:
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.evaluation import alerts as alerts_mod
+    from pipeline.evaluation import report
+    from pipeline.evaluation.evaluator import EvalConfig, Evaluator, log_to_mlflow, parse_duration, parse_reference
+    from pipeline.store import PredictionStore, default_sqlite_url
+
+    log = logging.getLogger("shadowcam.evaluate")
+    workdir = Path(args.workdir)
+    store = PredictionStore(args.db or default_sqlite_url(workdir))
+    try:
+        cfg = EvalConfig(
+            alpha=args.alpha, reference=parse_reference(args.reference), min_effect=args.min_effect, cumulative=args.cumulative,
+            incumbent_card=args.incumbent_card, shadow_card=args.shadow_card, cache_dir=args.cache_dir, run_ids=args.runs,
+        )
+        alert_cfg = _alert_config(args, store)
+        ev = Evaluator(cfg)
+        overall = ev.evaluate(store)
+        windows = ev.evaluate_windows(store, parse_duration(args.window, "--window")) if args.window else []
+    finally:
+        store.close()
+
+    # alerts look at the newest state: the last window when windows are evaluated, else the whole scope
+    current = windows[-1] if windows else overall
+    fired = alerts_mod.dispatch(current, alert_cfg, workdir=workdir)
+    overall.data["alerts"] = [a.to_dict() for a in fired]
+
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        import json
+
+        Path(args.json).write_text(json.dumps(report.result_json(windows, overall, fired), indent=2, allow_nan=False))
+    if args.html:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = report.make_plots(windows, overall, tmp, max_gap=alert_cfg.max_gap)
+            Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.html).write_text(report.render_html(windows, overall, paths, fired), encoding="utf-8")
+
+    status = 0
+    run_id = None
+    if not args.no_mlflow:
+        try:
+            run_id = log_to_mlflow(windows or [overall], overall, experiment=args.experiment, workdir=workdir, alerts=fired, max_gap=alert_cfg.max_gap)
+        except Exception as e:  # MLflow's own exception types: the figures are still printed and written
+            log.error("MLflow logging failed: %s: %s", e.__class__.__name__, e)
+            status = 1
+
+    print(report.format_summary(overall, windows, fired))
+    if args.json:
+        print(f"JSON: {args.json}")
+    if args.html:
+        print(f"HTML report: {args.html}")
+    if run_id:
+        print(f"MLflow run {run_id} in experiment {args.experiment!r}")
+    if fired and args.fail_on_alert:
+        return 3
+    return status

@@ -1,0 +1,530 @@
+"""Plots, the self-contained HTML report and the terminal summary of an evaluation.
+
+Inputs are :class:`~pipeline.evaluation.evaluator.EvaluationResult` objects (their JSON-ready ``data`` and
+``meta``), so a report can be rebuilt from a saved ``evaluation.json`` alone. matplotlib is imported
+lazily with the Agg backend (no display needed).
+
+* :func:`make_plots` -- PNGs: gap and accuracy over time with CI bands, confusion matrices, reliability
+  diagram, per-camera accuracy bars, drift p-values over time.
+* :func:`render_html` -- one HTML file, images inlined as base64, tables of every figure and the decision.
+* :func:`write_report` -- both, plus ``evaluation.json``, into a folder.
+* :func:`format_summary` -- the plain-text table ``shadowcam evaluate`` prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+ROLES = ("incumbent", "shadow")
+COLORS = {"incumbent": "#1f77b4", "shadow": "#d62728"}
+PLOT_FILES = {
+    "gap_over_time": "gap_over_time.png",
+    "confusion": "confusion_matrices.png",
+    "reliability": "reliability_diagram.png",
+    "per_camera": "per_camera_accuracy.png",
+    "drift": "drift_over_time.png",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# small formatting helpers
+# --------------------------------------------------------------------------------------------------
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or d.get(p) is None:
+            return None
+        d = d[p]
+    return d
+
+
+def _data(r: Any) -> dict:
+    return r.data if hasattr(r, "data") else r["data"]
+
+
+def _meta(r: Any) -> dict:
+    return r.meta if hasattr(r, "meta") else r["meta"]
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * float(x):.{digits}f}%"
+
+
+def fmt_est(e: dict | None, digits: int = 1, signed: bool = False) -> str:
+    """``83.4% [79.0, 87.1]`` from an Estimate dict."""
+    if not e or e.get("value") is None:
+        return "–"
+    sign = "+" if signed else ""
+    v = f"{100 * e['value']:{sign}.{digits}f}%"
+    if e.get("low") is None or e.get("high") is None:
+        return v
+    return f"{v} [{100 * e['low']:{sign}.{digits}f}, {100 * e['high']:{sign}.{digits}f}]"
+
+
+def fmt_p(p: Any) -> str:
+    if p is None:
+        return "–"
+    p = float(p)
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _drift_p(res: Any) -> float | None:
+    from pipeline.evaluation.evaluator import drift_p_value
+
+    return drift_p_value(res) if isinstance(res, dict) else None
+
+
+def _image_ps(res: Any) -> dict[str, float]:
+    from pipeline.evaluation.evaluator import image_stat_p_values
+
+    return image_stat_p_values(res) if isinstance(res, dict) else {}
+
+
+def _time(t: float | None) -> dt.datetime | None:
+    return None if t is None else dt.datetime.fromtimestamp(float(t), tz=dt.timezone.utc)
+
+
+def _mid(r: Any) -> dt.datetime | None:
+    w = _meta(r)["window"]
+    lo, hi = w.get("start"), w.get("end")
+    if lo is None or hi is None:
+        return None
+    if w.get("cumulative"):
+        return _time(hi)
+    return _time((float(lo) + float(hi)) / 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_gap: float | None = None) -> dict[str, Path]:
+    """Write the PNGs into ``out_dir``; returns {plot name: path} for those that had data."""
+    plt = _plt()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    made: dict[str, Path] = {}
+    results = list(results) or [overall]
+    roles = [r for r in ROLES if _get(_data(overall), "models", r)]
+
+    # 1. accuracy and gap over time, CI bands
+    fig, (ax_acc, ax_gap) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    any_point = False
+    for role in roles:
+        xs, acc, alo, ahi, est, gap, glo, ghi = [], [], [], [], [], [], [], []
+        for r in results:
+            x = _mid(r)
+            if x is None:
+                continue
+            m = _get(_data(r), "models", role) or {}
+            a, g = m.get("accuracy") or {}, m.get("gap") or {}
+            xs.append(x)
+            acc.append(_nan(a.get("value")))
+            alo.append(_nan(a.get("low")))
+            ahi.append(_nan(a.get("high")))
+            est.append(_nan((m.get("estimated_accuracy") or {}).get("value")))
+            gap.append(_nan(g.get("value")))
+            glo.append(_nan(g.get("low")))
+            ghi.append(_nan(g.get("high")))
+        if not xs:
+            continue
+        any_point = True
+        c = COLORS[role]
+        model = _meta(overall)["models"].get(role)
+        ax_acc.plot(xs, acc, "o-", color=c, label=f"{role} ({model}) production")
+        ax_acc.fill_between(xs, alo, ahi, color=c, alpha=0.18)
+        ax_acc.plot(xs, est, "x--", color=c, alpha=0.7, label=f"{role} label-free estimate")
+        off = _get(_meta(overall), "cards", role, "test_accuracy")
+        if off is not None:
+            ax_acc.axhline(off, color=c, ls=":", lw=1, label=f"{role} offline test accuracy")
+        ax_gap.plot(xs, gap, "o-", color=c, label=f"{role} gap")
+        ax_gap.fill_between(xs, glo, ghi, color=c, alpha=0.18)
+    ax_gap.axhline(0, color="grey", lw=0.8)
+    if max_gap is not None:
+        ax_gap.axhline(max_gap, color="orange", ls="--", lw=1, label=f"alert threshold {max_gap:g}")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_title(f"Production accuracy ({100 * (1 - _meta(overall)['alpha']):.0f}% CI bands)")
+    ax_gap.set_ylabel("offline − production")
+    ax_gap.set_title("Train-to-production gap")
+    ax_gap.set_xlabel("window (UTC)")
+    for ax in (ax_acc, ax_gap):
+        ax.grid(alpha=0.3)
+        if any_point:
+            ax.legend(fontsize=7, loc="best")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    made["gap_over_time"] = _save(fig, out / PLOT_FILES["gap_over_time"], plt)
+
+    # 2. confusion matrices (row-normalised colour, counts written in)
+    classes = _meta(overall)["classes"]
+    mats = [(role, _get(_data(overall), "models", role, "confusion", "matrix")) for role in roles]
+    mats = [(r, m) for r, m in mats if m]
+    if mats:
+        import numpy as np
+
+        fig, axes = plt.subplots(1, len(mats), figsize=(4.8 * len(mats), 4.4), squeeze=False)
+        for ax, (role, m) in zip(axes[0], mats):
+            m = np.asarray(m, dtype=float)
+            rows = m.sum(axis=1, keepdims=True)
+            norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+            ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+            cols = classes + (["other"] if m.shape[1] > len(classes) else [])
+            ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(classes)), classes, fontsize=8)
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("human label")
+            ax.set_title(f"{role}: {_meta(overall)['models'].get(role)}", fontsize=9)
+        fig.tight_layout()
+        made["confusion"] = _save(fig, out / PLOT_FILES["confusion"], plt)
+
+    # 3. reliability diagram
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    for role in roles:
+        cal = _get(_data(overall), "models", role, "calibration")
+        if not cal:
+            continue
+        pts = [(b["confidence"], b["accuracy"], b["n"]) for b in cal["bins"] if b["n"]]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[role], label=f"{role} (ECE {fmt_pct(cal.get('ece'))})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (max probability)")
+    ax.set_ylabel("accuracy on labelled frames")
+    ax.set_title("Reliability diagram")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    made["reliability"] = _save(fig, out / PLOT_FILES["reliability"], plt)
+
+    # 4. per-camera accuracy bars with CI whiskers
+    cams = sorted({c for role in roles for c in (_get(_data(overall), "models", role, "per_camera") or {})})
+    if cams:
+        fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(cams) + 2), 4))
+        width = 0.8 / max(1, len(roles))
+        for k, role in enumerate(roles):
+            pc = _get(_data(overall), "models", role, "per_camera") or {}
+            xs, vals, lo, hi = [], [], [], []
+            for i, cam in enumerate(cams):
+                e = pc.get(cam)
+                if not e or e.get("value") is None:
+                    continue
+                xs.append(i + (k - (len(roles) - 1) / 2) * width)
+                vals.append(e["value"])
+                lo.append(max(0.0, e["value"] - (e.get("low") if e.get("low") is not None else e["value"])))
+                hi.append(max(0.0, (e.get("high") if e.get("high") is not None else e["value"]) - e["value"]))
+            ax.bar(xs, vals, width, yerr=[lo, hi], capsize=3, color=COLORS[role], alpha=0.8, label=role)
+        ax.set_xticks(range(len(cams)), cams, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("production accuracy")
+        ax.set_title("Accuracy per camera")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        made["per_camera"] = _save(fig, out / PLOT_FILES["per_camera"], plt)
+
+    # 5. drift p-values over time
+    series: dict[str, list[tuple[Any, float]]] = {}
+    for r in results:
+        x = _mid(r)
+        if x is None:
+            continue
+        for role, res in (_get(_data(r), "drift", "softmax") or {}).items():
+            p = _drift_p(res)
+            if p is not None:
+                series.setdefault(f"softmax ({role})", []).append((x, p))
+        p = _drift_p(_get(_data(r), "drift", "class_distribution"))
+        if p is not None:
+            series.setdefault("predicted classes", []).append((x, p))
+        for cam, res in (_get(_data(r), "drift", "image") or {}).items():
+            ps = _image_ps(res)
+            if ps:
+                series.setdefault(f"image stats {cam} (min)", []).append((x, min(ps.values())))
+    if series:
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        for name, pts in series.items():
+            ax.plot([p[0] for p in pts], [max(p[1], 1e-16) for p in pts], "o-", ms=3, label=name)
+        ax.axhline(_meta(overall)["alpha"], color="orange", ls="--", lw=1, label=f"alpha {_meta(overall)['alpha']:g}")
+        ax.set_yscale("log")
+        ax.set_ylabel("p-value (corrected)")
+        ax.set_title("Drift tests vs the reference period")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        made["drift"] = _save(fig, out / PLOT_FILES["drift"], plt)
+    return made
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------
+_TEMPLATE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>shadowcam evaluation — {{ meta.models.incumbent }} vs {{ meta.models.shadow or "no shadow" }}</title>
+<style>
+ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+ h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+ table{border-collapse:collapse;margin:.6em 0;font-size:.9em} th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+ th{background:#f4f4f4} td.l,th.l{text-align:left} .decision{font-size:1.15em;padding:.7em 1em;border-radius:6px;margin:1em 0}
+ .promote{background:#e6f4ea;border:1px solid #7cbf8e} .keep{background:#eef2f8;border:1px solid #8ea6c9}
+ .need_more_labels{background:#fff6e0;border:1px solid #e0b85a} .alert{background:#fdecea;border:1px solid #e08a80;padding:.5em 1em;border-radius:6px;margin:.4em 0}
+ .flag{color:#b3261e;font-weight:600} img{max-width:100%;border:1px solid #eee;margin:.5em 0} .muted{color:#777;font-size:.85em}
+</style></head><body>
+<h1>shadowcam evaluation</h1>
+<p><b>incumbent</b> {{ meta.models.incumbent }} &nbsp; <b>shadow</b> {{ meta.models.shadow or "–" }}<br>
+<span class="muted">frames {{ meta.window.start_iso }} → {{ meta.window.end_iso }} · runs {{ meta.runs|join(", ") }} ·
+{{ "%.0f"|format(100 * meta.confidence_level) }}% intervals · evaluated {{ evaluated_iso }}</span></p>
+
+{% if data.decision %}<div class="decision {{ data.decision.action }}"><b>Decision: {{ data.decision.action|replace("_", " ") }}</b>
+{% if data.decision.more_labels %} — about {{ data.decision.more_labels }} more labelled frames{% endif %}<br>{{ data.decision.reason }}</div>{% endif %}
+{% for a in alerts %}<div class="alert"><b>ALERT {{ a.kind }}</b>: {{ a.message }}</div>{% endfor %}
+
+<h2>Summary</h2>
+<table><tr><th class="l">model</th><th>labelled frames</th><th>production accuracy</th><th>offline test accuracy</th><th>gap (offline − prod)</th><th>label-free estimate</th><th>ECE</th></tr>
+{% for role, m in models %}<tr><td class="l">{{ role }}<br><span class="muted">{{ m.model }}</span></td><td>{{ m.n_labeled }}</td><td>{{ est(m.accuracy) }}</td>
+<td>{{ pct(m.offline.test_accuracy) if m.offline else "–" }}{% if m.offline %} <span class="muted">(n={{ m.offline.test_size }})</span>{% endif %}</td>
+<td>{{ est(m.gap, signed=True) }}</td><td>{{ pct(m.estimated_accuracy.value) if m.estimated_accuracy else "–" }}</td><td>{{ pct(m.calibration.ece) if m.calibration else "–" }}</td></tr>{% endfor %}
+</table>
+<p class="muted">accuracy method: {{ meta.methods.accuracy }}; estimate: {{ meta.methods.estimated_accuracy }}</p>
+{% if images.gap_over_time %}<img alt="gap over time" src="data:image/png;base64,{{ images.gap_over_time }}">{% endif %}
+
+<h2>Champion / challenger (paired)</h2>
+{% if data.paired %}<table>
+{% for k, v in paired_rows %}<tr><th class="l">{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
+</table>{% else %}<p>No paired comparison (needs labelled frames with both predictions).</p>{% endif %}
+
+{% if windows|length > 1 %}<h2>Windows</h2>
+<table><tr><th>#</th><th class="l">from (UTC)</th><th>frames</th><th>labels</th>{% for role, m in models %}<th>{{ role }} accuracy</th><th>{{ role }} gap</th>{% endfor %}<th>paired p</th><th>decision</th></tr>
+{% for w in windows %}<tr><td>{{ w.meta.window.index }}</td><td class="l">{{ w.meta.window.start_iso }}</td><td>{{ w.data.counts.frames }}</td><td>{{ w.data.counts.frames_with_truth }}</td>
+{% for role, m in models %}<td>{{ est(get(w.data, "models", role, "accuracy")) }}</td><td>{{ est(get(w.data, "models", role, "gap"), signed=True) }}</td>{% endfor %}
+<td>{{ p(get(w.data, "paired", "p_value")) }}</td><td>{{ (get(w.data, "decision", "action") or "–")|replace("_", " ") }}</td></tr>{% endfor %}
+</table>{% endif %}
+
+<h2>Per-class recall</h2>
+<table><tr><th class="l">class</th>{% for role, m in models %}<th>{{ role }}</th>{% endfor %}{% for role, m in models %}<th>{{ role }} offline</th>{% endfor %}</tr>
+{% for c in meta.classes %}<tr><td class="l">{{ c }}</td>{% for role, m in models %}<td>{{ est(get(m, "per_class_recall", c)) }} <span class="muted">n={{ get(m, "per_class_recall", c, "n") or 0 }}</span></td>{% endfor %}
+{% for role, m in models %}<td>{{ pct(get(m, "offline", "per_class_accuracy", c)) }}</td>{% endfor %}</tr>{% endfor %}
+</table>
+
+<h2>Per camera</h2>
+<table><tr><th class="l">camera</th>{% for role, m in models %}<th>{{ role }} accuracy</th>{% endfor %}</tr>
+{% for cam in cameras %}<tr><td class="l">{{ cam }}</td>{% for role, m in models %}<td>{{ est(get(m, "per_camera", cam)) }} <span class="muted">n={{ get(m, "per_camera", cam, "n") or 0 }}</span></td>{% endfor %}</tr>{% endfor %}
+</table>
+{% if images.per_camera %}<img alt="per-camera accuracy" src="data:image/png;base64,{{ images.per_camera }}">{% endif %}
+
+<h2>Confusion matrices</h2>
+{% for role, m in models %}{% if m.confusion %}<p><b>{{ role }}</b> (rows: human label, columns: prediction)</p>
+<table><tr><th></th>{% for c in confusion_cols(m) %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in m.confusion.matrix %}<tr><th class="l">{{ meta.classes[loop.index0] }}</th>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}{% endfor %}
+{% if images.confusion %}<img alt="confusion matrices" src="data:image/png;base64,{{ images.confusion }}">{% endif %}
+
+<h2>Calibration</h2>
+{% if images.reliability %}<img alt="reliability diagram" style="max-width:480px" src="data:image/png;base64,{{ images.reliability }}">{% endif %}
+
+<h2>Drift (vs reference {{ meta.reference.start_iso }} → {{ meta.reference.end_iso }})</h2>
+{% if data.drift.skipped %}<p>{{ data.drift.skipped }}</p>{% endif %}
+<table><tr><th class="l">test</th><th>p-value (corrected)</th><th>drift</th></tr>
+{% for name, pv in drift_rows %}<tr><td class="l">{{ name }}</td><td>{{ p(pv) }}</td><td>{% if pv is not none and pv < meta.alpha %}<span class="flag">yes</span>{% else %}no{% endif %}</td></tr>{% endfor %}
+</table>
+{% if images.drift %}<img alt="drift over time" src="data:image/png;base64,{{ images.drift }}">{% endif %}
+
+<h2>Annotators</h2>
+{% if data.agreement %}<table>{% for k, v in data.agreement.items() %}<tr><th class="l">{{ k }}</th><td>{{ num(v) }}</td></tr>{% endfor %}</table>
+{% else %}<p>No frame has two labels yet.</p>{% endif %}
+
+<h2>Counts</h2>
+<table>{% for k, v in count_rows %}<tr><th class="l">{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
+
+{% if meta.notes %}<h2>Notes</h2><ul>{% for n in meta.notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
+<h2>Methods</h2><table>{% for k, v in meta.methods.items() %}<tr><th class="l">{{ k }}</th><td class="l">{{ v }}</td></tr>{% endfor %}</table>
+<p class="muted">Generated by shadowcam. The full figures are in evaluation.json.</p>
+</body></html>
+"""
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def drift_rows(result: Any) -> list[tuple[str, float | None]]:
+    """(test name, corrected p-value) for every drift test of a result."""
+    d = _data(result)
+    rows: list[tuple[str, float | None]] = []
+    for role, res in (_get(d, "drift", "softmax") or {}).items():
+        rows.append((f"softmax outputs ({role})", _drift_p(res)))
+    if _get(d, "drift", "class_distribution"):
+        rows.append(("predicted-class distribution (incumbent)", _drift_p(_get(d, "drift", "class_distribution"))))
+    for cam, res in (_get(d, "drift", "image") or {}).items():
+        for stat, p in _image_ps(res).items():
+            rows.append((f"{cam}: {stat}", p))
+    return rows
+
+
+def render_html(results: Sequence[Any], overall: Any, images: dict[str, Path] | None = None, alerts: Sequence[Any] = ()) -> str:
+    """The whole report as one HTML string (PNG files in ``images`` are inlined as base64)."""
+    import jinja2
+
+    data, meta = _data(overall), _meta(overall)
+    models = [(r, data["models"][r]) for r in ROLES if _get(data, "models", r)]
+    b64 = {k: base64.b64encode(Path(p).read_bytes()).decode("ascii") for k, p in (images or {}).items()}
+    paired = data.get("paired") or {}
+    diff = paired.get("diff")
+    paired_rows = []
+    if paired:
+        paired_rows = [
+            ("frames labelled with both predictions", paired.get("n")),
+            ("incumbent right, shadow wrong (n10)", paired.get("n10")),
+            ("incumbent wrong, shadow right (n01)", paired.get("n01")),
+            ("McNemar exact p-value", fmt_p(paired.get("p_value"))),
+            ("accuracy difference (shadow − incumbent)", fmt_est(diff, signed=True) if isinstance(diff, dict) else _num(diff)),
+        ]
+        for k, v in paired.items():
+            if k not in ("n", "n10", "n01", "p_value", "diff") and not isinstance(v, (dict, list)):
+                paired_rows.append((k, _num(v)))
+    c = data["counts"]
+    count_rows = [
+        ("frames", c["frames"]), ("cameras", c["cameras"]),
+        *[(f"predictions ({r})", c["predictions"][r]) for r in ROLES],
+        *[(f"degraded predictions ({r}, excluded)", c["degraded"][r]) for r in ROLES],
+        ("shadow coverage", fmt_pct(c["shadow_coverage"])), ("sampled frames", c["samples"]), ("labels", c["labels"]),
+        ("labelled frames", c["labeled_frames"]), ("frames with a usable label", c["frames_with_truth"]),
+        ("double-labelled frames", c["double_labeled_frames"]),
+        *[(f"excluded: {k}", v) for k, v in c["excluded"].items()],
+        ("labels without a sample row (weight 1)", c["labels_without_sample"]), ("reference-period frames", c["reference_frames"]),
+    ]
+    cameras = sorted({cam for _, m in models for cam in (m.get("per_camera") or {})})
+    alert_dicts = [a.to_dict() if hasattr(a, "to_dict") else a for a in alerts] or data.get("alerts") or []
+
+    def confusion_cols(m: dict) -> list[str]:
+        ncol = len(m["confusion"]["matrix"][0]) if m["confusion"]["matrix"] else 0
+        return meta["classes"] + (["other"] if ncol > len(meta["classes"]) else [])
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
+    tpl = env.from_string(_TEMPLATE)
+    return tpl.render(
+        data=data, meta=meta, models=models, images=b64, windows=list(results), paired_rows=paired_rows, count_rows=count_rows,
+        cameras=cameras, drift_rows=drift_rows(overall), alerts=alert_dicts,
+        evaluated_iso=dt.datetime.fromtimestamp(meta["evaluated_at"], tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+        est=fmt_est, pct=fmt_pct, p=fmt_p, num=_num, get=_get, confusion_cols=confusion_cols,
+    )
+
+
+def result_json(results: Sequence[Any], overall: Any, alerts: Sequence[Any] = ()) -> dict:
+    """The JSON document written as ``evaluation.json`` / ``--json``: overall result, windows, alerts."""
+    def d(r: Any) -> dict:
+        return r.to_dict() if hasattr(r, "to_dict") else r
+
+    return {
+        "overall": d(overall),
+        "windows": [d(r) for r in results],
+        "alerts": [a.to_dict() if hasattr(a, "to_dict") else a for a in alerts],
+    }
+
+
+def write_report(results: Sequence[Any], overall: Any, out_dir: str | Path, alerts: Sequence[Any] = (), max_gap: float | None = None) -> dict[str, Path]:
+    """PNGs + ``evaluation.json`` + ``report.html`` into ``out_dir``; returns {name: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = make_plots(results, overall, out, max_gap=max_gap)
+    js = out / "evaluation.json"
+    js.write_text(json.dumps(result_json(results, overall, alerts), indent=2, allow_nan=False))
+    html = out / "report.html"
+    html.write_text(render_html(results, overall, paths, alerts), encoding="utf-8")
+    return {**paths, "json": js, "html": html}
+
+
+# --------------------------------------------------------------------------------------------------
+# terminal summary
+# --------------------------------------------------------------------------------------------------
+def format_summary(overall: Any, results: Sequence[Any] = (), alerts: Sequence[Any] = ()) -> str:
+    """The readable table ``shadowcam evaluate`` prints."""
+    data, meta = _data(overall), _meta(overall)
+    c = data["counts"]
+    level = f"{100 * meta['confidence_level']:.0f}%"
+    lines = [
+        f"shadowcam evaluation  {meta['window'].get('start_iso')} -> {meta['window'].get('end_iso')}  ({len(meta['runs'])} run(s), {level} CIs)",
+        f"frames {c['frames']}  cameras {c['cameras']}  labels {c['labels']} on {c['labeled_frames']} frames  "
+        f"usable {c['frames_with_truth']}  excluded {c['excluded']['total']} (unsure {c['excluded']['unsure']}, tie {c['excluded']['tie']})  "
+        f"shadow coverage {fmt_pct(c['shadow_coverage'])}",
+        "",
+    ]
+    header = ("model", "version", "labels", f"prod accuracy [{level} CI]", "offline", f"gap [{level} CI]", "label-free est.", "degraded")
+    rows = [header]
+    for role in ROLES:
+        m = _get(data, "models", role)
+        if not m:
+            continue
+        rows.append((
+            role, str(m.get("model")), str(m.get("n_labeled")), fmt_est(m.get("accuracy")),
+            fmt_pct(_get(m, "offline", "test_accuracy")), fmt_est(m.get("gap"), signed=True),
+            fmt_pct(_get(m, "estimated_accuracy", "value")), str(c["degraded"].get(role, 0)),
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    for k, r in enumerate(rows):
+        lines.append("  ".join(str(v).ljust(widths[i]) for i, v in enumerate(r)))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    paired = data.get("paired")
+    if paired:
+        diff = paired.get("diff")
+        lines.append(
+            f"paired test: n={paired.get('n')}  incumbent-only right {paired.get('n10')}  shadow-only right {paired.get('n01')}  "
+            f"McNemar p={fmt_p(paired.get('p_value'))}  shadow − incumbent {fmt_est(diff, signed=True) if isinstance(diff, dict) else _num(diff)}"
+        )
+    dec = data.get("decision")
+    if dec:
+        more = f" (~{dec['more_labels']} more labelled frames)" if dec.get("more_labels") else ""
+        lines.append(f"DECISION: {str(dec.get('action')).replace('_', ' ').upper()}{more}: {dec.get('reason')}")
+    rows_d = drift_rows(overall)
+    flagged = [f"{n} p={fmt_p(p)}" for n, p in rows_d if p is not None and p < meta["alpha"]]
+    if data["drift"].get("skipped"):
+        lines.append(f"drift: {data['drift']['skipped']}")
+    elif rows_d:
+        lines.append(f"drift ({len(rows_d)} tests vs reference): " + ("; ".join(flagged) if flagged else "none detected"))
+    if len(results) > 1:
+        lines.append("")
+        lines.append(f"{len(results)} windows:")
+        for r in results:
+            d = _data(r)
+            parts = [f"  #{_meta(r)['window']['index']:<3} {_meta(r)['window'].get('start_iso')}  labels {d['counts']['frames_with_truth']:<5}"]
+            for role in ROLES:
+                if _get(d, "models", role):
+                    parts.append(f"{role} {fmt_est(_get(d, 'models', role, 'accuracy'))} gap {fmt_est(_get(d, 'models', role, 'gap'), signed=True)}")
+            lines.append("  ".join(parts))
+    for a in alerts:
+        a = a.to_dict() if hasattr(a, "to_dict") else a
+        lines.append(f"ALERT {a['kind']}: {a['message']}")
+    for n in meta.get("notes") or []:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
