@@ -1,0 +1,322 @@
+"""Training data: ImageFolder directories and CSV manifests, checked, split and loaded into memory.
+
+A *data source* is one of
+
+* an ImageFolder directory ``DIR/<class>/*.jpg`` (class = sub-folder name; hidden folders skipped);
+* a CSV manifest with columns ``path,label[,split]`` (paths relative to the manifest's folder, or absolute;
+  extra columns such as ``camera``/``shift`` are ignored; ``split`` is ``train``, ``val`` or ``test``,
+  empty = assign it here);
+* a directory that contains ``manifest.csv`` (what ``shadowcam synth`` writes): the manifest is used, so the
+  data fingerprint is the manifest's hash.
+
+Several sources are concatenated (e.g. the original training set plus a manifest of production frames that
+humans labelled). The class list is, in order of precedence: the one given explicitly (``class_names``, e.g.
+the incumbent model's, so a retrained model answers in the same label space), else the first source's
+(ImageFolder: its sub-folders; manifest: its sorted labels). A label in a later source that is not in the class
+list is an error, as is a class with no images at all.
+
+Datasets here are small (thousands of images at model size), so everything is decoded once with OpenCV,
+resized to the model input size (``cv2.INTER_AREA``, the interpolation recorded in the model card and used by
+the runtime) and kept as one uint8 RGB array ``(N, H, W, 3)`` per split.
+
+Every check raises :class:`pipeline.types.DataError` with a one-line message naming the file or class.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from pipeline.types import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+MANIFEST_NAME = "manifest.csv"
+SPLITS = ("train", "val", "test")
+REQUIRED_COLUMNS = ("path", "label")
+RESIZE_INTERPOLATION = "area"  # recorded in the model card; the runtime resizes camera frames the same way
+_CV2_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image before decoding."""
+
+    path: Path
+    label: str
+    split: str | None = None  # None: assigned by the stratified split
+
+
+@dataclass
+class SourceListing:
+    """What one data source holds, before any image is decoded."""
+
+    source: Path
+    kind: str  # "folder" | "manifest"
+    samples: list[Sample]
+    classes: list[str]  # the class list this source declares
+    fingerprint: str  # sha256 (hex) of the manifest file, or of the folder's sorted "path,label" listing
+    non_images: int = 0  # files skipped because their extension is not an image type
+
+
+@dataclass
+class Dataset:
+    """Decoded images per split, all at the model input size, RGB uint8 ``(N, H, W, 3)``."""
+
+    class_names: list[str]
+    img_size: int
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]  # int64 class indices into class_names
+    paths: dict[str, list[str]]
+    fingerprint: str  # sha256 over the sources' fingerprints (a single source: its own fingerprint)
+    sources: list[str]
+    unreadable: list[str] = field(default_factory=list)  # files skipped because they could not be decoded
+    non_images: int = 0
+
+    def size(self, split: str) -> int:
+        return int(self.labels[split].shape[0])
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        counts = np.bincount(self.labels[split], minlength=len(self.class_names))
+        return {c: int(n) for c, n in zip(self.class_names, counts)}
+
+    def summary(self) -> str:
+        parts = [f"{s}={self.size(s)}" for s in SPLITS]
+        return f"{len(self.class_names)} classes, " + ", ".join(parts) + f", {len(self.unreadable)} unreadable, {self.non_images} non-image files skipped"
+
+
+# --- listing sources ---------------------------------------------------------------------------------------
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_image_folder(root: str | Path) -> SourceListing:
+    """List an ImageFolder ``root/<class>/*``. Non-image files are skipped and counted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not class_dirs:
+        raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/*.jpg or {root}/{MANIFEST_NAME})")
+    samples: list[Sample] = []
+    non_images = 0
+    for d in class_dirs:
+        files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if is_image_file(p)]
+        skipped = len(files) - len(images)
+        non_images += skipped
+        if not images:
+            extra = f" ({skipped} non-image file(s) ignored; expected {', '.join(sorted(IMAGE_EXTENSIONS))})" if skipped else ""
+            raise DataError(f"{d}: class {d.name!r} has no images{extra}")
+        samples.extend(Sample(p, d.name) for p in images)
+    if non_images:
+        log.warning("%s: ignored %d non-image file(s)", root, non_images)
+    listing = "".join(f"{s.path.relative_to(root).as_posix()},{s.label}\n" for s in samples)
+    return SourceListing(root, "folder", samples, [d.name for d in class_dirs],
+                         hashlib.sha256(listing.encode()).hexdigest(), non_images)
+
+
+def read_manifest(path: str | Path) -> SourceListing:
+    """Read a CSV manifest ``path,label[,split]`` (header required; other columns ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: manifest is not UTF-8 text") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(f"{path}: manifest is missing column(s) {', '.join(missing)} "
+                        f"(expected a header path,label[,split]; got {','.join(columns) or 'nothing'})")
+    base = path.parent
+    samples: list[Sample] = []
+    non_images = 0
+    for lineno, row in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        rel, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "") or None
+        if not rel or not label:
+            raise DataError(f"{path}:{lineno}: empty path or label")
+        if split is not None and split not in SPLITS:
+            raise DataError(f"{path}:{lineno}: split {split!r} is not one of {', '.join(SPLITS)} (or empty)")
+        p = Path(rel)
+        p = p if p.is_absolute() else base / p
+        if not is_image_file(p):
+            non_images += 1
+            continue
+        samples.append(Sample(p, label, split))
+    if not samples:
+        why = f" ({non_images} non-image row(s) ignored)" if non_images else ""
+        raise DataError(f"{path}: manifest lists no images{why}")
+    if non_images:
+        log.warning("%s: ignored %d non-image row(s)", path, non_images)
+    classes = sorted({s.label for s in samples})
+    return SourceListing(path, "manifest", samples, classes, hashlib.sha256(raw).hexdigest(), non_images)
+
+
+def list_source(source: str | Path) -> SourceListing:
+    """A manifest file, a folder with ``manifest.csv``, or an ImageFolder (see the module docstring)."""
+    source = Path(source)
+    if source.is_file():
+        return read_manifest(source)
+    if source.is_dir():
+        if (source / MANIFEST_NAME).is_file():
+            return read_manifest(source / MANIFEST_NAME)
+        return list_image_folder(source)
+    if source.suffix.lower() == ".csv":
+        raise DataError(f"{source}: manifest not found")
+    raise DataError(f"{source}: data folder not found")
+
+
+# --- splitting -----------------------------------------------------------------------------------------------
+def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Assign each example to train/val/test, class by class (seeded). Returns an array of split names.
+
+    Each class with at least 3 examples gets at least one validation and one test example; smaller classes
+    go to training only.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) with sum < 1")
+    labels = np.asarray(labels)
+    out = np.empty(labels.shape[0], dtype=object)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(idx.size)]
+        n = idx.size
+        n_val = int(round(n * val_fraction))
+        n_test = int(round(n * test_fraction))
+        if n >= 3:
+            n_val = max(n_val, 1 if val_fraction > 0 else 0)
+            n_test = max(n_test, 1 if test_fraction > 0 else 0)
+        else:
+            n_val = n_test = 0
+        out[idx[:n_val]] = "val"
+        out[idx[n_val:n_val + n_test]] = "test"
+        out[idx[n_val + n_test:]] = "train"
+    return out
+
+
+# --- decoding ----------------------------------------------------------------------------------------------------
+def load_image(path: str | Path, size: int | tuple[int, int], interpolation: str = RESIZE_INTERPOLATION) -> np.ndarray | None:
+    """Decode one image as RGB uint8 ``(H, W, 3)`` at ``size`` (int = square; else (height, width)).
+
+    Returns None when the file is missing or cannot be decoded. Grey and BGRA images are converted.
+    """
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if buf.size == 0:
+        return None
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # always 3-channel BGR
+    if img is None or img.size == 0:
+        return None
+    h, w = (size, size) if isinstance(size, int) else size
+    if img.shape[:2] != (h, w):
+        img = cv2.resize(img, (w, h), interpolation=_CV2_INTERP[interpolation])
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def combine_sources(sources: Iterable[str | Path], class_names: Sequence[str] | None = None) -> tuple[list[SourceListing], list[str]]:
+    """List every source and check its labels against the class list (explicit, else the first source's)."""
+    listings = [list_source(s) for s in sources]
+    if not listings:
+        raise DataError("no data sources given (expected at least one ImageFolder directory or manifest)")
+    classes = list(class_names) if class_names else list(listings[0].classes)
+    if len(set(classes)) != len(classes):
+        raise DataError(f"class list has duplicates: {classes}")
+    known = set(classes)
+    for lst in listings:
+        for s in lst.samples:
+            if s.label not in known:
+                raise DataError(f"{lst.source}: label {s.label!r} (file {s.path.name}) is not in the class list {classes}")
+    counts = Counter(s.label for lst in listings for s in lst.samples)
+    empty = [c for c in classes if counts[c] == 0]
+    if empty:
+        raise DataError(f"class {empty[0]!r} has no images in {', '.join(str(l.source) for l in listings)}"
+                        + (f" (also empty: {', '.join(map(repr, empty[1:]))})" if len(empty) > 1 else ""))
+    return listings, classes
+
+
+def load_dataset(
+    sources: Sequence[str | Path] | str | Path,
+    img_size: int,
+    *,
+    class_names: Sequence[str] | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    max_bad_fraction: float = 0.05,
+    progress: bool = True,
+) -> Dataset:
+    """List, check, decode and split the sources (see the module docstring).
+
+    Unreadable images are skipped with a warning and counted; above ``max_bad_fraction`` of all listed images
+    a :class:`DataError` names the first of them. Examples whose source gives a ``split`` keep it; the rest are
+    split stratified by class with ``seed``.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    listings, classes = combine_sources(sources, class_names)
+    index = {c: i for i, c in enumerate(classes)}
+    samples = [s for lst in listings for s in lst.samples]
+
+    images = np.empty((len(samples), img_size, img_size, 3), dtype=np.uint8)
+    keep = np.zeros(len(samples), dtype=bool)
+    unreadable: list[str] = []
+    for i, s in enumerate(tqdm(samples, desc="loading images", unit="img", disable=not progress, leave=False)):
+        img = load_image(s.path, img_size)
+        if img is None:
+            unreadable.append(str(s.path))
+            continue
+        images[i] = img
+        keep[i] = True
+    if unreadable:
+        frac = len(unreadable) / len(samples)
+        shown = ", ".join(unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+        if frac > max_bad_fraction:
+            raise DataError(f"{len(unreadable)} of {len(samples)} images ({frac:.1%}) are missing or unreadable, "
+                            f"more than max_bad_fraction={max_bad_fraction:.1%}: {shown}")
+        log.warning("skipped %d unreadable image(s) of %d: %s", len(unreadable), len(samples), shown)
+
+    kept = [s for s, k in zip(samples, keep) if k]
+    images = images[keep]
+    labels = np.array([index[s.label] for s in kept], dtype=np.int64)
+    lost = sorted(set(classes) - {s.label for s in kept})
+    if lost:
+        raise DataError(f"class {lost[0]!r} has no readable images")
+
+    split = np.array([s.split for s in kept], dtype=object)
+    unassigned = np.flatnonzero(split == None)  # noqa: E711 (object array comparison)
+    if unassigned.size:
+        split[unassigned] = stratified_split(labels[unassigned], val_fraction, test_fraction, seed)
+    ds_images, ds_labels, ds_paths = {}, {}, {}
+    for name in SPLITS:
+        m = split == name
+        ds_images[name] = np.ascontiguousarray(images[m])
+        ds_labels[name] = labels[m]
+        ds_paths[name] = [str(s.path) for s, mm in zip(kept, m) if mm]
+    if ds_labels["train"].size == 0:
+        raise DataError(f"no training images after the split of {', '.join(str(l.source) for l in listings)}")
+
+    if len(listings) == 1:
+        fingerprint = listings[0].fingerprint
+    else:
+        fingerprint = hashlib.sha256("".join(l.fingerprint for l in listings).encode()).hexdigest()
+    return Dataset(classes, img_size, ds_images, ds_labels, ds_paths, fingerprint,
+                   [str(l.source) for l in listings], unreadable, sum(l.non_images for l in listings))
