@@ -13,7 +13,10 @@ import argparse
 
 NAME = "label"
 HELP = "label sampled frames: web page, import/export, simulated annotator"
-DESCRIPTION = __doc__
+DESCRIPTION = (
+    "Label sampled frames: `serve` the labeling page, `export` the frames awaiting labels, `import` labels "
+    "(CSV/JSONL/Label Studio), or `simulate` an annotator from synthetic ground truth. See `shadowcam label ACTION --help`."
+)
 
 
 def _classes(text: str | None) -> list[str] | None:

@@ -42,12 +42,14 @@ def draw(label: str, seed: int, size: tuple[int, int] = (240, 320)) -> np.ndarra
     return cv2.add(img, noise)
 
 
-def fill_store(root: Path, n: int = 6, double: tuple[int, ...] = (), classes: list[str] = CLASSES, seed: int = 0) -> Filled:
+def fill_store(
+    root: Path, n: int = 6, double: tuple[int, ...] = (), classes: list[str] = CLASSES, seed: int = 0, url: str | None = None
+) -> Filled:
     """A store with one run, ``n`` frames from two cameras, an incumbent prediction each, and all of
-    them sampled (JPEG written). Frame i is truly ``classes[i % len(classes)]``; ``double`` lists
+    them sampled (JPEG written) — in SQLite under ``root`` unless ``url`` names another store. Frame i is truly ``classes[i % len(classes)]``; ``double`` lists
     the indices flagged double_label. The manifest lists the source images with their labels."""
     root.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{root / 'store.db'}"
+    url = url or f"sqlite:///{root / 'store.db'}"
     store = PredictionStore(url)
     store.begin_run("r1", "inc:1", "shadow:1", classes, {})
     src_dir, sample_dir = root / "src", root / "samples"
