@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", dest="runs", action="append", default=None, metavar="RUN_ID", help="evaluate these runs only (repeatable; default: runs with the newest run's model pair)")
     p.add_argument("--incumbent-card", default=None, metavar="FILE.onnx", help="ONNX file whose model card holds the incumbent's offline accuracy (default: resolved from the run config)")
     p.add_argument("--shadow-card", default=None, metavar="FILE.onnx", help="same for the shadow model")
-    p.add_argument("--cache-dir", default=None, help="where models:/ URIs are downloaded to when resolving cards")
+    p.add_argument("--cache-dir", default=None, help="where models:/ URIs are downloaded to when resolving cards (default: WORKDIR/.cache/models, as `shadowcam run`)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level of the intervals, level of the tests")
     p.add_argument("--min-effect", type=float, default=0.0, help="smallest accuracy gain worth promoting the shadow for")
     p.add_argument("--experiment", default="shadowcam-deployment", help="MLflow experiment")
@@ -82,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = EvalConfig(
             alpha=args.alpha, reference=parse_reference(args.reference), min_effect=args.min_effect, cumulative=args.cumulative,
             incumbent_card=args.incumbent_card, shadow_card=args.shadow_card, cache_dir=args.cache_dir, run_ids=args.runs,
+            workdir=str(workdir),
         )
         alert_cfg = _alert_config(args, store)
         ev = Evaluator(cfg)

@@ -100,7 +100,8 @@ class EvalConfig:
     cumulative: bool = False  # evaluate_windows: cumulative results instead of per-window slices
     incumbent_card: str | None = None  # ONNX file whose card holds the incumbent's offline figures
     shadow_card: str | None = None
-    cache_dir: str | None = None  # where models:/ URIs are downloaded to (pipeline.tracking.resolve_model_uri)
+    cache_dir: str | None = None  # where models:/ URIs are downloaded to (default <workdir>/.cache/models, as the runner)
+    workdir: str | None = None  # MLflow store for models:/ URIs (pipeline.tracking.configure), default cache location
     run_ids: list[str] | None = None  # None: runs with the newest run's model pair
     calibration_bins: int = 10
 
@@ -299,25 +300,35 @@ def _run_config_uri(runs: list[dict], role: str) -> tuple[str | None, str]:
     return None, "."
 
 
-def _resolve_card(role: str, explicit: str | None, runs: list[dict], model: str | None, cache_dir: str | None, notes: list[str]) -> tuple[ModelCard | None, str | None]:
-    """The role's model card and where it came from; ``None`` plus a note when there is none."""
+def _resolve_card(role: str, explicit: str | None, runs: list[dict], model: str | None, cfg: "EvalConfig", notes: list[str]) -> tuple[ModelCard | None, str | None]:
+    """The role's model card and where it came from; ``None`` plus a note when there is none.
+
+    Order: the explicit ``--<role>-card`` file; else the run config's model URI. A registry URI
+    (``models:/NAME@ALIAS``) is resolved to the *version the predictions were made with*
+    (``models:/NAME/VERSION`` from the store's ``NAME:VERSION``), since the alias may have moved since the run.
+    """
     if explicit:
         card = read_card(explicit)  # a card the user named must exist: errors propagate
         _check_card_matches(role, card, model, notes, reject=False)
         return card, str(explicit)
-    uri, workdir = _run_config_uri(runs, role)
+    uri, run_workdir = _run_config_uri(runs, role)
     if not uri:
         notes.append(f"{role}: no model URI in the run config and no --{role}-card; offline accuracy unknown, gap not computed")
         return None, None
     try:
-        if uri.startswith("models:/") or "://" in uri:
-            from pipeline.tracking import resolve_model_uri  # lazy: needs mlflow
+        if uri.startswith("models:/"):
+            from pipeline.tracking import parse_models_uri, resolve_model_uri  # lazy: needs mlflow
 
-            path = resolve_model_uri(uri, cache_dir) if cache_dir else resolve_model_uri(uri)
+            name, _, _ = parse_models_uri(uri)
+            if model and model.rpartition(":")[0] == name and model.rpartition(":")[2].isdigit():
+                uri = f"models:/{name}/{model.rpartition(':')[2]}"
+            workdir = Path(cfg.workdir or ".")
+            cache = Path(cfg.cache_dir) if cfg.cache_dir else workdir / ".cache" / "models"
+            path, _, _ = resolve_model_uri(uri, cache, workdir)
         else:
             path = Path(uri)
-            if not path.is_file() and (Path(workdir) / uri).is_file():
-                path = Path(workdir) / uri
+            if not path.is_file() and (Path(run_workdir) / uri).is_file():
+                path = Path(run_workdir) / uri
         card = read_card(path)
     except (ShadowcamError, ImportError, OSError) as e:
         notes.append(f"{role}: model card not found for {uri!r} ({e}); gap not computed (pass --{role}-card FILE.onnx)")
@@ -482,7 +493,7 @@ class Evaluator:
             if models[role] is None and not explicit:
                 cards[role], card_paths[role] = None, None
                 continue
-            cards[role], card_paths[role] = _resolve_card(role, explicit, d.runs, models[role], cfg.cache_dir, notes)
+            cards[role], card_paths[role] = _resolve_card(role, explicit, d.runs, models[role], cfg, notes)
             if cards[role] is not None and list(cards[role].class_names) != d.classes:
                 raise ModelCardError(f"{role} model card ({card_paths[role]}) has classes {cards[role].class_names}, the store's runs have {d.classes}")
         if d.invalid_labels:
@@ -817,7 +828,7 @@ def log_to_mlflow(
     from pipeline.evaluation import report
 
     tracking.configure(workdir)
-    mlflow.set_experiment(experiment)
+    exp_id = tracking.get_or_create_experiment(experiment, workdir)
     inc, sh = overall.meta["models"].get("incumbent"), overall.meta["models"].get("shadow")
     win = overall.meta["window"]
     tags = {
@@ -830,7 +841,7 @@ def log_to_mlflow(
         "shadowcam.kind": "evaluation",
         "runs": ",".join(overall.meta["runs"]),
     }
-    with mlflow.start_run(run_name=run_name or f"evaluate {inc} vs {sh}", tags=tags) as run:
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or f"evaluate {inc} vs {sh}", tags=tags) as run:
         client = MlflowClient()
         mlflow.log_params({"alpha": overall.meta["alpha"], "reference": json.dumps(overall.meta["reference"]["spec"]),
                            "windows": len(results), "cumulative": overall.meta["window"]["cumulative"]})
