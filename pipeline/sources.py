@@ -31,13 +31,16 @@ What a reader does with each decoded frame, in order:
 
 Timestamps: files use ``t0 + CAP_PROP_POS_MSEC/1000`` (the video's own clock, ``t0`` = the run
 start), continuing across loops; live streams use the stream's clock when it is sane (advancing and
-within :data:`LIVE_CLOCK_TOLERANCE_S` of the wall clock), else the wall clock; folders use the wall
-clock. Timestamps of one camera never go backwards.
+within :data:`LIVE_CLOCK_TOLERANCE_S` of the wall clock), else the wall clock; MJPEG over HTTP, USB
+cameras and folders have no clock of their own and use the wall clock. Timestamps of one camera never go backwards.
 
 Faults: a live source that cannot be opened or stops delivering is reopened in its own thread with
 exponential backoff and jitter (:func:`backoff_delay`) until :meth:`CameraReader.stop` -- it never
 ends the run and never holds up other cameras. Network streams are opened through FFMPEG with
 ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC`` so a dead camera cannot hang a read.
+OpenCV serialises FFMPEG *opens* behind one process-wide lock (reads run in parallel): a reader
+therefore checks that a stream's host accepts TCP before opening it, and loops files by seeking,
+so an unreachable camera does not delay the others' (re)connects.
 Files and folders that cannot be opened fail fast in :func:`open_source` with
 :class:`~pipeline.types.CameraUnavailableError`.
 """
@@ -47,6 +50,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -592,9 +596,12 @@ class CameraReader:
                 self.stats.state = "eof"
                 return
             offset += last_pos + period
-            cap.release()
-            cap = _open_file_capture(self.spec)
-            self._cap = cap
+            # Seek back rather than reopen: OpenCV serialises every FFMPEG open behind one global
+            # lock, so a reopen would wait for any network camera that is busy (re)connecting.
+            if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                cap.release()
+                cap = _open_file_capture(self.spec)
+                self._cap = cap
             self._gate.reset()
 
     def _read_video_pass(self, cap: cv2.VideoCapture, path: str, offset: float) -> tuple[int, float, float]:
@@ -630,6 +637,8 @@ class CameraReader:
     # -- live streams -----------------------------------------------------------------------------
     def _open_live(self) -> cv2.VideoCapture | None:
         spec = self.spec
+        if spec.kind in ("rtsp", "http") and not _tcp_reachable(spec.uri, self.health.open_timeout_s, self._stop):
+            return None
         try:
             if spec.kind == "usb":
                 cap = cv2.VideoCapture(int(spec.uri))
@@ -700,7 +709,9 @@ class CameraReader:
                     return "read failed (stream ended or timed out)"
                 self._corrupt(f"undecodable frame from {self.spec.display_uri}")
             wall = time.time()
-            pos = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if self.spec.kind != "usb" else 0.0
+            # RTSP carries RTP timestamps; MJPEG over HTTP and USB have no clock of their own
+            # (FFMPEG invents 25 fps for MJPEG), so they use the wall clock.
+            pos = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if self.spec.kind == "rtsp" else 0.0
             ts = wall
             if np.isfinite(pos) and pos > 0:
                 if base is None:
@@ -711,6 +722,38 @@ class CameraReader:
             if not self._offer(img, ts, ref, append_seq=True):
                 break
         return "stopped"
+
+
+def _tcp_reachable(uri: str, timeout_s: float, stop: threading.Event) -> bool:
+    """Whether the stream's host accepts a TCP connection (checked before handing the uri to OpenCV).
+
+    OpenCV opens every FFMPEG capture under one process-wide lock; an unreachable camera would hold
+    it for the whole open timeout and delay every other camera's (re)connect. A plain socket
+    connect costs nothing of the sort. Unknown hosts/ports are left to OpenCV to judge.
+    """
+    parts = urlsplit(uri)
+    host = parts.hostname
+    if not host:
+        return True
+    try:
+        port = parts.port or {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return True
+    if port is None:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set():  # short slices, so stop() is honoured during a long timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 1.0)):
+                return True
+        except TimeoutError:
+            continue
+        except OSError:  # refused, unreachable, unknown host
+            return False
+    return False
 
 
 def _open_file_capture(spec: SourceSpec) -> cv2.VideoCapture:

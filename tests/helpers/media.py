@@ -80,3 +80,57 @@ def make_image_folder(folder: Path | str, n: int, corrupt: Sequence[str] = (), e
     for name in extra:
         (folder / name).write_text("not an image, wrong extension\n")
     return sorted(good)
+
+
+class MjpegHttpServer:
+    """A tiny threaded HTTP server streaming ``multipart/x-mixed-replace`` JPEGs (an "IP camera").
+
+    ``with MjpegHttpServer(fps=20) as srv: srv.url`` -> ``http://127.0.0.1:<port>/video.mjpg``.
+    Every client gets its own endless sequence of :func:`distinct_frame` s.
+    """
+
+    def __init__(self, fps: float = 20.0, size: tuple[int, int] = (64, 48)) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        period = 1.0 / fps
+        w, h = size
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                import time
+
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not server_stop.is_set():
+                        ok, jpg = cv2.imencode(".jpg", distinct_frame(i, w, h))
+                        b = jpg.tobytes()
+                        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(b)}\r\n\r\n"
+                        self.wfile.write(head.encode() + b + b"\r\n")
+                        self.wfile.flush()
+                        i += 1
+                        time.sleep(period)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        server_stop = threading.Event()
+        self._stop = server_stop
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="mjpeg-server", daemon=True)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/video.mjpg"
+
+    def __enter__(self) -> "MjpegHttpServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -21,6 +21,7 @@ This module must stay importable by the venv's Python without ``gi``: the GStrea
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import socket
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------- client side (any python)
+@functools.lru_cache(maxsize=1)
 def system_gst_available() -> tuple[bool, str]:
     """Whether ``/usr/bin/python3`` can import GstRtspServer; the reason when not."""
     if not os.path.exists(SYSTEM_PYTHON):
@@ -193,6 +195,32 @@ class RtspServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ----------------------------------------------------------------------------- pytest fixture
+try:  # the system python that runs the server has no pytest: the fixture exists only under pytest
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture
+    def rtsp_server():
+        """A started :class:`RtspServer` (yields the object: ``.url``, ``.kill()``, ``.start()``).
+
+        Use it from a test module with ``from tests.helpers.rtsp_server import rtsp_server``.
+        Skips the test when ``/usr/bin/python3`` lacks gi/GstRtspServer or an H.264 encoder.
+        """
+        ok, why = system_gst_available()
+        if not ok:
+            pytest.skip(f"RTSP server unavailable: {why}")
+        srv = RtspServer()
+        srv.start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
 
 
 if __name__ == "__main__":

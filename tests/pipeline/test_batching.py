@@ -1,0 +1,134 @@
+"""Cross-camera batching over real readers of videos and folders written by the tests."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.batching import Batcher
+from pipeline.config import BatchingConfig, CameraHealthConfig, SourceConfig
+from pipeline.sources import CameraReader, open_source, open_sources, stop_all
+from pipeline.types import ConfigError, FrameBatch
+from tests.helpers.media import make_image_folder, write_video
+
+HEALTH = CameraHealthConfig()
+
+
+def wait_until(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def three_videos(tmp_path: Path, counts=(20, 30, 40)) -> list[SourceConfig]:
+    return [
+        SourceConfig(uri=str(write_video(tmp_path / f"cam{i}.avi", n, seed=i)), queue_size=64)
+        for i, n in enumerate(counts)
+    ]
+
+
+def prefilled(tmp_path: Path, counts) -> list[CameraReader]:
+    """Readers that have read their whole file already (queues hold every frame)."""
+    readers = open_sources(three_videos(tmp_path, counts), HEALTH, "r")
+    for r in readers:
+        r.start()
+    wait_until(lambda: all(r.stats.state == "eof" for r in readers), 30, "the readers to reach EOF")
+    return readers
+
+
+def test_three_cameras_every_frame_exactly_once(tmp_path: Path) -> None:
+    readers = open_sources(three_videos(tmp_path), HEALTH, "r")
+    for r in readers:
+        r.start()
+    batcher = Batcher(readers, BatchingConfig(batch_size=8, max_wait_ms=50), input_size=(24, 32))
+    batches = list(batcher)
+    assert batcher.next_batch() is None  # stays done
+    seen = [(f.camera_id, f.seq) for b in batches for f in b.frames]
+    assert len(seen) == 90 and len(set(seen)) == 90
+    assert Counter(c for c, _ in seen) == {"cam0": 20, "cam1": 30, "cam2": 40}
+    for cam in ("cam0", "cam1", "cam2"):  # per-camera order is preserved
+        seqs = [s for c, s in seen if c == cam]
+        assert seqs == sorted(seqs)
+    for b in batches:
+        assert isinstance(b, FrameBatch) and 1 <= len(b) <= 8
+        assert b.images.shape == (len(b), 24, 32, 3) and b.images.dtype == np.uint8
+    assert batcher.batches == len(batches) and batcher.frames == 90
+
+
+def test_round_robin_fairness_and_full_batches(tmp_path: Path) -> None:
+    readers = prefilled(tmp_path, (12, 12, 30))
+    batcher = Batcher(readers, BatchingConfig(batch_size=9, max_wait_ms=1000), input_size=(16, 16))
+    per_batch = [Counter(f.camera_id for f in b.frames) for b in batcher]
+    # while all three have frames: 3 each; then cam2 alone fills whole batches
+    assert per_batch == [Counter(cam0=3, cam1=3, cam2=3)] * 4 + [Counter(cam2=9)] * 2
+
+
+def test_the_first_camera_rotates_between_batches(tmp_path: Path) -> None:
+    readers = prefilled(tmp_path, (20, 20, 20))
+    batcher = Batcher(readers, BatchingConfig(batch_size=4, max_wait_ms=1000), input_size=(16, 16))
+    batches = [batcher.next_batch() for _ in range(3)]
+    assert [b.frames[0].camera_id for b in batches] == ["cam0", "cam1", "cam2"]
+    assert Counter(f.camera_id for b in batches for f in b.frames) == {"cam0": 4, "cam1": 4, "cam2": 4}
+    assert [f.camera_id for f in batches[1].frames] == ["cam1", "cam2", "cam0", "cam1"]
+    stop_all(readers)
+
+
+def test_max_wait_flushes_a_partial_batch(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "slow", 4)
+    # a camera at 5 fps that never ends: a batch of 32 would take 6 s; max_wait flushes after 100 ms
+    r = open_source(SourceConfig(uri=str(tmp_path / "slow"), loop=True, max_fps=5), HEALTH, "r")
+    r.start()
+    batcher = Batcher([r], BatchingConfig(batch_size=32, max_wait_ms=100), input_size=(16, 16))
+    try:
+        b = batcher.next_batch()
+        assert b is not None and 1 <= len(b) < 32
+    finally:
+        r.stop()
+    while batcher.next_batch() is not None:  # what was queued before the stop is drained, then None
+        pass
+    assert r.finished
+
+
+def test_stop_ends_batching_of_live_readers(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "f", 3)
+    r = open_source(SourceConfig(uri=str(tmp_path / "f"), loop=True, max_fps=50), HEALTH, "r")
+    r.start()
+    batcher = Batcher([r], BatchingConfig(batch_size=4, max_wait_ms=20), input_size=(8, 8))
+    assert batcher.next_batch() is not None
+    batcher.stop()
+    assert batcher.next_batch() is None
+    r.stop()
+
+
+@pytest.mark.parametrize("interp, flag", [("area", cv2.INTER_AREA), ("linear", cv2.INTER_LINEAR),
+                                          ("nearest", cv2.INTER_NEAREST)])
+def test_resize_matches_opencv_and_keeps_bgr(tmp_path: Path, interp: str, flag: int) -> None:
+    r = open_source(SourceConfig(uri=str(write_video(tmp_path / "c.avi", 5))), HEALTH, "r")
+    r.start()
+    batcher = Batcher([r], BatchingConfig(batch_size=5, max_wait_ms=2000), input_size=(24, 40), interpolation=interp)
+    b = batcher.next_batch()
+    assert b is not None and len(b) == 5
+    for f, img in zip(b.frames, b.images):
+        np.testing.assert_array_equal(img, cv2.resize(f.image, (40, 24), interpolation=flag))
+    # same size in and out: copied untouched
+    r2 = open_source(SourceConfig(uri=str(tmp_path / "c.avi"), id="c2"), HEALTH, "r")
+    r2.start()
+    b2 = Batcher([r2], BatchingConfig(batch_size=5, max_wait_ms=2000), input_size=(48, 64)).next_batch()
+    np.testing.assert_array_equal(b2.images[0], b2.frames[0].image)
+
+
+def test_batcher_rejects_bad_arguments(tmp_path: Path) -> None:
+    r = open_source(SourceConfig(uri=str(write_video(tmp_path / "c.avi", 2))), HEALTH, "r")
+    with pytest.raises(ConfigError, match="interpolation 'bogus'"):
+        Batcher([r], BatchingConfig(), (8, 8), interpolation="bogus")
+    with pytest.raises(ConfigError, match="at least one camera"):
+        Batcher([], BatchingConfig(), (8, 8))
+    with pytest.raises(ConfigError, match="input_size"):
+        Batcher([r], BatchingConfig(), (0, 8))
