@@ -390,9 +390,10 @@ class ShadowPair:
             self._count_fallback(Degraded.UNKNOWN, len(out) - n_stale, failure)
         return out, failure
 
-    def _call(self, caller: _Caller, clf: OnnxClassifier, batch: FrameBatch) -> np.ndarray:
+    def _call(self, caller: _Caller, clf: OnnxClassifier, batch: FrameBatch, timeout_s: float | None = None) -> np.ndarray:
         ro = _run_options()
-        probs = caller.call(lambda: clf.predict(batch, run_options=ro), clf.timeout_s, on_timeout=_terminate(ro))
+        timeout_s = clf.timeout_s if timeout_s is None else timeout_s
+        probs = caller.call(lambda: clf.predict(batch, run_options=ro), timeout_s, on_timeout=_terminate(ro))
         return validate_probs(probs, len(batch), clf.card.n_classes, clf.model_id)
 
     def _remember(self, preds: list[Prediction]) -> None:
@@ -437,7 +438,7 @@ class ShadowPair:
                 continue
             t0 = time.perf_counter()
             try:
-                probs = self._call(self._sh_caller, sh, batch)
+                probs = self._call(self._sh_caller, sh, batch, self.cfg.timeout_s)
                 latency_ms = (time.perf_counter() - t0) * 1000.0
                 preds = sh.predictions(batch, probs, latency_ms)
                 preds = [p if p.role is Role.SHADOW else _as_shadow(p) for p in preds]

@@ -241,7 +241,7 @@ class PredictionStore:
                 )
             for v in range(version, SCHEMA_VERSION):
                 MIGRATIONS[v](conn)
-            if version == 0:
+            if row is None:  # (a stub whose row says "0" has a row: update it, never insert twice)
                 conn.execute(schema_meta.insert().values(key="version", value=str(SCHEMA_VERSION)))
             elif version != SCHEMA_VERSION:
                 conn.execute(schema_meta.update().where(schema_meta.c.key == "version").values(value=str(SCHEMA_VERSION)))
