@@ -102,8 +102,8 @@ def post_webhook(url: str, alerts: Sequence[Alert], result: Any = None, timeout_
         meta = result.meta if hasattr(result, "meta") else result["meta"]
         payload.update(models=meta.get("models"), window={k: meta["window"].get(k) for k in ("start_iso", "end_iso", "index")}, runs=meta.get("runs"))
     body = json.dumps(payload).encode("utf-8")
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "shadowcam"})
     try:
+        req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "shadowcam"})
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             if not (200 <= resp.status < 300):
                 log.error("alert webhook %s answered HTTP %s", url, resp.status)
