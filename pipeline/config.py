@@ -39,6 +39,10 @@ class CameraHealthConfig(_Strict):
     # consecutive frames whose mean |grey difference| (every 4th pixel) is <= this count as identical
     # (0 = bit-identical; raise it for codecs that re-encode a frozen picture with small changes)
     frozen_max_diff: float = Field(default=0.0, ge=0)
+    # FFMPEG's stream analysis on opening rtsp/http cameras (its default of up to 5 s makes every
+    # reconnect take ~2 s). Applied process-wide via OPENCV_FFMPEG_CAPTURE_OPTIONS unless that is
+    # already set by the user; None leaves FFMPEG's default.
+    ffmpeg_analyze_s: float | None = Field(default=0.5, gt=0)
     open_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=5.0, gt=0)
 

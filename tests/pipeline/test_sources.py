@@ -398,3 +398,15 @@ def test_rtsp_server_killed_and_restarted_camera_reconnects_others_keep_flowing(
     print(f"\nRTSP outage: kill->disconnected {t_disc - t_kill:.2f}s, restart->first frame {t_back - t_restart:.2f}s, "
           f"camera gap {t_back - t_kill:.2f}s; file frames during the outage {len(during)} "
           f"(max gap {gaps.max() * 1000:.0f} ms)")
+
+
+def test_ffmpeg_capture_options_respect_the_users_choice(monkeypatch) -> None:
+    import pipeline.sources as sources
+
+    monkeypatch.setattr(sources, "_ffmpeg_env_ours", None)
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+    assert sources.apply_ffmpeg_capture_options(CameraHealthConfig(ffmpeg_analyze_s=0.25)) == "rtsp_transport;tcp"
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    assert sources.apply_ffmpeg_capture_options(CameraHealthConfig(ffmpeg_analyze_s=0.25)) == "analyzeduration;250000"
+    open_source(SourceConfig(uri="rtsp://127.0.0.1:9/x"), CameraHealthConfig(ffmpeg_analyze_s=0.5), "r")
+    assert sources.os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] == "analyzeduration;500000"
