@@ -192,11 +192,11 @@ class StuckClassifier(OnnxClassifier):
     def __init__(self, *a, **kw):
         self.release = threading.Event()
         self.release.set()
-        self.entered = 0
         super().__init__(*a, **kw)
         self.release.clear()
+        self.entered = 0
 
     def predict(self, batch, run_options=None):
-        self.entered += 1
+        self.entered = getattr(self, "entered", 0) + 1
         self.release.wait()
         return super().predict(batch, run_options=run_options)
