@@ -546,7 +546,8 @@ class Evaluator:
                 models_out[role] = None
                 continue
             models_out[role], m = self._role_figures(d, ctx, role, rp, mask, ref, cur, pi_all, notes)
-            methods.update(m)
+            for k, v in m.items():
+                methods.setdefault(k, {})[role] = v
 
         paired, decision = self._paired(d, mask, pi_all)
         drift = self._drift(d, ref, cur, notes)
@@ -582,13 +583,13 @@ class Evaluator:
             "methods": {
                 "truth": "majority of non-unsure labels; all-unsure, tied and unknown-class frames excluded",
                 "degraded": "degraded predictions excluded from accuracy",
-                "accuracy": methods.get("accuracy", "none"),
+                "accuracy": methods.get("accuracy", {}),
                 "gap": "offline test accuracy (model card) - production accuracy; CI combines both sample sizes (stats.gap_estimate)",
                 "paired": "McNemar exact test on frames labelled with both predictions; difference in accuracy with CI (stats.paired_test)",
                 "drift_softmax": "per-class Kolmogorov-Smirnov on softmax outputs vs the reference period, Bonferroni-corrected",
                 "drift_image": "per-camera image statistics (brightness, contrast, sharpness, noise) vs the reference period",
                 "drift_class_distribution": "incumbent's predicted-class distribution vs the reference period",
-                "estimated_accuracy": methods.get("estimated_accuracy", "none"),
+                "estimated_accuracy": methods.get("estimated_accuracy", {}),
                 "calibration": f"{cfg.calibration_bins} equal-width confidence bins, inverse-probability weighted",
             },
             "notes": sorted(set(notes), key=notes.index),
@@ -682,33 +683,50 @@ class Evaluator:
         return _clean(paired), _clean(decision)
 
     def _drift(self, d: _Data, ref: np.ndarray, cur: np.ndarray, notes: list[str]) -> dict:
+        """Drift of the window's post-reference frames against the reference period.
+
+        Every test gets the frames' timestamps and cameras, so the drift module can discount correlated
+        consecutive frames (effective sample sizes); results it skips (too few frames) are kept with their
+        ``skipped`` reason and carry no p-value.
+        """
         alpha = self.config.alpha
         out: dict[str, Any] = {"softmax": {}, "class_distribution": None, "image": {}, "reference_frames": int(ref.sum()), "current_frames": int(cur.sum())}
         if not cur.any():
             out["skipped"] = "no frames after the reference period in this window"
             return out
+
+        def kw(r: np.ndarray, c: np.ndarray) -> dict:
+            return {"ref_ts": d.ts[r], "cur_ts": d.ts[c], "ref_groups": d.cameras[r], "cur_groups": d.cameras[c]}
+
         for role in ROLES:
             rp = d.roles[role]
             ok = rp.has & ~rp.degraded & ~np.isnan(rp.probs).any(axis=1)
             r, c = ref & ok, cur & ok
-            if r.sum() >= 2 and c.sum() >= 2:
-                out["softmax"][role] = _clean(drift_mod.ks_softmax_drift(rp.probs[r], rp.probs[c], alpha=alpha))
+            if r.any() and c.any():
+                out["softmax"][role] = _clean(drift_mod.ks_softmax_drift(rp.probs[r], rp.probs[c], alpha=alpha, classes=d.classes, **kw(r, c)))
         inc = d.roles[Role.INCUMBENT.value]
         ok = inc.has & ~inc.degraded & (inc.pred >= 0)
         r, c = ref & ok, cur & ok
         if r.any() and c.any():
             names = np.array(d.classes, dtype=object)
-            out["class_distribution"] = _clean(drift_mod.class_distribution_drift(list(names[inc.pred[r]]), list(names[inc.pred[c]]), d.classes, alpha=alpha))
+            out["class_distribution"] = _clean(
+                drift_mod.class_distribution_drift(list(names[inc.pred[r]]), list(names[inc.pred[c]]), d.classes, alpha=alpha, **kw(r, c))
+            )
         for cam in sorted(set(d.cameras[cur])):
             rc, cc = ref & (d.cameras == cam), cur & (d.cameras == cam)
-            if rc.sum() < 2 or cc.sum() < 2:
-                notes.append(f"camera {cam}: too few frames in the reference period ({int(rc.sum())}) for image-statistics drift")
+            if not rc.any():
+                notes.append(f"camera {cam}: no frames in the reference period; image-statistics drift not computed")
                 continue
-            rs = {k: v[rc][~np.isnan(v[rc])] for k, v in d.image_stats.items()}
-            cs = {k: v[cc][~np.isnan(v[cc])] for k, v in d.image_stats.items()}
-            keep = [k for k in STAT_NAMES if rs[k].size >= 2 and cs[k].size >= 2]
+            keep = [k for k in STAT_NAMES if not np.isnan(d.image_stats[k][rc]).any() and not np.isnan(d.image_stats[k][cc]).any()]
             if keep:
-                out["image"][cam] = _clean(drift_mod.image_stat_drift({k: rs[k] for k in keep}, {k: cs[k] for k in keep}, alpha=alpha))
+                out["image"][cam] = _clean(drift_mod.image_stat_drift(
+                    {k: d.image_stats[k][rc] for k in keep}, {k: d.image_stats[k][cc] for k in keep}, alpha=alpha,
+                    ref_ts=d.ts[rc], cur_ts=d.ts[cc],
+                ))
+        skipped = [name for name, res in [*((f"softmax/{r}", v) for r, v in out["softmax"].items()), ("class_distribution", out["class_distribution"]),
+                                          *((f"image/{c}", v) for c, v in out["image"].items())] if isinstance(res, dict) and res.get("skipped")]
+        if skipped:
+            notes.append(f"drift tests skipped for too few frames: {', '.join(skipped)}")
         return out
 
 
@@ -780,26 +798,22 @@ def _diff_value(paired: dict) -> Any:
 
 
 def drift_p_value(res: dict | None) -> float | None:
-    """The corrected p-value of a drift result dict (the drift module's key, whichever it is)."""
-    if not res:
+    """The corrected p-value of a drift result (``p_min_corrected``); None when the test was skipped."""
+    if not res or res.get("skipped"):
         return None
-    for key in ("p_value_corrected", "p_corrected", "p_value", "p"):
+    for key in ("p_min_corrected", "p_value"):
         if isinstance(res.get(key), (int, float)):
             return float(res[key])
     return None
 
 
 def image_stat_p_values(res: dict | None) -> dict[str, float]:
-    """Per-statistic p-values of an image-statistics drift result."""
-    if not res:
+    """Per-statistic p-values of an image-statistics drift result, Bonferroni-corrected over the statistics."""
+    if not res or res.get("skipped"):
         return {}
-    out: dict[str, float] = {}
-    src = res.get("stats") or res.get("per_stat") or {k: v for k, v in res.items() if k in STAT_NAMES}
-    for k, v in src.items():
-        p = drift_p_value(v) if isinstance(v, dict) else (float(v) if isinstance(v, (int, float)) else None)
-        if p is not None:
-            out[k] = p
-    return out
+    per = res.get("stats") or {}
+    k = max(1, len(per))
+    return {name: min(1.0, float(v["p_value"]) * k) for name, v in per.items() if isinstance(v, dict) and isinstance(v.get("p_value"), (int, float))}
 
 
 def log_to_mlflow(

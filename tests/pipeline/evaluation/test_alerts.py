@@ -22,7 +22,7 @@ def results(tmp_path_factory):
     inc = write_model(tmp / "inc.onnx", "inc", "1", 0.999, 5000)
     sh = write_model(tmp / "sh.onnx", "sh", "2", 0.93, 500)
     out = []
-    for name, shift in (("steady", None), ("shifted", 100)):
+    for name, shift in (("steady", None), ("shifted", 50)):
         store = build_store(str(tmp / f"{name}.db"), StoreSpec(incumbent_uri=str(inc), shadow_uri=str(sh), shift_after=shift))
         out.append(Evaluator(EvalConfig(reference=0.25)).evaluate(store))
         store.close()

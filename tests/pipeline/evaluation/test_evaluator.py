@@ -157,7 +157,8 @@ def test_windows_split_frames_and_match_plain_counts(tmp_path, models):
 
 
 def test_drift_detected_after_a_shift_and_not_without(tmp_path, models):
-    store, _ = _store(tmp_path, models, shift_after=100)
+    # the shift starts right after the reference period (frames 0-49): the whole current period is shifted
+    store, _ = _store(tmp_path, models, shift_after=50)
     res = Evaluator(EvalConfig(reference=0.25)).evaluate(store)
     m = flat_metrics(res)
     assert m["drift/softmax_p/incumbent"] < 0.01
@@ -165,7 +166,15 @@ def test_drift_detected_after_a_shift_and_not_without(tmp_path, models):
     assert m["drift/image/camB/brightness"] > 0.05
     assert m["drift/softmax_p/shadow"] > 0.05
     assert res.data["drift"]["reference_frames"] == 50
+    assert res.data["drift"]["image"]["camA"]["worst"] == "brightness"
     store.close()
+
+    # a shift at frame 100 shows in the windows after it, not in the one before
+    late, _ = _store(tmp_path / "late", models, shift_after=100)
+    wins = Evaluator(EvalConfig(reference=0.25)).evaluate_windows(late, 50)
+    late.close()
+    camA = [flat_metrics(w).get("drift/image/camA/brightness") for w in wins]
+    assert camA[0] is None and camA[1] > 0.05 and camA[2] < 0.01 and camA[3] < 0.01
 
     steady, _ = _store(tmp_path / "steady", models)
     res = Evaluator(EvalConfig(reference=("duration", 50.0))).evaluate(steady)

@@ -18,7 +18,7 @@ def evaluated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     inc = write_model(tmp / "inc.onnx", "inc", "1", 0.95, 1000, atc_threshold=0.75)
     sh = write_model(tmp / "sh.onnx", "sh", "2", 0.93, 500)
-    store = build_store(str(tmp / "s.db"), StoreSpec(incumbent_uri=str(inc), shadow_uri=str(sh), shift_after=100))
+    store = build_store(str(tmp / "s.db"), StoreSpec(incumbent_uri=str(inc), shadow_uri=str(sh), shift_after=50))
     ev = Evaluator(EvalConfig(reference=0.25))
     wins, overall = ev.evaluate_windows(store, 50), ev.evaluate(store)
     store.close()
@@ -76,7 +76,7 @@ def test_summary_table_lists_models_gap_decision_and_drift(evaluated):
     wins, overall = evaluated
     text = report.format_summary(overall, wins)
     lines = text.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    header = next(i for i, line in enumerate(lines) if line.startswith("role "))
     assert lines[header + 1].startswith("-----")
     assert lines[header + 2].startswith("incumbent") and "inc:1" in lines[header + 2]
     assert lines[header + 3].startswith("shadow") and "sh:2" in lines[header + 3]
