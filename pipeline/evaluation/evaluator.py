@@ -288,22 +288,28 @@ def _load(store: st.PredictionStore, run_ids: Sequence[str] | None) -> _Data:
 # --------------------------------------------------------------------------------------------------
 # Model cards
 # --------------------------------------------------------------------------------------------------
-def _run_config_uri(runs: list[dict], role: str) -> tuple[str | None, str]:
+def _run_config_uri(runs: list[dict], role: str) -> tuple[str | None, str, str | None]:
+    """(model URI, run workdir, local ONNX path the runner used) from the newest run config that names one."""
     for r in reversed(runs):
         try:
             cfg = json.loads(r["config"] or "{}")
         except json.JSONDecodeError:
             continue
         section = cfg.get(role) or {}
-        if isinstance(section, dict) and section.get("uri"):
-            return str(section["uri"]), str(cfg.get("workdir") or ".")
-    return None, "."
+        resolved = (cfg.get("_resolved") or {}).get(role) or {}
+        uri = section.get("uri") if isinstance(section, dict) else None
+        path = resolved.get("path") if isinstance(resolved, dict) else None
+        uri = uri or (resolved.get("uri") if isinstance(resolved, dict) else None)
+        if uri or path:
+            return (str(uri) if uri else None), str(cfg.get("workdir") or "."), (str(path) if path else None)
+    return None, ".", None
 
 
 def _resolve_card(role: str, explicit: str | None, runs: list[dict], model: str | None, cfg: "EvalConfig", notes: list[str]) -> tuple[ModelCard | None, str | None]:
     """The role's model card and where it came from; ``None`` plus a note when there is none.
 
-    Order: the explicit ``--<role>-card`` file; else the run config's model URI. A registry URI
+    Order: the explicit ``--<role>-card`` file; the ONNX file the runner loaded (``_resolved.<role>.path`` in
+    the stored run config) when it is still there; else the run config's model URI. A registry URI
     (``models:/NAME@ALIAS``) is resolved to the *version the predictions were made with*
     (``models:/NAME/VERSION`` from the store's ``NAME:VERSION``), since the alias may have moved since the run.
     """
@@ -311,7 +317,15 @@ def _resolve_card(role: str, explicit: str | None, runs: list[dict], model: str 
         card = read_card(explicit)  # a card the user named must exist: errors propagate
         _check_card_matches(role, card, model, notes, reject=False)
         return card, str(explicit)
-    uri, run_workdir = _run_config_uri(runs, role)
+    uri, run_workdir, used_path = _run_config_uri(runs, role)
+    if used_path and Path(used_path).is_file():
+        # the very file the runner loaded (a registry download in its cache, or the configured path)
+        try:
+            card = read_card(used_path)
+            if _check_card_matches(role, card, model, notes, reject=True):
+                return card, used_path
+        except ShadowcamError as e:
+            notes.append(f"{role}: {e}")
     if not uri:
         notes.append(f"{role}: no model URI in the run config and no --{role}-card; offline accuracy unknown, gap not computed")
         return None, None

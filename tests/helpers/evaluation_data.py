@@ -89,6 +89,7 @@ class StoreSpec:
     incumbent_uri: str | None = None
     shadow_uri: str | None = None
     alerts: AlertConfig | None = None
+    resolved: dict | None = None  # the runner's ``_resolved`` section of the stored config: {role: {"path": ...}}
 
 
 def labels_for(i: int, spec: StoreSpec) -> list[tuple[str, str]]:
@@ -116,7 +117,10 @@ def build_store(url: str, spec: StoreSpec | None = None) -> PredictionStore:
         shadow=ModelConfig(uri=spec.shadow_uri) if spec.shadow_uri else None,
         alerts=spec.alerts or AlertConfig(),
     )
-    store.begin_run(RUN_ID, "inc:1", "sh:2", CLASSES, cfg.model_dump())
+    doc = cfg.model_dump(mode="json")
+    if spec.resolved:
+        doc["_resolved"] = spec.resolved
+    store.begin_run(RUN_ID, "inc:1", "sh:2", CLASSES, doc)
     frames, preds, samples, labels = [], [], [], []
     for i in range(spec.n):
         cam = "camA" if i % 2 == 0 else "camB"

@@ -206,6 +206,16 @@ def test_missing_card_means_no_gap_with_a_note(tmp_path, models):
     store.close()
 
 
+def test_card_found_through_the_file_the_runner_loaded(tmp_path, models):
+    """The runner records the local file it loaded (``_resolved``); that wins over an unresolvable URI."""
+    spec = StoreSpec(incumbent_uri="models:/nowhere@champion", resolved={"incumbent": {"model": "inc:1", "path": str(models[0])}})
+    store = build_store(str(tmp_path / "s.db"), spec)
+    res = Evaluator(EvalConfig(workdir=str(tmp_path))).evaluate(store)
+    store.close()
+    assert res.meta["cards"]["incumbent"]["path"] == str(models[0])
+    assert res.data["models"]["incumbent"]["gap"]["value"] is not None
+
+
 def test_card_of_another_version_is_not_used(tmp_path):
     inc = write_model(tmp_path / "inc7.onnx", "inc", "7", 0.99, 100)
     store = build_store(str(tmp_path / "s.db"), StoreSpec(incumbent_uri=str(inc)))
