@@ -17,7 +17,8 @@ DESCRIPTION = (
     "Join predictions with human labels and compute, for the incumbent and the shadow: production accuracy with a CI, "
     "per-class recall, per-camera accuracy, the train-to-production gap against the model card, the paired "
     "champion/challenger test and decision, drift against a reference period and a label-free accuracy estimate. "
-    "Logs one MLflow run (time series over windows, plots, HTML report), prints a summary and raises alerts."
+    "Logs one MLflow run (time series over windows, plots, HTML report), prints a summary and raises alerts "
+    "(checked on the newest window when --window is given, else on the whole scope)."
 )
 
 

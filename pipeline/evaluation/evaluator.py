@@ -499,7 +499,9 @@ class Evaluator:
             models[role] = c.most_common(1)[0][0] if c else None
             if len(c) > 1:
                 notes.append(f"{role}: predictions come from {len(c)} model versions ({', '.join(f'{m} x{k}' for m, k in c.most_common())}); figures pool them")
-        if models[Role.SHADOW.value] is None:
+        if d.n == 0:
+            notes.append(f"no frames recorded for run(s) {', '.join(r['run_id'] for r in d.runs)}: nothing to evaluate")
+        elif models[Role.SHADOW.value] is None:
             notes.append("no shadow predictions in scope: only the incumbent is evaluated")
         cards, card_paths = {}, {}
         for role in ROLES:

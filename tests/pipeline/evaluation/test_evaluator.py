@@ -10,7 +10,7 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from pipeline.evaluation.evaluator import EvalConfig, Evaluator, flat_metrics, log_to_mlflow, parse_duration, parse_reference
+from pipeline.evaluation.evaluator import EvalConfig, Evaluator, flat_metrics, log_to_mlflow, metric_key_part, parse_duration, parse_reference
 from pipeline.types import ConfigError, ModelCardError
 from tests.helpers.evaluation_data import CLASSES, T0, StoreSpec, build_store, expected, write_model
 
@@ -246,6 +246,14 @@ def test_parse_reference_and_config_errors():
         EvalConfig(alpha=1.5)
     with pytest.raises(ConfigError, match="reference"):
         EvalConfig(reference=("range", 10, 5))
+
+
+@pytest.mark.parametrize("cam,part", [("camA", "camA"), ("rtsp://10.0.0.5:554/dock 1", "rtsp___10.0.0.5_554_dock 1"), ("../x", "_x"), ("", "_")])
+def test_metric_key_part_is_valid_for_mlflow(cam, part):
+    from mlflow.utils.validation import _validate_metric_name
+
+    assert metric_key_part(cam) == part
+    _validate_metric_name(f"drift/image/{metric_key_part(cam)}/brightness")
 
 
 def test_unknown_run_id_is_a_clear_error(tmp_path):
