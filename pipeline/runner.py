@@ -446,10 +446,10 @@ class Runner:
         if inc is None:
             if cfg.incumbent is None:
                 raise ConfigError("no incumbent model: give --incumbent MODEL or 'incumbent: {uri: ...}' in the config")
-            inc = OnnxClassifier.from_config(cfg.incumbent, Role.INCUMBENT, cache_dir=cache, warmup_batch_size=bs)
+            inc = OnnxClassifier.from_config(cfg.incumbent, Role.INCUMBENT, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
         sh = self._shadow
         if sh is None and cfg.shadow is not None:
-            sh = OnnxClassifier.from_config(cfg.shadow, Role.SHADOW, cache_dir=cache, warmup_batch_size=bs)
+            sh = OnnxClassifier.from_config(cfg.shadow, Role.SHADOW, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
         return inc, sh
 
     def _install_signals(self) -> dict[int, Any]:

@@ -136,6 +136,8 @@ class OnnxClassifier:
         warmup_batch_size, warmup_runs: dummy batches run at load (0 runs: no warm-up).
         io_binding: None: on for CUDA/TensorRT; True forces it (on CPU too, which exercises the code path).
         cache_dir: where registry models are downloaded and TensorRT engines are cached.
+        workdir: passed to :func:`pipeline.tracking.resolve_model_uri` (its MLflow store when
+            ``MLFLOW_TRACKING_URI`` is not set).
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class OnnxClassifier:
         warmup_runs: int = 2,
         io_binding: bool | None = None,
         cache_dir: str | Path | None = None,
+        workdir: str | Path | None = None,
     ):
         self.uri = str(path_or_uri)
         self.role = Role(role)
@@ -166,7 +169,10 @@ class OnnxClassifier:
         if self.uri.startswith("models:/"):
             from pipeline.tracking import resolve_model_uri  # lazy: MLflow only when a registry URI is used
 
-            local, reg_name, reg_version = resolve_model_uri(self.uri, self.cache_dir / "models")
+            if workdir is None:
+                local, reg_name, reg_version = resolve_model_uri(self.uri, self.cache_dir / "models")
+            else:  # the work dir's MLflow store is used when MLFLOW_TRACKING_URI is not set
+                local, reg_name, reg_version = resolve_model_uri(self.uri, self.cache_dir / "models", workdir=workdir)
             self.path = Path(local)
         else:
             self.path = Path(self.uri)
@@ -208,11 +214,12 @@ class OnnxClassifier:
 
     # --- construction ----------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: Any, role: Role | str, cache_dir: str | Path | None = None, warmup_batch_size: int = 1) -> "OnnxClassifier":
+    def from_config(cls, cfg: Any, role: Role | str, cache_dir: str | Path | None = None, warmup_batch_size: int = 1,
+                    workdir: str | Path | None = None) -> "OnnxClassifier":
         """Build from a :class:`pipeline.config.ModelConfig`."""
         return cls(
             cfg.uri, role=role, providers=cfg.providers, timeout_s=cfg.timeout_s, intra_op_threads=cfg.intra_op_threads,
-            cache_dir=cache_dir, warmup_batch_size=warmup_batch_size,
+            cache_dir=cache_dir, warmup_batch_size=warmup_batch_size, workdir=workdir,
         )
 
     def _make_session(self, providers: list[str]):
@@ -222,6 +229,11 @@ class OnnxClassifier:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.intra_op_threads:
             so.intra_op_num_threads = self.intra_op_threads
+        if self.role is Role.SHADOW:
+            # idle shadow threads sleep instead of spinning, so a shadow on the CPU does not burn the cores the
+            # incumbent (and the cameras) need while it waits for work
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options: list[dict[str, str]] = []
         for p in providers:
             if p == CUDA:
