@@ -76,6 +76,8 @@ class SamplingConfig(_Strict):
     double_label_share: float = Field(default=0.1, ge=0, le=1)
     image_dir: str = "samples"  # JPEGs of sampled frames (relative to the work dir)
     seed: int = 0
+    disagreement_boost: float = Field(default=10.0, ge=1)  # disagreement strategy: odds of incumbent != shadow frames vs others
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
 
 
 class StoreConfig(_Strict):

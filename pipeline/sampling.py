@@ -1,0 +1,260 @@
+"""Label sampling: choose frames for human labels, and record the probability each frame had.
+
+Design (why the evaluator's estimates stay unbiased)
+----------------------------------------------------
+Every frame offered gets an inclusion probability ``pi`` computed from the frame's own features
+(predictions, camera) and from running statistics of *earlier and current* frames -- never from the
+random draw itself. Then one independent Bernoulli(``pi``) draw decides (Poisson sampling, seeded
+RNG) and a sampled frame records exactly that ``pi``. Since ``E[1{sampled}/pi] = 1`` for every frame
+whatever its label, the evaluator's inverse-probability (Horvitz-Thompson / Hajek) estimates are
+unbiased for any strategy, as long as ``pi > 0`` for every frame -- which the uniform floor guarantees.
+
+Strategies (``SamplingConfig.strategy``), with ``r = rate`` and ``f = uniform_floor``; every frame gets
+``pi = s * (f * r + (1 - f) * q)``, where ``q`` is the strategy's share and ``s <= 1`` the budget factor:
+
+* ``uniform``: ``q = r``.
+* ``stratified``: strata are camera x incumbent-predicted class. ``q = r / (S * share_h)`` with
+  ``share_h`` the running share of frames in the stratum and ``S`` the number of strata seen, so each
+  stratum gets the same expected number of labels (rare classes and quiet cameras are not starved).
+* ``disagreement``: frames where incumbent and shadow predict different classes get
+  ``disagreement_boost`` times the probability of the others, normalised by the running disagreement
+  rate so the mean of ``q`` stays ``r``. Frames without a shadow prediction get ``q = r``.
+* ``uncertainty``: ``q = r * u / mean(u)`` with ``u = 1 - margin`` (top-1 minus top-2 probability; the
+  larger of the incumbent's and the shadow's), so low-margin / high-entropy frames are favoured.
+
+``q`` is capped at 1 (a capped probability is still the true one; the realised rate is then a little
+below ``r``).
+
+Budget (``budget_per_camera_per_hour``): per camera we estimate, over a trailing 10-minute window of
+the sampler's clock, the expected number of samples per hour at the unscaled probabilities, and scale
+every probability of that camera's next frames by ``s = min(1, budget / expected_per_hour)``. The
+expected count then fits the budget; the realised count is random (Poisson-like, sd ~ sqrt(budget))
+and can exceed it a little in a given hour. We deliberately do **not** add a hard cap ("stop after
+N"): a frame arriving after the cap would have probability 0 and one before it a probability that
+depends on draws of other frames, so the recorded ``pi`` would no longer be the real one and the
+weighted estimates would be biased. At start-up the frame rate is over-estimated (the span is
+floored at 1 s), so the sampler errs on the side of sampling less.
+
+Images: a sampled frame's full-resolution image (``Frame.image``, BGR) is written as JPEG to
+``image_dir/<camera>/<frame id>.jpg`` (characters outside ``[A-Za-z0-9._-]`` replaced, plus a short
+hash when anything was replaced). A failed write is logged and the frame is not sampled (the
+labelling queue would have nothing to show); failures unrelated to the frame's label only scale all
+probabilities by the same factor, which the Hajek estimator is immune to.
+
+``double_label_share`` of the samples (independent draws) are flagged ``double_label`` to measure
+annotator agreement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pipeline.config import SamplingConfig
+from pipeline.store import SampleRecord
+from pipeline.types import FrameBatch, Prediction
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 600.0  # trailing window for the per-camera frame-rate estimate (budget)
+MIN_SPAN_S = 1.0  # the span of that window is floored at this (conservative at start-up)
+_PRIOR_DISAGREE = (0.1, 10.0)  # prior disagreement rate and its weight in frames
+_PRIOR_UNCERTAINTY = (0.5, 10.0)  # prior mean of u = 1 - margin and its weight
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of ``text``; a short hash is appended when characters were replaced."""
+    safe = _SAFE.sub("_", text)
+    if safe != text or not safe or safe in (".", ".."):
+        safe = f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def margin(probs: np.ndarray) -> float:
+    """Top-1 minus top-2 probability (1 for a one-class model)."""
+    if probs.shape[0] < 2:
+        return 1.0
+    top = np.partition(probs, -2)[-2:]
+    return float(top[1] - top[0])
+
+
+@dataclass
+class _CameraState:
+    window: deque = field(default_factory=deque)  # (time, frames, sum of unscaled pi)
+    frames: int = 0
+    sampled: int = 0
+    expected: float = 0.0  # sum of recorded (scaled) probabilities
+    scale: float = 1.0
+
+
+class LabelSampler:
+    """Pick frames for labels with recorded inclusion probabilities (see the module docstring).
+
+    ``offer()`` is called once per served batch (by the run's store writer) and returns the
+    :class:`SampleRecord` of the frames drawn. ``last_probabilities`` holds the probability every
+    frame of the last batch had (sampled or not); ``counts`` and ``per_camera()`` summarise the run.
+    """
+
+    def __init__(self, cfg: SamplingConfig, class_names: list[str], image_dir: Path, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.class_names = list(class_names)
+        self.image_dir = Path(image_dir)
+        self.clock = clock
+        self.rng = np.random.default_rng(cfg.seed)
+        self.strategy = cfg.strategy
+        self._strata: dict[tuple[str, str], int] = {}
+        self._n_frames = 0
+        self._n_with_shadow = 0
+        self._n_disagree = 0
+        self._u_sum = 0.0
+        self._u_n = 0
+        self._cams: dict[str, _CameraState] = {}
+        self.last_probabilities = np.zeros(0)
+        self.counts = {"frames": 0, "sampled": 0, "expected": 0.0, "double_label": 0, "write_failures": 0}
+        if cfg.uniform_floor == 0 and cfg.strategy != "uniform":
+            log.warning(
+                "sampling uniform_floor=0 with strategy %s: frames the strategy scores 0 can never be labeled, "
+                "so accuracy estimates cannot cover them; a floor > 0 (default 0.2) avoids that",
+                cfg.strategy,
+            )
+
+    # --- probabilities -----------------------------------------------------------------------------
+    def inclusion_probabilities(self, batch: FrameBatch, incumbent: Sequence[Prediction], shadow: Sequence[Prediction | None]) -> np.ndarray:
+        """The probability each frame of ``batch`` is drawn with. Updates the running statistics,
+        so call it once per batch (``offer`` does)."""
+        n = len(batch)
+        if len(incumbent) != n or len(shadow) != n:
+            raise ValueError(f"offer: batch has {n} frames but {len(incumbent)} incumbent and {len(shadow)} shadow predictions")
+        cfg = self.cfg
+        r, f = cfg.rate, cfg.uniform_floor
+        cams = [fr.camera_id for fr in batch.frames]
+        self._n_frames += n
+        strat = cfg.strategy
+        if strat == "uniform":
+            q = np.full(n, r)
+        elif strat == "stratified":
+            keys = [(c, p.label) for c, p in zip(cams, incumbent)]
+            for k in keys:
+                self._strata[k] = self._strata.get(k, 0) + 1
+            n_strata = len(self._strata)
+            share = np.array([self._strata[k] for k in keys], dtype=np.float64) / self._n_frames
+            q = r / (n_strata * share)
+        elif strat == "disagreement":
+            has = np.array([s is not None for s in shadow])
+            dis = np.array([s is not None and s.label != p.label for s, p in zip(shadow, incumbent)])
+            self._n_with_shadow += int(has.sum())
+            self._n_disagree += int(dis.sum())
+            d0, w0 = _PRIOR_DISAGREE
+            d = (self._n_disagree + d0 * w0) / (self._n_with_shadow + w0)
+            kappa = cfg.disagreement_boost
+            q_agree = r / (d * kappa + 1.0 - d)
+            q = np.where(dis, kappa * q_agree, np.where(has, q_agree, r))
+        elif strat == "uncertainty":
+            u = np.empty(n)
+            for i, (p, s) in enumerate(zip(incumbent, shadow)):
+                ui = 1.0 - margin(p.probs)
+                if s is not None:
+                    ui = max(ui, 1.0 - margin(s.probs))
+                u[i] = ui
+            self._u_sum += float(u.sum())
+            self._u_n += n
+            m0, w0 = _PRIOR_UNCERTAINTY
+            mean_u = (self._u_sum + m0 * w0) / (self._u_n + w0)
+            q = r * u / mean_u if mean_u > 0 else np.full(n, r)
+        else:  # pragma: no cover - config validation rejects other names
+            raise ValueError(f"unknown sampling strategy {strat!r}")
+        if strat == "uniform":
+            pi = q  # exactly r (the floor mix would only add rounding)
+        else:
+            pi = np.minimum(f * r + (1.0 - f) * np.minimum(q, 1.0), 1.0)
+        return pi * self._budget_scale(cams, pi)
+
+    def _budget_scale(self, cams: list[str], pi: np.ndarray) -> np.ndarray:
+        now = float(self.clock())
+        scale = np.ones(len(cams))
+        budget = self.cfg.budget_per_camera_per_hour
+        by_cam: dict[str, list[int]] = {}
+        for i, c in enumerate(cams):
+            by_cam.setdefault(c, []).append(i)
+        for c, idx in by_cam.items():
+            st = self._cams.setdefault(c, _CameraState())
+            st.window.append((now, len(idx), float(pi[idx].sum())))
+            while st.window and st.window[0][0] < now - RATE_WINDOW_S:
+                st.window.popleft()
+            if budget is None:
+                continue
+            span = max(now - st.window[0][0], MIN_SPAN_S)
+            expected_per_hour = sum(e[2] for e in st.window) / span * 3600.0
+            st.scale = min(1.0, budget / expected_per_hour) if expected_per_hour > 0 else 1.0
+            scale[idx] = st.scale
+        return scale
+
+    # --- the verb ------------------------------------------------------------------------------------
+    def offer(self, batch: FrameBatch, incumbent: list[Prediction], shadow: list[Prediction | None]) -> list[SampleRecord]:
+        """Draw frames of ``batch`` for labels; save their images; return their sample records."""
+        if not self.cfg.enabled or len(batch) == 0:
+            self.last_probabilities = np.zeros(len(batch))
+            return []
+        pi = self.inclusion_probabilities(batch, incumbent, shadow)
+        self.last_probabilities = pi
+        draws = self.rng.random(len(batch)) < pi
+        now = float(self.clock())
+        out: list[SampleRecord] = []
+        self.counts["frames"] += len(batch)
+        self.counts["expected"] += float(pi.sum())
+        for i, fr in enumerate(batch.frames):
+            st = self._cams[fr.camera_id]
+            st.frames += 1
+            st.expected += float(pi[i])
+            if not draws[i]:
+                continue
+            double = bool(self.rng.random() < self.cfg.double_label_share)
+            path = self._save(fr.camera_id, fr.frame_id, fr.image)
+            if path is None:
+                continue
+            st.sampled += 1
+            self.counts["sampled"] += 1
+            self.counts["double_label"] += int(double)
+            out.append(
+                SampleRecord(
+                    frame_id=fr.frame_id,
+                    camera_id=fr.camera_id,
+                    strategy=self.strategy,
+                    inclusion_prob=float(pi[i]),
+                    image_path=str(path),
+                    sampled_at=now,
+                    double_label=double,
+                )
+            )
+        return out
+
+    def _save(self, camera_id: str, frame_id: str, image: np.ndarray) -> Path | None:
+        import cv2
+
+        folder = self.image_dir / safe_name(camera_id)
+        path = folder / f"{safe_name(frame_id)}.jpg"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            ok = cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, int(self.cfg.jpeg_quality)])
+        except (OSError, cv2.error) as e:
+            ok = False
+            log.error("sample_image_write_failed frame=%s path=%s error=%s", frame_id, path, e)
+        if not ok:
+            self.counts["write_failures"] += 1
+            log.error("sample_image_write_failed frame=%s path=%s (frame not sampled)", frame_id, path)
+            return None
+        return path
+
+    # --- reporting -------------------------------------------------------------------------------------
+    def per_camera(self) -> dict[str, dict[str, float]]:
+        """Frames seen, samples drawn, expected samples (sum of probabilities) and current budget scale per camera."""
+        return {c: {"frames": s.frames, "sampled": s.sampled, "expected": s.expected, "budget_scale": s.scale} for c, s in self._cams.items()}
