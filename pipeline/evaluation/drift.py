@@ -29,7 +29,8 @@ the test at the mercy of which frames are kept, so we scale the sample size inst
 p-values use scipy's distribution of the KS statistic (``scipy.stats.kstwo`` at the effective
 ``n1 n2 / (n1 + n2)``, as ``ks_2samp(method="asymp")`` does at the raw sizes); the chi-square
 statistic is divided by the Rao-Scott first-order design effect built from the same ``tau``'s.
-``tau`` is estimated per window, per series, per camera (``groups``), after sorting by ``ts``.
+``tau`` is estimated per series, per camera (``groups``), after sorting by ``ts``, on the
+*reference* window and applied to both windows (see :func:`_current_n_eff`).
 
 Every function returns a plain dict (JSON-ready) with ``drift`` (bool), the corrected p-value, the
 statistics and the raw and effective sample sizes.
@@ -128,6 +129,17 @@ def effective_sample_size(x: np.ndarray, ts: Any = None, groups: Any = None) -> 
 # KS with effective sizes
 
 
+def _current_n_eff(n_cur: int, tau_ref: np.ndarray) -> np.ndarray:
+    """Effective size of the current window, using the reference window's autocorrelation time.
+
+    Under the null hypothesis (no drift) both windows come from the same process, so the reference's
+    ``tau`` is the right one. Estimating ``tau`` on the current window instead lets a lasting shift
+    *inside* that window masquerade as long autocorrelation and hide itself (a step change looks like
+    a slowly varying series), which is exactly the drift the test must find.
+    """
+    return float(n_cur) / np.maximum(np.asarray(tau_ref, dtype=np.float64), 1.0)
+
+
 def _ks_p(d: float, n1_eff: float, n2_eff: float) -> float:
     en = n1_eff * n2_eff / (n1_eff + n2_eff)
     return float(_st.kstwo.sf(d, max(1, int(round(en)))))
@@ -136,8 +148,8 @@ def _ks_p(d: float, n1_eff: float, n2_eff: float) -> float:
 def _ks_columns(ref: np.ndarray, cur: np.ndarray, ref_ts, cur_ts, ref_groups, cur_groups) -> dict[str, np.ndarray]:
     k = ref.shape[1]
     d = np.array([_st.ks_2samp(ref[:, j], cur[:, j]).statistic for j in range(k)], dtype=np.float64)
-    n1e, _ = effective_sample_size(ref, ref_ts, ref_groups)
-    n2e, _ = effective_sample_size(cur, cur_ts, cur_groups)
+    n1e, tau_ref = effective_sample_size(ref, ref_ts, ref_groups)
+    n2e = _current_n_eff(len(cur), tau_ref)
     p = np.array([_ks_p(d[j], n1e[j], n2e[j]) for j in range(k)])
     return {"d": d, "p": p, "n1e": n1e, "n2e": n2e}
 
@@ -251,8 +263,8 @@ def class_distribution_drift(
         return {**base, "drift": False, "p_min_corrected": 1.0, "p_value": 1.0, "chi2": 0.0, "chi2_adjusted": 0.0, "dof": 0, "design_effect": 1.0}
     table = np.vstack([c1[used], c2[used]])
     chi2 = float(_st.chi2_contingency(table, correction=False).statistic)
-    n1e, _ = effective_sample_size(a[:, used], ref_ts, ref_groups)
-    n2e, _ = effective_sample_size(b[:, used], cur_ts, cur_groups)
+    n1e, tau_ref = effective_sample_size(a[:, used], ref_ts, ref_groups)
+    n2e = _current_n_eff(len(b), tau_ref)
     with np.errstate(divide="ignore", invalid="ignore"):
         deff_c = (1.0 / n1e + 1.0 / n2e) / (1.0 / n1 + 1.0 / n2)
     deff_c = np.where(np.isfinite(deff_c), np.maximum(deff_c, 1.0), 1.0)

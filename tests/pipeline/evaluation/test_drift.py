@@ -157,3 +157,17 @@ def test_small_windows_are_skipped_and_bad_input_rejected():
         ks_softmax_drift(np.full((50, 2), 0.5), np.full((50, 2), 0.5), ref_ts=np.arange(3))
     r = class_distribution_drift(["box"] * 30 + ["unknown"] * 5, ["box"] * 35, CLASSES)
     assert r["ref_counts"][-1] == 5 and r["categories"][-1] == "(other)"
+
+
+def test_step_change_inside_the_current_window_is_detected():
+    """A lasting shift that starts halfway through the current window must not hide itself as
+    'long autocorrelation' (tau is taken from the reference window)."""
+    rng = np.random.default_rng(11)
+    ref = {"brightness": 120 + 5 * _ar1(rng, 200, 1, 0.5)[:, 0]}
+    cur_b = 120 + 5 * _ar1(rng, 400, 1, 0.5)[:, 0]
+    cur_b[200:] += 60  # the night shift starts in the middle of the window
+    res = image_stat_drift(ref, {"brightness": cur_b}, ALPHA)
+    assert res["drift"], res
+    # and the same window without the step is not flagged
+    steady = image_stat_drift(ref, {"brightness": 120 + 5 * _ar1(rng, 400, 1, 0.5)[:, 0]}, ALPHA)
+    assert not steady["drift"], steady
