@@ -54,13 +54,13 @@ STATIC_SHIFTS = frozenset({"glare", "lens_dirt", "camera_tilt"})
 SHIFT_ORDER = ("new_packaging", "camera_tilt", "glare", "lens_dirt", "defocus", "motion_blur", "night", "jpeg")
 
 # ---- severity tables (index = severity - 1); every row is increasing in strength -----------------
-NIGHT_GAIN = (0.62, 0.45, 0.32, 0.22, 0.15)  # multiplicative exposure
-NIGHT_NOISE_STD = (0.025, 0.045, 0.07, 0.10, 0.14)  # Gaussian sensor noise, fraction of 255
+NIGHT_GAIN = (0.7, 0.55, 0.42, 0.3, 0.2)  # multiplicative exposure
+NIGHT_NOISE_STD = (0.03, 0.045, 0.06, 0.08, 0.1)  # Gaussian sensor noise, fraction of 255
 MOTION_BLUR_FRAC = (0.03, 0.05, 0.08, 0.12, 0.17)  # kernel length, fraction of frame width
 DEFOCUS_FRAC = (0.008, 0.014, 0.022, 0.032, 0.045)  # disc radius, fraction of frame width
 GLARE_RADIUS_FRAC = (0.07, 0.09, 0.11, 0.135, 0.16)  # hot spot radius (Gaussian sigma), fraction of frame width
 GLARE_STRENGTH = (0.45, 0.6, 0.75, 0.88, 1.0)  # peak of the hot spot (screen blend towards white)
-GLARE_VEIL = (0.03, 0.06, 0.1, 0.15, 0.22)  # veiling glare: contrast lost over the whole frame
+GLARE_VEIL = (0.02, 0.04, 0.07, 0.1, 0.14)  # veiling glare: contrast lost over the whole frame
 GLARE_CIRCLES = (2, 4, 6, 8, 10)  # flare ghosts (RandomSunFlare)
 LENS_DIRT_COVERAGE = (0.05, 0.1, 0.16, 0.24, 0.33)  # share of the lens under dirt before blurring
 LENS_DIRT_INTENSITY = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -180,12 +180,12 @@ def _transform(name: str, severity: int, height: int, width: int):
             A.GaussNoise(std_range=(std, std), mean_range=(0.0, 0.0), per_channel=True, p=1.0),
         ], p=1.0)
     if name == "motion_blur":
-        k = _odd(MOTION_BLUR_FRAC[i] * width)
+        k = max(_odd(MOTION_BLUR_FRAC[i] * width), 2 * severity + 1)  # strictly growing even at small sizes
         # the belt runs along the image x axis: blur mostly horizontal (180 deg +- 12; the kernel is symmetric)
         return A.MotionBlur(blur_limit=(k, k), allow_shifted=False, angle_range=(168, 192),
                             direction_range=(0.0, 0.0), p=1.0)
     if name == "defocus":
-        r = max(1, int(round(DEFOCUS_FRAC[i] * width)))
+        r = max(severity, int(round(DEFOCUS_FRAC[i] * width)))  # strictly growing even at small sizes
         return A.Defocus(radius=(r, r), alias_blur=(0.1, 0.1), p=1.0)
     if name == "glare":  # the flare ghosts; the hot spot and veil are added in _glare
         n = GLARE_CIRCLES[i]
@@ -257,7 +257,7 @@ def _glare(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarr
     xs = (np.arange(w, dtype=np.float32) - cx) ** 2
     gy = np.exp(-ys / (2 * sig * sig))
     gx = np.exp(-xs / (2 * sig * sig) * 0.6)  # a lamp tube: wider along x
-    spot = np.clip(GLARE_STRENGTH[i] * 1.3 * np.outer(gy, gx), 0.0, 1.0)
+    spot = GLARE_STRENGTH[i] * np.outer(gy, gx)
     a = np.clip(spot + GLARE_VEIL[i], 0.0, 1.0).astype(np.float32)[..., None]
     f = img.astype(np.float32)
     f += (255.0 - f) * a

@@ -349,8 +349,8 @@ def _tape_color(rng: np.random.Generator, base) -> tuple[float, float, float]:
 
 
 def _box_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
-    L = rng.uniform(0.30, 0.52)
-    S = L * rng.uniform(0.55, 0.9)
+    L = rng.uniform(0.38, 0.6)
+    S = L * rng.uniform(0.55, 0.85)
     open_flap = cls == "parcel_open_flap"
     ext_long = S * 0.5 * rng.uniform(0.55, 1.0) if open_flap else 0.0  # projected length of opened long flaps
     ext_short = S * 0.5 * rng.uniform(0.5, 1.0) if open_flap else 0.0
@@ -456,7 +456,7 @@ def _box_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
 def _crushed_corner(rng, sp: _Sprite, box, base, edge, thick, plastic: bool = False) -> None:
     x0, y0, x1, y1 = box
     S = min(x1 - x0, y1 - y0)
-    d1, d2 = S * rng.uniform(0.45, 0.7), S * rng.uniform(0.45, 0.7)
+    d1, d2 = S * rng.uniform(0.6, 0.85), S * rng.uniform(0.6, 0.85)
     k = int(rng.integers(0, 4))
     corner = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)][k], float)
     ex = np.array([1.0 if k in (0, 3) else -1.0, 0.0])
@@ -464,16 +464,16 @@ def _crushed_corner(rng, sp: _Sprite, box, base, edge, thick, plastic: bool = Fa
     a, b = corner + d1 * ex, corner + d2 * ey
     # crushed triangle: darker, crumpled
     tri = np.array([corner, a, b])
-    _poly(sp.bgr, tri, _tone(base, rng.uniform(0.45, 0.6)))
+    _poly(sp.bgr, tri, _tone(base, rng.uniform(0.35, 0.5)))
     hyp = _jagged(a, b, rng, 7, 0.08 * S)
-    _line(sp.bgr, hyp, _tone(base, 0.3), max(thick, 0.04 * S))
+    _line(sp.bgr, hyp, _tone(base, 0.2), max(thick, 0.06 * S))
     for _ in range(int(rng.integers(3, 6))):  # creases towards the corner
         t = rng.uniform(0.1, 0.9)
         p = a + t * (b - a)
         q = corner + rng.uniform(0.2, 0.6) * (p - corner)
-        _line(sp.bgr, np.array([p, q]), _tone(base, rng.choice([0.3, 1.25])), thick)
+        _line(sp.bgr, np.array([p, q]), _tone(base, rng.choice([0.2, 1.3])), max(thick, 0.025 * S))
     # the corner itself is pushed in: cut it back with a jagged edge
-    f = rng.uniform(0.35, 0.6)
+    f = rng.uniform(0.4, 0.6)
     ca, cb = corner + f * d1 * ex, corner + f * d2 * ey
     cutpoly = np.concatenate([[corner], _jagged(ca, cb, rng, 6, 0.05 * S)])
     sp.cut(cutpoly)
@@ -484,8 +484,8 @@ def _tear(rng, sp: _Sprite, box, dark, lip, thick) -> None:
     """A ragged open tear: dark inside, pale torn lips."""
     x0, y0, x1, y1 = box
     W, H = x1 - x0, y1 - y0
-    length = max(W, H) * rng.uniform(0.4, 0.65)
-    width = min(W, H) * rng.uniform(0.12, 0.22)
+    length = max(W, H) * rng.uniform(0.5, 0.75)
+    width = min(W, H) * rng.uniform(0.2, 0.32)
     ang = rng.uniform(0, np.pi)
     c = np.array([rng.uniform(x0 + 0.3 * W, x1 - 0.3 * W), rng.uniform(y0 + 0.3 * H, y1 - 0.3 * H)])
     d = np.array([math.cos(ang), math.sin(ang)])
@@ -519,7 +519,7 @@ _MAILER_COLOURS = (
 
 
 def _mailer_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
-    L = rng.uniform(0.32, 0.55)
+    L = rng.uniform(0.38, 0.6)
     S = L * rng.uniform(0.6, 0.85)
     open_flap = cls == "parcel_open_flap"
     flap_len = L * rng.uniform(0.18, 0.3) if open_flap else 0.0
@@ -981,8 +981,9 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, img_size: int | tup
     Classes are balanced (counts differ by at most one) and interleaved. ``shifts`` (specs like
     ``"night:3"``) apply to every image; ``new_packaging`` renders its share of the parcel images as
     poly mailers. Image ``i`` depends only on ``(seed, i)``. Manifest columns: :data:`DATASET_COLUMNS`
-    (``path`` relative to ``out_dir``; ``shift`` like ``"night:3+motion_blur:3"`` or ``"none"``;
-    ``severity`` the largest severity, 0 when clean). Returns the manifest path.
+    (``path`` relative to ``out_dir``; ``shift`` like ``"motion_blur:3+night:3"`` (canonical order,
+    see ``SHIFT_ORDER``) or ``"none"``; ``severity`` the largest severity, 0 when clean; ``packaging``
+    box / poly_mailer, or none for classes without a parcel). Returns the manifest path.
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n!r}")
@@ -1013,7 +1014,7 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, img_size: int | tup
         rel = f"{cls}/{i:06d}.jpg"
         if not cv2.imwrite(str(out / rel), img, params):
             raise OSError(f"cannot write {out / rel}")
-        rows.append((rel, cls, camera, shift_text, severity, pack))
+        rows.append((rel, cls, camera, shift_text, severity, pack if cls in PARCEL_CLASSES else "none"))
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as f:
         wr = csv.writer(f)
