@@ -390,6 +390,9 @@ class Runner:
         cpu_twin: passed to :class:`ShadowPair` (None: ``incumbent.cpu_fallback()``).
         install_signal_handlers: SIGINT/SIGTERM drain and stop (main thread only).
         progress: a tqdm bar on stderr.
+        on_readers: called with the camera readers once they are opened, before they start (instrumentation:
+            ``shadowcam bench`` attaches a waker to time each frame from read to served).
+        image_stats: compute per-frame image statistics for drift (brightness, contrast, sharpness, noise).
     """
 
     def __init__(
@@ -403,8 +406,12 @@ class Runner:
         install_signal_handlers: bool = True,
         progress: bool = False,
         run_id: str | None = None,
+        on_readers: Callable[[list[Any]], None] | None = None,
+        image_stats: bool = True,
     ):
         self.cfg = cfg
+        self.image_stats = image_stats
+        self.on_readers = on_readers
         self.on_prediction = on_prediction
         self.on_batch = on_batch
         self._incumbent = incumbent
@@ -492,6 +499,8 @@ class Runner:
         readers = open_sources(cfg.sources, cfg.camera_health, self.run_id)
         self.readers = readers
         metrics.readers = readers
+        if self.on_readers is not None:
+            self.on_readers(readers)
         store_url = self._store_url(wd)
         store = PredictionStore(store_url)
         sampler = None
@@ -510,7 +519,8 @@ class Runner:
         store.begin_run(self.run_id, inc.model_id, sh.model_id if sh is not None else None, inc.class_names, config_doc)
 
         join_timeout = (cfg.shadow_mode.max_pending_batches + 2) * cfg.shadow_mode.timeout_s + 1.0
-        writer = StoreWriter(store, self.run_id, sampler, cfg.store.flush_every, cfg.store.flush_interval_s, join_timeout)
+        writer = StoreWriter(store, self.run_id, sampler, cfg.store.flush_every, cfg.store.flush_interval_s, join_timeout,
+                             compute_stats=self.image_stats)
         writer_box.append(writer)
         self.writer = writer
         metrics.pair = pair

@@ -23,8 +23,10 @@ timed-out call can be told to stop (``RunOptions.terminate``; ONNX Runtime check
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,23 @@ def validate_probs(probs: Any, n: int, n_classes: int, where: str) -> np.ndarray
     return p
 
 
+_PREDICTION_FIELDS = tuple(f.name for f in dataclasses.fields(Prediction))
+_PREDICTION_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(Prediction) if f.default is not dataclasses.MISSING
+}
+
+
+def _checked_prediction(frame_id: str, camera_id: str, role: Role, model: str, probs: np.ndarray, label: str,
+                        latency_ms: float, degraded: Degraded | None) -> Prediction:
+    """A :class:`Prediction` whose ``probs`` row was already validated with its batch (see ``predictions``)."""
+    values = dict(_PREDICTION_DEFAULTS, frame_id=frame_id, camera_id=camera_id, role=role, model=model, probs=probs,
+                  label=label, latency_ms=latency_ms, degraded=degraded)
+    p = object.__new__(Prediction)
+    for name in _PREDICTION_FIELDS:
+        object.__setattr__(p, name, values[name])
+    return p
+
+
 def _short_hash(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
 
@@ -181,8 +200,17 @@ class OnnxClassifier:
 
         self.providers_requested = resolve_providers(self._providers_arg)
         self.session = self._make_session(self.providers_requested)
+        in_use = self.session.get_providers()
+        if TENSORRT in self.providers_requested and TENSORRT not in in_use and CUDA in in_use:
+            # ONNX Runtime retried without TensorRT but dropped every provider option on the way (prefer_nhwc,
+            # conv algo search): build the CUDA session again, with its options
+            self.session = self._make_session([p for p in self.providers_requested if p != TENSORRT])
+        # No silent switch to CPU at run time either: a provider failure raises, and the shadow pair's fallback
+        # chain (CPU twin, stale, unknown) handles it visibly, flagged and counted.
+        self.session.disable_fallback()
         self.providers: list[str] = list(self.session.get_providers())  # what ONNX Runtime really uses
         self._warn_if_fell_back()
+        self._tls = threading.local()  # per-thread device input buffers for IO binding
 
         meta = self.session.get_modelmeta()
         self.card: ModelCard = card_from_metadata(meta.custom_metadata_map, where=str(self.path))
@@ -305,7 +333,7 @@ class OnnxClassifier:
             "uri": self.uri,
             "path": str(self.path),
             "providers_requested": self.providers_requested,
-            "providers": self.providers,
+            "providers": list(self.session.get_providers()),
             "io_binding": self.use_io_binding,
             "classes": self.class_names,
             "input_size": list(self.input_size),
@@ -325,9 +353,13 @@ class OnnxClassifier:
             images = np.stack([cv2.resize(im, (w, h), interpolation=self._interp) for im in images]) if len(images) else (
                 np.zeros((0, h, w, 3), np.uint8)
             )
-        if self._to_rgb:
-            images = images[..., ::-1]
-        return np.ascontiguousarray(images)
+        images = np.ascontiguousarray(images)
+        if self._to_rgb and len(images):
+            # one OpenCV call over the whole batch seen as a tall image: SIMD, releases the GIL. (numpy's
+            # images[..., ::-1] copy is ~10x slower: 29 ms vs ~3 ms for 64 frames at 224x224.)
+            n, h2, w2, _ = images.shape
+            images = cv2.cvtColor(images.reshape(n * h2, w2, 3), cv2.COLOR_BGR2RGB).reshape(n, h2, w2, 3)
+        return images
 
     def predict(self, batch: FrameBatch | np.ndarray, run_options: Any = None) -> np.ndarray:
         """Class probabilities (N, C) float32 for a batch (BGR frames from the batcher).
@@ -343,14 +375,23 @@ class OnnxClassifier:
         return validate_probs(probs, len(x), self.card.n_classes, self.model_id)
 
     def _run_io_binding(self, x: np.ndarray, run_options: Any) -> np.ndarray:
-        """Upload the uint8 input to the session's device once, run, and get "probs" back on the CPU.
+        """Upload the uint8 input to the session's device, run, and get "probs" back on the CPU.
 
-        A fresh binding per call keeps concurrent calls (shadow worker threads) independent.
+        The device buffer is kept per thread and input shape (no device allocation per batch); a fresh binding
+        per call and per-thread buffers keep concurrent calls (shadow worker threads) independent.
         """
         import onnxruntime as ort
 
+        buffers = getattr(self._tls, "buffers", None)
+        if buffers is None:
+            buffers = self._tls.buffers = {}
+        x_dev = buffers.get(x.shape)
+        if x_dev is None:
+            if len(buffers) >= 4:  # a few batch sizes (full and partial batches) per thread
+                buffers.clear()
+            x_dev = buffers[x.shape] = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), np.uint8, self.device, self.device_id)
+        x_dev.update_inplace(x)  # one host->device copy into a buffer kept for this thread and shape
         binding = self.session.io_binding()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, self.device, self.device_id)
         binding.bind_ortvalue_input(INPUT_NAME, x_dev)
         binding.bind_output(PROBS_NAME, "cpu")
         if run_options is None:
@@ -362,15 +403,21 @@ class OnnxClassifier:
     def predictions(
         self, batch: FrameBatch, probs: np.ndarray, latency_ms: float = 0.0, degraded: Degraded | None = None
     ) -> list[Prediction]:
-        """One :class:`Prediction` per frame of ``batch`` (label = argmax class)."""
+        """One :class:`Prediction` per frame of ``batch`` (label = argmax class).
+
+        ``probs`` is checked once for the whole batch (:func:`validate_probs`: shape, finite, rows summing to 1 -
+        the checks ``Prediction`` makes per object); the objects are then built without repeating them per frame,
+        which would cost ~10 us a frame (a quarter of the serving time at 11k frames/s on an H100).
+        """
+        probs = validate_probs(probs, len(batch), self.card.n_classes, self.model_id)
         idx = probs.argmax(axis=1)
         names = self.card.class_names
         mid = self.model_id
+        role = self.role
+        deg = Degraded(degraded) if degraded is not None else None
+        lat = float(latency_ms)
         return [
-            Prediction(
-                frame_id=f.frame_id, camera_id=f.camera_id, role=self.role, model=mid, probs=probs[i],
-                label=names[int(idx[i])], latency_ms=latency_ms, degraded=degraded,
-            )
+            _checked_prediction(f.frame_id, f.camera_id, role, mid, probs[i], names[int(idx[i])], lat, deg)
             for i, f in enumerate(batch.frames)
         ]
 

@@ -116,7 +116,7 @@ def bench_runner(args, inc_path: Path, sh_path: Path, tmp: Path) -> dict[str, li
     for rep in range(args.repeats):
         for v in args.variants:
             cfg = load_config(None, {
-                "sources": [{"uri": str(folder), "loop": True}],
+                "sources": [{"uri": str(folder), "id": f"cam{k}", "loop": True} for k in range(args.cameras)],
                 "incumbent": {"uri": str(inc_path), "providers": args.providers},
                 "batching.batch_size": args.batch_size,
                 "shadow_mode.timeout_s": args.shadow_timeout,
@@ -126,7 +126,7 @@ def bench_runner(args, inc_path: Path, sh_path: Path, tmp: Path) -> dict[str, li
                 "workdir": str(tmp),
             })
             shadow = make_shadow(v, sh_path, args.providers, args.sleep)
-            s = Runner(cfg, shadow=shadow, install_signal_handlers=False).run()
+            s = Runner(cfg, shadow=shadow, install_signal_handlers=False, image_stats=not args.no_stats).run()
             out[v].append({"fps": s.throughput_fps, "coverage": s.shadow["coverage"], "p50_ms": s.incumbent["latency_ms"]["p50"],
                            "p99_ms": s.incumbent["latency_ms"]["p99"], "shed_frames": s.shadow.get("frames_shed", 0)})
             print(f"  rep {rep + 1} {v:<8} {s.throughput_fps:10.1f} frames/s  coverage {s.shadow['coverage']:.3f}", flush=True)
@@ -145,6 +145,8 @@ def main() -> int:
     p.add_argument("--shadow-timeout", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=3.0, help="pair mode: seconds per measurement")
     p.add_argument("--frames", type=int, default=3000, help="runner mode: frames per run")
+    p.add_argument("--no-stats", action="store_true", help="runner mode: no per-frame image statistics")
+    p.add_argument("--cameras", type=int, default=4, help="runner mode: looping folder cameras (one reader thread each)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     p.add_argument("--json", default=None, help="write the raw numbers here")

@@ -20,7 +20,7 @@ from pipeline.runtime import (
     resolve_providers,
     validate_probs,
 )
-from pipeline.types import ConfigError, Degraded, Frame, FrameBatch, ModelCardError, Role
+from pipeline.types import ConfigError, Degraded, Frame, FrameBatch, ModelCardError, Prediction, Role
 from tests.helpers.onnx_models import make_tiny_classifier, red_only_weights
 
 CLASSES = ["box", "bag", "empty"]
@@ -76,9 +76,11 @@ def test_default_providers_follow_the_order_and_report_what_runs(tiny, caplog):
     assert c.providers_requested == [p for p in (TENSORRT, CUDA, CPU) if p in available]
     assert c.providers == c.session.get_providers()  # what ONNX Runtime really uses
     lost = [p for p in c.providers_requested if p in (TENSORRT, CUDA) and p not in c.providers]
-    if lost:  # a GPU build without a usable GPU (this CI): the silent CPU fallback is reported
-        assert c.providers[0] == CPU
+    if lost:  # e.g. a GPU build without a GPU (CI: CPU), or without TensorRT libraries (CUDA): reported
+        assert c.providers[0] not in lost and c.providers[-1] == CPU
         assert any("provider_fallback" in r.getMessage() for r in caplog.records)
+    x = np.random.default_rng(0).integers(0, 256, (3, 16, 20, 3), dtype=np.uint8)
+    np.testing.assert_allclose(c.predict(x), reference_probs(x, tiny[1], tiny[2], T=2.0), atol=1e-3)  # GPU: TF32 & co
 
 
 @pytest.mark.parametrize(
@@ -116,6 +118,14 @@ def test_predict_matches_reference_and_predictions(clf, tiny):
     assert [p.label for p in preds] == [CLASSES[k] for k in probs.argmax(1)]
     assert all(p.role is Role.INCUMBENT and p.model == clf.model_id and p.latency_ms == 3.0 and p.degraded is None for p in preds)
     assert clf.predictions(batch, probs, degraded=Degraded.CPU_FALLBACK)[0].degraded is Degraded.CPU_FALLBACK
+    # built without per-object checks (the batch was validated once): still exactly what the checked constructor makes
+    for p in preds:
+        q = Prediction(**{k: getattr(p, k) for k in ("frame_id", "camera_id", "role", "model", "probs", "label", "latency_ms", "degraded")})
+        assert vars(q).keys() == vars(p).keys() and q.probs.dtype == p.probs.dtype == np.float32 and q.confidence == p.confidence
+    bad = probs.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InferenceError):
+        clf.predictions(batch, bad)
 
 
 def test_frames_not_at_card_size_are_resized(clf):
