@@ -1,0 +1,714 @@
+"""``shadowcam bench``: the first benchmark, measured on the machine it runs on, written to ``docs/benchmarks.md``.
+
+Every number in the document is measured by :func:`run_bench`; none is typed. What is measured, in order:
+
+1. **raw ONNX Runtime bound**: both exported models (incumbent then shadow, one after the other) on frames
+   decoded and resized beforehand, in batches of the pipeline's batch size, each model in a plain
+   ``onnxruntime.InferenceSession`` with default options. Nothing else runs, so this is the most frames/s
+   this machine can push through both models with ONNX Runtime.
+2. **naive loop**: what a team writes first - ``cv2.VideoCapture.read``, per-frame torchvision-style
+   preprocessing (PIL image, ``Resize``, ``ToTensor``, ``Normalize``), then the incumbent and the shadow as
+   PyTorch eager modules (the same weights as the ONNX files), batch size 1, predictions kept in a list.
+3. **end-to-end**: the real :class:`pipeline.runner.Runner` (what ``shadowcam run`` runs) on the generated
+   640x480 video: reader thread, batcher, incumbent + shadow pair, store writer with SQLite, per-frame image
+   statistics and label sampling at its default rate. Frames/s = frames served / wall time from the readers'
+   start until the store is flushed and closed; the shadow's coverage is reported, and the ratios use the
+   frames that got *both* predictions per second.
+4. **latency**: incumbent latency from frame read (the reader queued it) to served prediction (the pair
+   returned it), per frame, with and without the shadow, with the video paced (``max_fps``) at a share
+   (default half) of the end-to-end rate measured in 3. Runs alternate (without, with, without, with, ...)
+   so that drift of the machine hits both alike; the first 5% of each run is discarded as warm-up.
+5. **shadow isolation** (from ``scripts/bench_shadow_isolation.py``): serving throughput of the shadow pair on
+   in-memory batches with no shadow and with a shadow that sleeps 1 s per batch.
+
+The models are torchvision classifiers of ``arch`` at ``img_size``, randomly initialised (seeded; the
+incumbent and the shadow get different weights) and exported through :func:`models.export.export_onnx`
+(verified, uint8 NHWC input). Throughput does not depend on the weights.
+
+The three comparisons (targets from issue 5): end-to-end >= 2x the naive loop, >= 80% of the raw bound,
+and the shadow costs the incumbent's p99 latency <= 10%.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.types import ConfigError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"naive_speedup": 2.0, "bound_share": 0.80, "p99_ratio": 1.10}
+WARMUP_SHARE = 0.05  # of each latency run, discarded
+VIDEO_FPS = 30.0  # the generated video's nominal frame rate (its own clock; reading is not paced by it)
+
+
+@dataclass
+class BenchConfig:
+    """What ``shadowcam bench`` measures and where it writes. ``quick``: tiny sizes (tests, smoke runs)."""
+
+    out: Path = Path("docs/benchmarks.md")
+    workdir: Path = Path("runs/bench")
+    frames: int = 1500  # frames of the generated video (end-to-end, naive and raw runs all use them all)
+    arch: str = "resnet18"
+    img_size: int = 64
+    batch_size: int = 32  # the pipeline's default batching.batch_size
+    video_size: tuple[int, int] = (480, 640)  # (height, width)
+    latency_frames: int = 600  # frames per latency run
+    latency_repeats: int = 2  # runs per variant (without / with shadow), alternating
+    latency_rate_share: float = 0.5  # of the measured end-to-end rate
+    min_seconds: float = 3.0  # raw ORT: repeat passes over the frames until at least this long
+    isolation_seconds: float = 3.0  # per variant
+    isolation_sleep_s: float = 1.0
+    seed: int = 0
+    quick: bool = False
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.workdir = Path(self.workdir)
+        for name in ("frames", "img_size", "batch_size", "latency_frames", "latency_repeats"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"bench {name} must be a positive integer, got {v!r}")
+        if self.latency_frames > self.frames:
+            raise ConfigError(f"bench latency_frames ({self.latency_frames}) must not exceed frames ({self.frames})")
+        if not 0 < self.latency_rate_share <= 1:
+            raise ConfigError(f"bench latency_rate_share must be in (0, 1], got {self.latency_rate_share!r}")
+
+    @classmethod
+    def quick_config(cls, **kw: Any) -> "BenchConfig":
+        """Tiny sizes: seconds, not minutes (numbers are not meaningful, the document's shape is)."""
+        base = dict(frames=96, img_size=32, batch_size=16, latency_frames=48, latency_repeats=1, min_seconds=0.3,
+                    isolation_seconds=0.3, isolation_sleep_s=0.2, quick=True)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+
+# --- the machine -----------------------------------------------------------------------------------------------------
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    """A description of this machine and the software versions the numbers depend on."""
+    import onnxruntime as ort
+    import torch
+
+    cpu = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.M)
+    osr = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', _read("/etc/os-release"), re.M)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 0
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "cpu": cpu.group(1).strip() if cpu else platform.processor() or "unknown",
+        "cores": os.cpu_count() or 0,
+        "cores_usable": usable,
+        "ram_gib": round(int(mem.group(1)) / 1024**2, 1) if mem else None,
+        "os": f"{osr.group(1) if osr else platform.system()} (kernel {platform.release()})",
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "ort_providers_available": list(ort.get_available_providers()),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": (commit + (" (with uncommitted changes)" if dirty else "")) if commit else "unknown",
+    }
+
+
+def load_average() -> tuple[float, float, float]:
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
+    except OSError:  # pragma: no cover
+        return (float("nan"),) * 3  # type: ignore[return-value]
+
+
+# --- inputs: models and video --------------------------------------------------------------------------------------
+
+@dataclass
+class BenchModels:
+    incumbent_path: Path
+    shadow_path: Path
+    incumbent: Any  # models.export.ImageClassifier (torch), same weights as the ONNX file
+    shadow: Any
+    class_names: list[str]
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    max_abs_diff: float
+
+
+def _class_names() -> list[str]:
+    try:
+        from models.synthetic import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+    except Exception:  # the synthetic module is optional for the benchmark
+        return ["empty_belt", "parcel_ok", "parcel_damaged", "parcel_open_flap", "label_missing", "foreign_object"]
+
+
+def prepare_models(cfg: BenchConfig) -> BenchModels:
+    """Two randomly initialised torchvision classifiers (seeds 1 and 2) exported to verified ONNX in the work dir."""
+    import torch
+
+    from models.export import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, build_backbone, export_onnx
+    from pipeline.modelcard import ModelCard
+
+    names = _class_names()
+    out = cfg.workdir / "models"
+    paths, mods, diffs = [], [], []
+    for role, seed in (("incumbent", 1), ("shadow", 2)):
+        torch.manual_seed(cfg.seed * 100 + seed)
+        model = ImageClassifier(build_backbone(cfg.arch, len(names))).eval()
+        card = ModelCard(class_names=names, input_size=[cfg.img_size, cfg.img_size], arch=cfg.arch,
+                         name=f"bench-{role}", version=f"{cfg.arch}-{cfg.img_size}-s{seed}")
+        rep = export_onnx(model, card, out / f"{role}_{cfg.arch}_{cfg.img_size}.onnx", seed=cfg.seed)
+        paths.append(rep.path)
+        mods.append(model)
+        diffs.append(max(rep.max_abs_diff_probs, rep.max_abs_diff_logits))
+    return BenchModels(paths[0], paths[1], mods[0], mods[1], names, (cfg.img_size, cfg.img_size),
+                       tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), max(diffs))
+
+
+def _count_frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    try:
+        while cap.grab():
+            n += 1
+    finally:
+        cap.release()
+    return n
+
+
+def _draw_conveyor(n_frames: int, path: Path, size: tuple[int, int], seed: int) -> None:
+    """Fallback when :mod:`models.synthetic` is unavailable: boxes riding a striped belt, drawn with OpenCV."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (w, h))
+    if not vw.isOpened():
+        raise OSError(f"cv2.VideoWriter cannot open {path} (mp4v codec unavailable?)")
+    boxes = [(int(rng.integers(0, w)), int(rng.integers(h // 4, 3 * h // 4)), int(rng.integers(40, 120)),
+              tuple(int(c) for c in rng.integers(60, 220, 3))) for _ in range(4)]
+    try:
+        for i in range(n_frames):
+            img = np.full((h, w, 3), 70, np.uint8)
+            for x in range(-(i * 6) % 40, w, 40):
+                cv2.line(img, (x, 0), (x, h), (55, 55, 55), 2)
+            for bx, by, s, c in boxes:
+                x = (bx + i * 6) % (w + s) - s
+                cv2.rectangle(img, (x, by - s // 2), (x + s, by + s // 2), c, -1)
+            img = cv2.add(img, rng.integers(0, 8, img.shape, dtype=np.uint8))
+            vw.write(img)
+    finally:
+        vw.release()
+
+
+def prepare_video(cfg: BenchConfig, progress: bool = True) -> tuple[Path, str]:
+    """The 640x480 conveyor video (generated once per size/seed, then reused). Returns (path, how it was made)."""
+    h, w = cfg.video_size
+    path = (cfg.workdir / f"conveyor_{w}x{h}_{cfg.frames}f_s{cfg.seed}.mp4").absolute()
+    how = "models.synthetic.write_stream (warehouse conveyor scene, mp4v)"
+    marker = path.with_suffix(".how")
+    if path.is_file() and _count_frames(path) == cfg.frames:
+        return path, marker.read_text().strip() if marker.is_file() else how
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from models.synthetic import write_stream
+
+        write_stream(path, cfg.frames, seed=cfg.seed, size=(h, w), fps=VIDEO_FPS, progress=progress)
+    except Exception as e:  # the scene generator is optional here: any 640x480 video measures the same work
+        log.warning("synthetic stream unavailable (%s: %s); drawing a simple conveyor with OpenCV", type(e).__name__, e)
+        how = "OpenCV-drawn conveyor (boxes on a striped belt, mp4v)"
+        _draw_conveyor(cfg.frames, path, (h, w), cfg.seed)
+    n = _count_frames(path)
+    if n != cfg.frames:
+        raise OSError(f"{path}: wrote {cfg.frames} frames but {n} decode back")
+    marker.write_text(how + "\n")
+    return path, how
+
+
+def decode_resized(video: Path, n: int, size: tuple[int, int], to_rgb: bool = True) -> np.ndarray:
+    """The first ``n`` frames of ``video``, resized (INTER_AREA, as the batcher does) to ``size`` (h, w): uint8 NHWC."""
+    h, w = size
+    out = np.empty((n, h, w, 3), np.uint8)
+    cap = cv2.VideoCapture(str(video))
+    try:
+        for i in range(n):
+            ok, img = cap.read()
+            if not ok:
+                raise OSError(f"{video}: only {i} frames decodable, {n} needed")
+            cv2.resize(img, (w, h), dst=out[i], interpolation=cv2.INTER_AREA)
+    finally:
+        cap.release()
+    return np.ascontiguousarray(out[..., ::-1]) if to_rgb else out
+
+
+# --- measurements --------------------------------------------------------------------------------------------------
+
+def measure_raw_ort(inc_path: Path, sh_path: Path, images: np.ndarray, batch_size: int, min_seconds: float) -> dict[str, Any]:
+    """Frames/s of incumbent then shadow (and of the incumbent alone) on pre-decoded, pre-resized batches."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (inc_path, sh_path)]
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    for s in sessions:  # warm-up
+        s.run(["probs"], {"image": batches[0]})
+
+    def timed(models: list[Any]) -> tuple[float, int]:
+        n = passes = 0
+        t0 = time.perf_counter()
+        while True:
+            for b in batches:
+                for s in models:
+                    s.run(["probs"], {"image": b})
+                n += len(b)
+            passes += 1
+            if time.perf_counter() - t0 >= min_seconds:
+                return n / (time.perf_counter() - t0), passes
+
+    both, passes = timed(sessions)
+    inc_only, _ = timed(sessions[:1])
+    res = {"fps_both": both, "fps_incumbent_only": inc_only, "passes": passes, "batch_size": batch_size,
+           "providers": sessions[0].get_providers(), "intra_op_threads": "ORT default"}
+    del sessions
+    gc.collect()
+    return res
+
+
+def measure_naive(video: Path, models: BenchModels, n_frames: int) -> dict[str, Any]:
+    """The loop a team writes first: cv2 read, torchvision transforms on a PIL image, torch eager, batch size 1."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    h, w = models.input_size
+    tf = transforms.Compose([
+        transforms.Resize((h, w)),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=models.mean, std=models.std),
+    ])
+    # the team's models: the torchvision backbones with the very weights that were exported
+    incumbent = models.incumbent.backbone.eval()
+    shadow = models.shadow.backbone.eval()
+    with torch.no_grad():  # warm-up (first-call allocations), not timed
+        x = torch.zeros(1, 3, h, w)
+        incumbent(x), shadow(x)
+    results: list[tuple[int, int]] = []
+    cap = cv2.VideoCapture(str(video))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        while len(results) < n_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            x = tf(Image.fromarray(rgb)).unsqueeze(0)
+            p_inc = torch.softmax(incumbent(x), dim=1)
+            p_sh = torch.softmax(shadow(x), dim=1)
+            results.append((int(p_inc.argmax()), int(p_sh.argmax())))
+    dt = time.perf_counter() - t0
+    cap.release()
+    if len(results) < n_frames:
+        raise OSError(f"{video}: naive loop read {len(results)} frames, expected {n_frames}")
+    return {"fps": len(results) / dt, "frames": len(results), "seconds": dt, "torch_threads": torch.get_num_threads()}
+
+
+def _run_config(cfg: BenchConfig, video: Path, models: BenchModels, db: Path, shadow: bool,
+                max_fps: float | None = None, max_frames: int | None = None):
+    from pipeline.config import load_config
+
+    source: dict[str, Any] = {"uri": str(video), "id": "bench"}
+    if max_fps is not None:
+        source["max_fps"] = float(max_fps)
+    overrides: dict[str, Any] = {
+        "sources": [source],
+        "incumbent": {"uri": str(models.incumbent_path)},
+        "batching.batch_size": cfg.batch_size,
+        "store.url": str(db),
+        "workdir": str(cfg.workdir),
+        "max_frames": max_frames,
+    }
+    if shadow:
+        overrides["shadow"] = {"uri": str(models.shadow_path)}
+    return load_config(None, overrides)
+
+
+def _fresh_db(path: Path) -> Path:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return path
+
+
+def measure_end_to_end(cfg: BenchConfig, video: Path, models: BenchModels) -> dict[str, Any]:
+    """The real Runner, incumbent + shadow, store and sampling on, reading the whole video as fast as it can."""
+    from pipeline.runner import Runner
+
+    db = _fresh_db(cfg.workdir / "bench_e2e.db")
+    run_cfg = _run_config(cfg, video, models, db, shadow=True)
+    summary = Runner(run_cfg, install_signal_handlers=False).run()
+    wall = time.time() - summary.started_at  # readers' start -> store flushed and closed
+    served = summary.frames_served
+    cov = float(summary.shadow.get("coverage", 0.0))
+    st = summary.store
+    return {
+        "fps": served / wall,
+        "fps_both": served * cov / wall,  # frames that got both predictions, per second
+        "runner_reported_fps": summary.throughput_fps,
+        "frames": served,
+        "seconds": wall,
+        "coverage": cov,
+        "frames_shed": summary.shadow.get("frames_shed", 0),
+        "predictions_committed": st.get("predictions_committed", 0),
+        "samples_committed": st.get("samples_committed", 0),
+        "stats_skipped": st.get("stats_skipped", 0),
+        "write_errors": st.get("write_errors", 0),
+        "providers_incumbent": summary.incumbent.get("providers", []),
+        "providers_shadow": summary.shadow.get("providers", []),
+        "batch_latency_ms": summary.incumbent.get("latency_ms", {}),
+        "sampling_rate": run_cfg.sampling.rate,
+        "sampling_strategy": run_cfg.sampling.strategy,
+    }
+
+
+class _ReadStamps:
+    """A reader "waker": the reader calls ``set()`` right after queueing each frame (and once when it ends),
+    so the k-th call is the moment frame ``seq == k`` was read."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def set(self) -> None:
+        self.times.append(time.perf_counter())
+
+
+def _latency_run(cfg: BenchConfig, video: Path, models: BenchModels, shadow: bool, rate: float, tag: str) -> dict[str, Any]:
+    from pipeline.runner import Runner
+
+    stamps = _ReadStamps()
+    served_at: dict[int, float] = {}
+
+    def on_readers(readers: list[Any]) -> None:
+        if len(readers) != 1:
+            raise ConfigError("latency measurement expects exactly one source")
+        readers[0].add_waker(stamps)
+
+    def on_batch(served: Any) -> None:
+        t = time.perf_counter()
+        for f in served.batch.frames:
+            served_at[f.seq] = t
+
+    db = _fresh_db(cfg.workdir / f"bench_latency_{tag}.db")
+    run_cfg = _run_config(cfg, video, models, db, shadow=shadow, max_fps=rate, max_frames=cfg.latency_frames)
+    summary = Runner(run_cfg, on_batch=on_batch, on_readers=on_readers, install_signal_handlers=False).run()
+    skip = int(len(served_at) * WARMUP_SHARE)
+    lat = [(served_at[s] - stamps.times[s]) * 1000.0 for s in sorted(served_at) if s >= skip and s < len(stamps.times)]
+    return {"latencies_ms": lat, "coverage": float(summary.shadow.get("coverage", 0.0)) if shadow else None,
+            "frames": summary.frames_served, "fps": summary.throughput_fps}
+
+
+def measure_latency(cfg: BenchConfig, video: Path, models: BenchModels, rate: float) -> dict[str, Any]:
+    """Incumbent read->served latency per frame, without and with the shadow, paced at ``rate`` frames/s."""
+    runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    for rep in range(cfg.latency_repeats):
+        for variant in ("without", "with"):
+            runs[variant].append(_latency_run(cfg, video, models, variant == "with", rate, f"{variant}_{rep}"))
+    out: dict[str, Any] = {"rate_fps": rate, "repeats": cfg.latency_repeats}
+    for variant, rs in runs.items():
+        lat = np.concatenate([np.asarray(r["latencies_ms"]) for r in rs])
+        out[variant] = {
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p90_ms": float(np.percentile(lat, 90)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "mean_ms": float(lat.mean()),
+            "max_ms": float(lat.max()),
+            "frames": int(lat.size),
+            "served_fps": statistics.median(r["fps"] for r in rs),
+            "coverage": statistics.median(r["coverage"] for r in rs) if variant == "with" else None,
+            "p99_per_run_ms": [float(np.percentile(r["latencies_ms"], 99)) for r in rs],
+        }
+    return out
+
+
+def measure_isolation(models: BenchModels, images: np.ndarray, batch_size: int, seconds: float, sleep_s: float) -> dict[str, Any]:
+    """Serving frames/s of the shadow pair on in-memory batches: no shadow vs a shadow sleeping ``sleep_s`` per batch."""
+    from pipeline.config import ShadowConfig
+    from pipeline.runtime import OnnxClassifier
+    from pipeline.shadow import ShadowPair
+    from pipeline.types import Frame, FrameBatch, Role
+
+    class SleepyShadow(OnnxClassifier):
+        def predict(self, batch: Any, run_options: Any = None) -> np.ndarray:
+            time.sleep(sleep_s)
+            return super().predict(batch, run_options)
+
+    bgr = np.ascontiguousarray(images[..., ::-1])
+    batches = []
+    for b, i in enumerate(range(0, len(bgr) - batch_size + 1, batch_size)):
+        imgs = bgr[i:i + batch_size]
+        frames = tuple(Frame("bench", i + k, float(i + k), imgs[k]) for k in range(batch_size))
+        batches.append(FrameBatch(frames=frames, images=imgs))
+    if not batches:
+        raise ConfigError(f"isolation benchmark needs at least one full batch of {batch_size} frames")
+    inc = OnnxClassifier(models.incumbent_path, warmup_batch_size=batch_size)
+    variants = {"none": None, "sleeping": SleepyShadow(models.shadow_path, role=Role.SHADOW, warmup_runs=0)}
+    res: dict[str, Any] = {"sleep_s": sleep_s}
+    for name, sh in variants.items():
+        pair = ShadowPair(inc, sh, ShadowConfig(timeout_s=max(5.0, 2 * sleep_s)), cpu_twin=False).start()
+        n = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for b in batches:
+                pair.infer(b)
+                n += len(b)
+        dt = time.perf_counter() - t0
+        st = pair.stats()
+        pair.close(drain=False, timeout=0.5)
+        res[name] = {"fps": n / dt, "coverage": st["shadow"]["coverage"]}
+    res["ratio"] = res["sleeping"]["fps"] / res["none"]["fps"]
+    return res
+
+
+# --- the whole benchmark -------------------------------------------------------------------------------------------
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Measure everything (see the module docstring), write the markdown to ``cfg.out``, return the results."""
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    say = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)  # noqa: E731
+    t_start = time.perf_counter()
+    load_before = load_average()
+    say(f"load average before: {load_before}")
+    say(f"exporting {cfg.arch} at {cfg.img_size}x{cfg.img_size} (incumbent and shadow)")
+    models = prepare_models(cfg)
+    say(f"generating the {cfg.video_size[1]}x{cfg.video_size[0]} video ({cfg.frames} frames)")
+    video, video_how = prepare_video(cfg, progress=progress)
+    images = decode_resized(video, cfg.frames, models.input_size, to_rgb=True)
+
+    say("raw ONNX Runtime bound")
+    raw = measure_raw_ort(models.incumbent_path, models.shadow_path, images, cfg.batch_size, cfg.min_seconds)
+    say(f"  {raw['fps_both']:.1f} frames/s (both models)")
+    say("naive loop (cv2 + torchvision transforms + torch eager, batch 1)")
+    naive = measure_naive(video, models, cfg.frames)
+    say(f"  {naive['fps']:.1f} frames/s")
+    gc.collect()
+    say("end-to-end: shadowcam run (Runner), incumbent + shadow, store + sampling")
+    e2e = measure_end_to_end(cfg, video, models)
+    say(f"  {e2e['fps']:.1f} frames/s served, coverage {e2e['coverage']:.3f}")
+    rate = max(1.0, round(cfg.latency_rate_share * e2e["fps_both"], 1))
+    say(f"latency at {rate:g} frames/s, without and with the shadow ({cfg.latency_repeats} runs each)")
+    lat = measure_latency(cfg, video, models, rate)
+    say(f"  p99 {lat['without']['p99_ms']:.1f} ms without, {lat['with']['p99_ms']:.1f} ms with")
+    say("shadow isolation (sleeping shadow)")
+    iso = measure_isolation(models, images, cfg.batch_size, cfg.isolation_seconds, cfg.isolation_sleep_s)
+    load_after = load_average()
+
+    ratios = {
+        "naive_speedup": e2e["fps_both"] / naive["fps"],
+        "bound_share": e2e["fps_both"] / raw["fps_both"],
+        "p99_ratio": lat["with"]["p99_ms"] / lat["without"]["p99_ms"],
+    }
+    results = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "machine": machine_info(),
+        "load_before": load_before,
+        "load_after": load_after,
+        "models": {"arch": cfg.arch, "img_size": cfg.img_size, "classes": len(models.class_names),
+                   "incumbent": models.incumbent_path.name, "shadow": models.shadow_path.name,
+                   "onnx_mb": round(models.incumbent_path.stat().st_size / 1e6, 1),
+                   "export_max_abs_diff": models.max_abs_diff},
+        "video": {"path": str(video), "frames": cfg.frames, "width": cfg.video_size[1], "height": cfg.video_size[0],
+                  "how": video_how, "mb": round(video.stat().st_size / 1e6, 1)},
+        "raw": raw,
+        "naive": naive,
+        "e2e": e2e,
+        "latency": {k: ({kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in lat.items()},
+        "isolation": iso,
+        "ratios": ratios,
+        "pass": {"naive_speedup": ratios["naive_speedup"] >= TARGETS["naive_speedup"],
+                 "bound_share": ratios["bound_share"] >= TARGETS["bound_share"],
+                 "p99_ratio": ratios["p99_ratio"] <= TARGETS["p99_ratio"]},
+        "bench_seconds": time.perf_counter() - t_start,
+    }
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.write_text(render_markdown(results))
+    (cfg.workdir / "bench_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    say(f"wrote {cfg.out} (and {cfg.workdir / 'bench_results.json'}) in {results['bench_seconds']:.0f} s")
+    return results
+
+
+# --- the document --------------------------------------------------------------------------------------------------
+
+def _f(v: float, nd: int = 1) -> str:
+    return f"{v:.{nd}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """The benchmark document. Every number comes from ``r`` (the measurements)."""
+    m, c, raw, naive, e2e, lat, iso = r["machine"], r["config"], r["raw"], r["naive"], r["e2e"], r["latency"], r["isolation"]
+    ra, ok = r["ratios"], r["pass"]
+    verdict = lambda b: "PASS" if b else "FAIL"  # noqa: E731
+    L: list[str] = [
+        "# Benchmarks",
+        "",
+        "<!-- generated by `shadowcam bench`; do not edit by hand - rerun the command -->",
+        "",
+        f"Generated by `{c['command'] or 'shadowcam bench'}` on {m['date']} at commit `{m['git_commit']}`"
+        + (" (**--quick**: tiny sizes, numbers not meaningful)" if c["quick"] else "") + ".",
+        "Every number below was measured by that command on the machine described here; none is typed.",
+        "",
+        "## Machine",
+        "",
+        *_table(["item", "value"], [
+            ["CPU", m["cpu"]],
+            ["cores (usable)", f"{m['cores']} ({m['cores_usable']})"],
+            ["RAM (GiB)", str(m["ram_gib"])],
+            ["OS", m["os"]],
+            ["Python", m["python"]],
+            ["onnxruntime", f"{m['onnxruntime']} (available providers: {', '.join(m['ort_providers_available'])})"],
+            ["providers used", f"incumbent {', '.join(e2e['providers_incumbent'])}; shadow {', '.join(e2e['providers_shadow'])}; "
+                               f"raw bound {', '.join(raw['providers'])}"],
+            ["torch", f"{m['torch']} ({m['torch_threads']} threads)"],
+            ["opencv", m["opencv"]],
+            ["numpy", m["numpy"]],
+            ["load average before (1/5/15 min)", " / ".join(_f(x, 2) for x in r["load_before"])],
+            ["load average after (1/5/15 min)", " / ".join(_f(x, 2) for x in r["load_after"])],
+        ]),
+        "## Setup",
+        "",
+        f"* Models: incumbent and shadow are both torchvision `{c['arch']}` at {c['img_size']}x{c['img_size']}, "
+        f"{r['models']['classes']} classes, randomly initialised with different seeds (throughput does not depend on the "
+        f"weights), exported by `models.export.export_onnx` (verified: max |ONNX Runtime - torch| = "
+        f"{r['models']['export_max_abs_diff']:.1e}; uint8 NHWC input, preprocessing in the graph; "
+        f"{r['models']['onnx_mb']} MB each).",
+        f"* Video: {r['video']['frames']} frames of {r['video']['width']}x{r['video']['height']}, {r['video']['how']}, "
+        f"{r['video']['mb']} MB. The raw bound, the naive loop and the end-to-end run all process all of these frames.",
+        f"* Pipeline config: defaults of `shadowcam run` (batch size {c['batch_size']}, max wait 20 ms, shadow rate 1.0, "
+        f"SQLite store, per-frame image statistics, {e2e['sampling_strategy']} label sampling at {e2e['sampling_rate']:g}).",
+        "",
+        "## Throughput",
+        "",
+        *_table(["measurement", "frames/s", "what it includes"], [
+            ["end-to-end `shadowcam run` (both models)", _f(e2e["fps_both"]),
+             f"Runner: decode, resize, batch, incumbent + shadow (coverage {e2e['coverage']:.3f}), store writes "
+             f"({e2e['predictions_committed']} predictions), image stats, sampling ({e2e['samples_committed']} JPEGs); "
+             f"{e2e['frames']} frames in {_f(e2e['seconds'], 2)} s from readers' start to store closed"],
+            ["end-to-end frames served", _f(e2e["fps"]), "frames served per second, whether or not the shadow saw them"],
+            ["naive loop", _f(naive["fps"]),
+             "cv2 read, PIL + torchvision Resize/ToTensor/Normalize, torch eager incumbent then shadow, batch 1; "
+             "no store, no sampling"],
+            ["raw ONNX Runtime bound (both models)", _f(raw["fps_both"]),
+             f"incumbent then shadow on pre-decoded, pre-resized uint8 batches of {raw['batch_size']}, default session "
+             f"options, nothing else running ({raw['passes']} passes)"],
+            ["raw ONNX Runtime, incumbent only", _f(raw["fps_incumbent_only"]), "for reference"],
+        ]),
+        "## Latency",
+        "",
+        f"Incumbent latency per frame, from the moment the camera reader queued the frame to the moment the served "
+        f"prediction was returned, with the video paced at {_f(lat['rate_fps'])} frames/s "
+        f"({c['latency_rate_share']:g} x the end-to-end rate with both models); {c['latency_frames']} frames per run, "
+        f"{lat['repeats']} alternating run(s) per variant, the first {WARMUP_SHARE:.0%} of each run discarded.",
+        "",
+        *_table(["shadow", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms", "frames", "served frames/s", "shadow coverage"], [
+            [v, _f(lat[v]["p50_ms"], 2), _f(lat[v]["p90_ms"], 2), _f(lat[v]["p99_ms"], 2), _f(lat[v]["mean_ms"], 2),
+             _f(lat[v]["max_ms"], 2), str(lat[v]["frames"]), _f(lat[v]["served_fps"]),
+             "-" if lat[v]["coverage"] is None else f"{lat[v]['coverage']:.3f}"]
+            for v in ("without", "with")
+        ]),
+        "## Targets (issue 5)",
+        "",
+        *_table(["ratio", "measured", "target", "result"], [
+            ["end-to-end / naive loop", f"{ra['naive_speedup']:.2f}x", f">= {TARGETS['naive_speedup']:g}x", verdict(ok["naive_speedup"])],
+            ["end-to-end / raw ONNX Runtime bound", f"{ra['bound_share'] * 100:.1f}%", f">= {TARGETS['bound_share'] * 100:g}%",
+             verdict(ok["bound_share"])],
+            ["incumbent p99 with shadow / without", f"{ra['p99_ratio']:.3f}", f"<= {TARGETS['p99_ratio']:.2f}", verdict(ok["p99_ratio"])],
+        ]),
+        "The end-to-end figure in the ratios counts only frames that got both predictions (frames served x shadow coverage).",
+        "",
+        "## Shadow isolation",
+        "",
+        f"Serving throughput of the shadow pair on in-memory batches of {c['batch_size']} (no reader, no store), "
+        f"{c['isolation_seconds']:g} s per variant.",
+        "",
+        *_table(["shadow", "frames/s", "shadow coverage"], [
+            ["none", _f(iso["none"]["fps"]), "-"],
+            [f"sleeps {iso['sleep_s']:g} s per batch", _f(iso["sleeping"]["fps"]), f"{iso['sleeping']['coverage']:.3f}"],
+        ]),
+        f"A shadow that sleeps {iso['sleep_s']:g} s per batch leaves the incumbent at {iso['ratio'] * 100:.1f}% of its "
+        "throughput without a shadow; the shadow sheds batches instead (lower coverage).",
+        "",
+        "## How to reproduce",
+        "",
+        "```",
+        f"{c['command'] or 'shadowcam bench'}",
+        "```",
+        "",
+        f"The whole benchmark took {r['bench_seconds']:.0f} s. Raw results: `bench_results.json` in the work directory. "
+        "The cores may be shared with other work: compare the load averages above with the core count before trusting "
+        "small differences.",
+        "",
+    ]
+    return "\n".join(L)
+
+
+_NUM = re.compile(r"^[<>=]*\s*(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)\s*(x|%)?$", re.I)
+
+
+def parse_markdown(text: str) -> dict[str, dict[str, list[str]]]:
+    """Tables of a benchmark document: ``{section title: {first cell of row: [other cells]}}``."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+            out.setdefault(section, {})
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            out.setdefault(section, {})[cells[0]] = cells[1:]
+    return out
+
+
+def number(cell: str) -> float:
+    """A table cell as a float (``2.31x``, ``84.5%``, ``>= 80%`` ...); ValueError if it is not numeric."""
+    m = _NUM.match(cell.strip())
+    if not m:
+        raise ValueError(f"not a number: {cell!r}")
+    return float(m.group(1))

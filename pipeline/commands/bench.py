@@ -1,0 +1,78 @@
+"""``shadowcam bench``: measure throughput and latency on this machine and write ``docs/benchmarks.md``.
+
+Examples::
+
+    shadowcam bench                                  # the full benchmark (a few minutes on 2 CPU cores)
+    shadowcam bench --quick --out /tmp/bench.md      # tiny sizes: checks that everything runs (seconds)
+    shadowcam bench --arch mobilenet_v3_small --img-size 96 --frames 2000 --out docs/benchmarks_mnv3.md
+
+See :mod:`models.bench` for what is measured and how. Needs the training extras (torch, torchvision):
+the naive baseline runs PyTorch eager and the models are exported from torchvision.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "bench"
+HELP = "benchmark end-to-end throughput and latency against a naive loop and the raw ONNX Runtime bound"
+DESCRIPTION = (
+    "Export two torchvision classifiers to ONNX, generate a 640x480 conveyor video, then measure on this machine: "
+    "the raw ONNX Runtime throughput of both models, a naive cv2 + torchvision + PyTorch eager loop, the end-to-end "
+    "throughput of `shadowcam run` with incumbent and shadow, and the incumbent's p50/p99 latency with and without the "
+    "shadow at half the end-to-end rate. Writes a markdown report with the machine's description and PASS/FAIL "
+    "against the targets (end-to-end >= 2x naive, >= 80%% of the raw bound, p99 with shadow <= 1.10x without)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="docs/benchmarks.md", help="markdown report to write")
+    p.add_argument("--frames", type=int, default=None, help="frames of the generated video (default 1500; --quick 96)")
+    p.add_argument("--arch", default="resnet18", help="torchvision architecture of both models (models.export.ARCHS)")
+    p.add_argument("--img-size", type=int, default=None, help="model input size in pixels, square (default 64; --quick 32)")
+    p.add_argument("--batch-size", type=int, default=None, help="pipeline and raw-bound batch size (default 32; --quick 16)")
+    p.add_argument("--latency-frames", type=int, default=None, help="frames per latency run (default 600; --quick 48)")
+    p.add_argument("--latency-repeats", type=int, default=None, help="latency runs per variant, alternating (default 2; --quick 1)")
+    p.add_argument("--workdir", default="runs/bench", help="models, video, stores and bench_results.json go here")
+    p.add_argument("--seed", type=int, default=0, help="seed of the video and the model weights")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds; numbers are not meaningful")
+    p.add_argument("--no-progress", action="store_true", help="no progress messages")
+
+
+def main(args: argparse.Namespace) -> int:
+    import shlex
+
+    from models.bench import BenchConfig, run_bench
+    from models.export import ARCHS
+    from pipeline.types import ConfigError
+
+    if args.arch not in ARCHS:
+        raise ConfigError(f"--arch {args.arch!r} is not supported; expected one of {', '.join(ARCHS)}")
+    given = {
+        "frames": args.frames, "img_size": args.img_size, "batch_size": args.batch_size,
+        "latency_frames": args.latency_frames, "latency_repeats": args.latency_repeats,
+    }
+    # the command line as it reproduces this run (parsed options, not sys.argv: also right when called from code)
+    parts = ["shadowcam bench"]
+    for opt, val, default in (("--out", args.out, "docs/benchmarks.md"), ("--workdir", args.workdir, "runs/bench"),
+                              ("--arch", args.arch, "resnet18"), ("--seed", args.seed, 0)):
+        if val != default:
+            parts.append(f"{opt} {shlex.quote(str(val))}")
+    parts += [f"--{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None]
+    if args.quick:
+        parts.append("--quick")
+    common = dict(out=args.out, workdir=args.workdir, arch=args.arch, seed=args.seed, command=" ".join(parts))
+    if args.quick:
+        cfg = BenchConfig.quick_config(**common, **given)
+    else:
+        cfg = BenchConfig(**common, **{k: v for k, v in given.items() if v is not None})
+    res = run_bench(cfg, progress=not args.no_progress)
+    ra, ok = res["ratios"], res["pass"]
+    verdict = lambda b: "PASS" if b else "FAIL"  # noqa: E731
+    print(f"end-to-end {res['e2e']['fps_both']:.1f} frames/s (both models), naive {res['naive']['fps']:.1f}, "
+          f"raw ONNX Runtime bound {res['raw']['fps_both']:.1f}")
+    print(f"end-to-end / naive {ra['naive_speedup']:.2f}x {verdict(ok['naive_speedup'])}; "
+          f"/ raw bound {ra['bound_share'] * 100:.1f}% {verdict(ok['bound_share'])}; "
+          f"p99 with/without shadow {ra['p99_ratio']:.3f} {verdict(ok['p99_ratio'])}")
+    print(f"report written to {cfg.out}")
+    return 0
