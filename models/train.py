@@ -69,7 +69,7 @@ class TrainConfig(BaseModel):
     workdir: str = "."
     experiment: str = DEFAULT_EXPERIMENT
     track: bool = True  # log to MLflow
-    register: str | None = None  # registered model name
+    register_name: str | None = None  # registered model name (CLI: --register)
     alias: str | None = None  # alias set on the registered version (champion / challenger)
     fp16: bool = False  # also export a float16 variant
     opset: int = Field(default=17, ge=17)
@@ -99,7 +99,7 @@ def make_config(**kwargs) -> TrainConfig:
         first = e.errors()[0]
         field_ = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"training option {field_!r}: {first['msg']} (got {first.get('input')!r})") from None
-    if cfg.alias and not cfg.register:
+    if cfg.alias and not cfg.register_name:
         raise ConfigError("--alias needs --register NAME (the registered model the alias belongs to)")
     return cfg
 
@@ -146,6 +146,41 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def recompute_bn_stats(model, images: np.ndarray, device, batch_size: int, max_images: int = 1024, seed: int = 0) -> int:
+    """Recompute every BatchNorm layer's running statistics on (up to ``max_images``) un-augmented images.
+
+    "Precise BN": reset the running mean/var and average them over forward passes in training mode
+    (``momentum=None`` = cumulative average). In runs of a few hundred steps the exponential running averages
+    lag the fast-moving weights so far (torchvision's MobileNetV3/EfficientNet use momentum 0.01) that
+    evaluation-mode accuracy can sit at chance while training accuracy climbs; recomputing them before each
+    evaluation makes validation accuracy, checkpoint choice and the exported model reflect the weights.
+    Returns the number of BatchNorm layers updated.
+    """
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(images) == 0:
+        return 0
+    idx = np.random.default_rng(seed).permutation(len(images))[:max_images]
+    idx.sort()
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(idx), batch_size):
+            chunk = idx[i:i + batch_size]
+            if len(chunk) < 2:
+                continue
+            model.logits(torch.from_numpy(images[chunk]).to(device, non_blocking=True))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    return len(bns)
 
 
 def pick_device(pref: str):
@@ -265,8 +300,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     from models.export import ImageClassifier, build_backbone, export_onnx, save_checkpoint
 
     t_start = time.perf_counter()
-    if cfg.alias and not cfg.register:
-        raise ConfigError("alias needs register (the registered model the alias belongs to)")
+    if cfg.alias and not cfg.register_name:
+        raise ConfigError("alias needs register_name (the registered model the alias belongs to)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -345,6 +380,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 total += float(loss.item()) * len(idx)
                 seen += len(idx)
                 correct += int((logits.argmax(1) == yb).sum().item())
+            recompute_bn_stats(model, x_train, device, cfg.batch_size, seed=cfg.seed + epoch)
             val_logits = predict_logits(model, ds.images["val"], device)
             y_val = ds.labels["val"]
             val_acc = float((val_logits.argmax(1) == y_val).mean())
@@ -384,7 +420,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             class_names=list(classes), input_size=[cfg.img_size, cfg.img_size], arch=cfg.arch, input_color="RGB",
             resize_interpolation=RESIZE_INTERPOLATION, temperature=temperature, atc_threshold=atc_t,
             test_accuracy=test_acc, val_accuracy=val_acc, per_class_accuracy=pca, test_size=int(len(y_test)),
-            data_fingerprint=ds.fingerprint, training_run_id=run_id, name=cfg.register or "",
+            data_fingerprint=ds.fingerprint, training_run_id=run_id, name=cfg.register_name or "",
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extra={"val_size": int(len(y_val)), "train_size": int(n_train), "best_epoch": best["epoch"],
                    "epochs": cfg.epochs, "data_sources": ds.sources, "seed": cfg.seed},
@@ -425,10 +461,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                 mlflow.log_artifact(str(out_dir / name))
             mlflow.set_tags({"shadowcam.arch": cfg.arch, "shadowcam.data_fingerprint": ds.fingerprint,
                              "shadowcam.classes": ",".join(classes)})
-            if cfg.register:
-                version = tracking.register_onnx(out_dir / "model.onnx", cfg.register, alias=cfg.alias,
+            if cfg.register_name:
+                version = tracking.register_onnx(out_dir / "model.onnx", cfg.register_name, alias=cfg.alias,
                                                  run_id=run_id, workdir=cfg.workdir)
-                mlflow.set_tags({"shadowcam.registered_model": cfg.register, "shadowcam.registered_version": version})
+                mlflow.set_tags({"shadowcam.registered_model": cfg.register_name, "shadowcam.registered_version": version})
 
     result = TrainResult(out_dir=out_dir, onnx_path=out_dir / "model.onnx", checkpoint_path=ckpt, card=card,
                          test_accuracy=test_acc, val_accuracy=val_acc, per_class_accuracy=pca, confusion=cm.tolist(),
