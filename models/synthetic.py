@@ -251,9 +251,9 @@ def _label_sprite(rng: np.random.Generator, w_units: float, h_units: float, ppu:
     ink = (25, 25, 28)
     m = 0.07 * min(w, h)
     y = m
-    if rng.random() < 0.6:  # carrier header bar
-        hb = 0.14 * h
-        _poly(lab.bgr, _rect(m, y, w - m, y + hb), ink)
+    if rng.random() < 0.4:  # carrier header bar
+        hb = 0.09 * h
+        _poly(lab.bgr, _rect(m, y, w - m, y + hb), (60, 60, 64))
         y += hb + 0.05 * h
     for _ in range(int(rng.integers(2, 5))):  # address lines
         lh = max(1.0, 0.045 * h)
@@ -261,8 +261,8 @@ def _label_sprite(rng: np.random.Generator, w_units: float, h_units: float, ppu:
         y += lh * 2.2
     # 1-D barcode in the lower part
     bx0, bx1 = m, w - m
-    if rng.random() < 0.35:  # 2-D code on the right
-        q = 0.32 * h
+    if rng.random() < 0.25:  # 2-D code on the right
+        q = 0.28 * h
         cx0 = w - m - q
         grid = rng.random((7, 7)) < 0.5
         cell = q / 7
@@ -444,11 +444,12 @@ def _box_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
         _add_label(rng, sp, x0 + 0.04 * (x1 - x0), y0 + 0.06 * (y1 - y0), x1 - 0.04 * (x1 - x0), y1 - 0.06 * (y1 - y0))
 
     if cls == "parcel_damaged":
+        _creases(rng, sp, (x0, y0, x1, y1), base, thick)
         r = rng.random()
         if r < 0.65:
             _crushed_corner(rng, sp, (x0, y0, x1, y1), base, edge, thick)
         if r >= 0.45:
-            _tear(rng, sp, (x0, y0, x1, y1), dark=_tone(base, 0.22), lip=_mix(base, (235, 235, 235), 0.55),
+            _tear(rng, sp, (x0, y0, x1, y1), dark=_tone(base, 0.15), lip=_mix(base, (240, 240, 240), 0.7),
                   thick=thick)
     return sp
 
@@ -473,11 +474,26 @@ def _crushed_corner(rng, sp: _Sprite, box, base, edge, thick, plastic: bool = Fa
         q = corner + rng.uniform(0.2, 0.6) * (p - corner)
         _line(sp.bgr, np.array([p, q]), _tone(base, rng.choice([0.2, 1.3])), max(thick, 0.025 * S))
     # the corner itself is pushed in: cut it back with a jagged edge
-    f = rng.uniform(0.4, 0.6)
+    f = rng.uniform(0.5, 0.75)
     ca, cb = corner + f * d1 * ex, corner + f * d2 * ey
     cutpoly = np.concatenate([[corner], _jagged(ca, cb, rng, 6, 0.05 * S)])
     sp.cut(cutpoly)
     _line(sp.bgr, _jagged(ca, cb, rng, 6, 0.05 * S), _tone(base, 0.35), thick)
+
+
+def _creases(rng, sp: _Sprite, box, base, thick) -> None:
+    """Dents across a crushed top: long dark folds with a lit edge."""
+    x0, y0, x1, y1 = box
+    S = min(x1 - x0, y1 - y0)
+    for _ in range(int(rng.integers(2, 4))):
+        p0 = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+        ang = rng.uniform(0, np.pi)
+        d = np.array([math.cos(ang), math.sin(ang)]) * S * rng.uniform(0.35, 0.6)
+        pts = _jagged(p0 - d, p0 + d, rng, 5, 0.06 * S)
+        pts = np.clip(pts, [x0, y0], [x1, y1])
+        w = max(thick, 0.035 * S)
+        _line(sp.bgr, pts, _tone(base, 0.3), w)
+        _line(sp.bgr, pts + w, _tone(base, 1.3), max(1.0, w * 0.6))
 
 
 def _tear(rng, sp: _Sprite, box, dark, lip, thick) -> None:
@@ -500,8 +516,8 @@ def _tear(rng, sp: _Sprite, box, dark, lip, thick) -> None:
     poly[:, 0] = np.clip(poly[:, 0], x0 + 1, x1 - 1)
     poly[:, 1] = np.clip(poly[:, 1], y0 + 1, y1 - 1)
     _poly(sp.bgr, poly, dark)
-    _line(sp.bgr, np.clip(up, [x0, y0], [x1, y1]), lip, max(thick, 0.02 * min(W, H)))
-    _line(sp.bgr, np.clip(lo, [x0, y0], [x1, y1]), lip, max(thick, 0.02 * min(W, H)))
+    _line(sp.bgr, np.clip(up, [x0, y0], [x1, y1]), lip, max(thick, 0.035 * min(W, H)))
+    _line(sp.bgr, np.clip(lo, [x0, y0], [x1, y1]), lip, max(thick, 0.035 * min(W, H)))
     if rng.random() < 0.5:  # a torn-back flap of board
         p = centre[n // 2]
         tri = np.array([p + nrm * width * 0.5, p + nrm * width * 1.4 + d * length * 0.15, p + d * length * 0.3])
@@ -1233,9 +1249,9 @@ def write_stream(out_path: str | Path, n_frames: int, seed: int, phases=None, si
     Camera-bound shift parameters (dirt, lamp, tilt) stay fixed within a phase.
 
     ``fmt="video"``: ``out_path`` is an ``.mp4`` (mp4v), the manifest is ``out_path`` with ``.csv``;
-    ``source_ref`` = ``<absolute video path>#<0-based frame index>``.
+    ``source_ref`` = ``<absolute, symlink-resolved video path>#<0-based frame index>``.
     ``fmt="folder"``: ``out_path`` is a folder of ``frame_000000.jpg`` ..., the manifest is
-    ``<out_path>.csv`` beside it; ``source_ref`` = the absolute image path.
+    ``<out_path>.csv`` beside it; ``source_ref`` = the absolute, symlink-resolved image path.
     Manifest columns: :data:`STREAM_COLUMNS` (``t`` = seconds since the stream start = index / fps;
     ``packaging`` is "none" for items that are not parcels).
     """
@@ -1249,7 +1265,7 @@ def write_stream(out_path: str | Path, n_frames: int, seed: int, phases=None, si
     _check_dwell(dwell)
     _resolve_classes(classes)
     parse_phases(phases, int(n_frames) if isinstance(n_frames, (int, np.integer)) and n_frames > 0 else 0)
-    out_path = Path(out_path).absolute()
+    out_path = Path(out_path).expanduser().resolve()  # as the ingestion sources resolve it
     if fmt == "video":
         if out_path.suffix.lower() != ".mp4":
             raise ConfigError(f"video output must end in .mp4, got {out_path}")

@@ -349,7 +349,7 @@ def test_write_stream_video_frames_and_manifest(tmp_path):
     assert cols[:7] == ["source_ref", "label", "camera", "shift", "severity", "frame_index", "t"]
     assert len(rows) == 30
     assert [int(r["frame_index"]) for r in rows] == list(range(30))
-    assert all(r["source_ref"] == f"{out.absolute()}#{i}" for i, r in enumerate(rows))
+    assert all(r["source_ref"] == f"{out.resolve()}#{i}" for i, r in enumerate(rows))
     assert [float(r["t"]) for r in rows[:3]] == [0.0, 0.2, 0.4]
     assert [r["shift"] for r in rows] == ["none"] * 15 + ["night:3"] * 15
     assert [r["severity"] for r in rows] == ["0"] * 15 + ["3"] * 15
@@ -399,7 +399,7 @@ def test_write_stream_folder(tmp_path):
     files = sorted(out.glob("*.jpg"))
     assert [f.name for f in files] == [f"frame_{i:06d}.jpg" for i in range(12)]
     _, rows = _read_csv(m)
-    assert [r["source_ref"] for r in rows] == [str(f.absolute()) for f in files]
+    assert [r["source_ref"] for r in rows] == [str(f.resolve()) for f in files]
     assert {r["camera"] for r in rows} == {"dock3"}
     assert cv2.imread(rows[0]["source_ref"]).shape == (64, 80, 3)
 
