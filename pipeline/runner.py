@@ -501,8 +501,20 @@ class Runner:
         metrics.readers = readers
         if self.on_readers is not None:
             self.on_readers(readers)
+        server = None
+        if cfg.metrics.port is not None:
+            try:
+                server = HealthServer(metrics, cfg.metrics.host, cfg.metrics.port).start()
+            except OSError as e:
+                raise ConfigError(f"metrics.port {cfg.metrics.port} on {cfg.metrics.host}: cannot listen ({e.strerror or e})") from None
+            self.metrics_port = server.port
         store_url = self._store_url(wd)
-        store = PredictionStore(store_url)
+        try:
+            store = PredictionStore(store_url)
+        except BaseException:
+            if server is not None:
+                server.stop()
+            raise
         sampler = None
         if cfg.sampling.enabled:
             from pipeline.sampling import LabelSampler
@@ -525,10 +537,6 @@ class Runner:
         self.writer = writer
         metrics.pair = pair
         metrics.writer_stats = writer.stats
-        server = None
-        if cfg.metrics.port is not None:
-            server = HealthServer(metrics, cfg.metrics.host, cfg.metrics.port).start()
-            self.metrics_port = server.port
 
         batcher = Batcher(readers, cfg.batching, input_size=inc.input_size, interpolation=inc.card.resize_interpolation)
         served_per_cam: collections.Counter[str] = collections.Counter()

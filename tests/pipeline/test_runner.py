@@ -281,3 +281,32 @@ def test_sigint_drains_flushes_and_prints_the_summary(media, tmp_path):
     assert n == doc["frames_served"] == st.count(predictions, predictions.c.role == "incumbent")
     assert st.list_runs()[0]["ended_at"] is not None
     st.close()
+
+
+def test_busy_metrics_port_is_a_clear_error(media, tmp_path):
+    import socket
+
+    from pipeline.types import ConfigError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = config(media, tmp_path, **{"metrics.port": port})
+        runner = Runner(cfg)
+        with pytest.raises(ConfigError, match=f"metrics.port {port}"):
+            runner.run()
+    assert all(not r.running for r in runner.readers)
+
+
+def test_structured_log_formats():
+    import logging
+
+    from pipeline.metrics import KeyValueFormatter
+
+    rec = logging.LogRecord("pipeline.runner", logging.INFO, __file__, 1, "store_commit frames=%d", (5,), None)
+    rec.kv = {"camera": "dock 1", "n": 3}
+    line = KeyValueFormatter().format(rec)
+    assert 'level=INFO logger=pipeline.runner msg="store_commit frames=5" camera="dock 1" n=3' in line
+    doc = json.loads(KeyValueFormatter(json_lines=True).format(rec))
+    assert doc["msg"] == "store_commit frames=5" and doc["camera"] == "dock 1" and doc["level"] == "INFO"
