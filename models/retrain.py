@@ -1,0 +1,129 @@
+"""Scripted retraining: the original training data plus the production frames people labelled.
+
+``shadowcam retrain --db URL --data DIR [--data DIR ...] --register NAME`` (or :func:`retrain`):
+
+1. collect every labelled production frame from the prediction store (its sampled JPEG and the
+   majority of its non-``unsure`` labels; frames with only ``unsure`` or tied labels are left out);
+2. write them as a CSV manifest (``path,label,camera,frame_id``) beside the new model;
+3. train on the original data + that manifest, in the incumbent's label space, with the usual
+   verified ONNX export (:mod:`models.export`) and MLflow run;
+4. register the result under ``NAME`` with the alias ``challenger`` (the shadow slot).
+
+Promotion is *not* done here: the challenger first runs in shadow, and the evaluator's paired test
+decides (``shadowcam evaluate`` then ``shadowcam promote``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import store as st
+from pipeline.types import UNSURE, DataError
+
+log = logging.getLogger("shadowcam.retrain")
+
+
+@dataclass
+class ProductionSet:
+    manifest: Path
+    n_frames: int  # labelled frames written to the manifest
+    n_excluded: int  # labelled frames left out (unsure only, tied, unknown class, image missing)
+    class_counts: dict[str, int]
+
+
+def majority_labels(store: st.PredictionStore, class_names: list[str]) -> tuple[dict[str, str], int]:
+    """frame_id -> the majority non-unsure label; and how many labelled frames had none (unsure/tie/unknown)."""
+    by_frame: dict[str, Counter] = {}
+    with store.engine.connect() as conn:
+        for fid, lab in conn.execute(sa.select(st.labels.c.frame_id, st.labels.c.label)):
+            by_frame.setdefault(fid, Counter())
+            if lab != UNSURE:
+                by_frame[fid][lab] += 1
+    known = set(class_names)
+    out: dict[str, str] = {}
+    excluded = 0
+    for fid, counts in by_frame.items():
+        top = counts.most_common(2)
+        if not top or (len(top) == 2 and top[0][1] == top[1][1]) or top[0][0] not in known:
+            excluded += 1
+            continue
+        out[fid] = top[0][0]
+    return out, excluded
+
+
+def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_names: list[str]) -> ProductionSet:
+    """Write the labelled production frames (sampled JPEGs) as a training manifest."""
+    out_csv = Path(out_csv)
+    truth, excluded = majority_labels(store, class_names)
+    rows = []
+    with store.engine.connect() as conn:
+        q = sa.select(st.samples.c.frame_id, st.samples.c.image_path, st.samples.c.camera_id)
+        for fid, path, cam in conn.execute(q):
+            if fid not in truth:
+                continue
+            if not path or not Path(path).is_file():
+                excluded += 1
+                continue
+            rows.append((str(Path(path).resolve()), truth[fid], cam, fid))
+    if not rows:
+        raise DataError(
+            f"store {store.url}: no labelled production frames with images to retrain on "
+            "(label sampled frames first: `shadowcam label serve`, `label import` or `label simulate`)"
+        )
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with out_csv.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "camera", "frame_id"])
+        w.writerows(sorted(rows, key=lambda r: r[3]))
+    counts = Counter(r[1] for r in rows)
+    return ProductionSet(out_csv, len(rows), excluded, {c: counts.get(c, 0) for c in class_names})
+
+
+def retrain(
+    db: str,
+    data: list[str],
+    workdir: str | Path = ".",
+    register_name: str | None = None,
+    alias: str | None = "challenger",
+    class_names: list[str] | None = None,
+    base_model: str | None = None,
+    **train_kwargs: Any,
+):
+    """Retrain on ``data`` + the store's labelled production frames; returns (TrainResult, ProductionSet).
+
+    ``class_names``: the label space (default: the incumbent's, i.e. the store's newest run, or the
+    ``base_model`` card's when given — a ``models:/NAME@ALIAS`` URI or an .onnx path).
+    ``train_kwargs`` go to :class:`models.train.TrainConfig` (arch, img_size, epochs, seed, ...).
+    """
+    from models.train import make_config, train
+
+    workdir = Path(workdir)
+    store = st.PredictionStore(db)
+    try:
+        if class_names is None and base_model:
+            from pipeline import tracking
+            from pipeline.modelcard import read_card
+
+            path, _, _ = tracking.resolve_model_uri(base_model, workdir / ".cache" / "models", workdir=workdir)
+            class_names = read_card(path).class_names
+        class_names = class_names or store.run_class_names()
+        if not class_names:
+            raise DataError(f"store {store.url}: no runs recorded, so the label space is unknown; pass --base-model")
+        out_dir = Path(train_kwargs.pop("out", None) or workdir / "retrain")
+        prod = export_production_set(store, out_dir / "production_labels.csv", class_names)
+    finally:
+        store.close()
+    log.info("retrain: %d labelled production frames (%d left out) + %s", prod.n_frames, prod.n_excluded, ", ".join(data))
+    cfg = make_config(
+        data=[*data, str(prod.manifest)], class_names=class_names, workdir=str(workdir), out=str(out_dir),
+        register_name=register_name, alias=alias if register_name else None, **train_kwargs,
+    )
+    result = train(cfg)
+    return result, prod

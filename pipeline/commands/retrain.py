@@ -1,0 +1,56 @@
+"""``shadowcam retrain``: retrain on the original data plus labelled production frames; register as challenger.
+
+Example (a nightly job)::
+
+    shadowcam retrain --db work/shadowcam.db --data data/train --register conveyor --workdir work
+    shadowcam run ... --shadow models:/conveyor@challenger      # the challenger runs in shadow
+    shadowcam evaluate --db work/shadowcam.db                   # the paired test decides
+    shadowcam promote --model conveyor                          # when it says promote
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "retrain"
+HELP = "retrain with production labels (store) + original data; verified ONNX registered as challenger"
+DESCRIPTION = (
+    "Collect every labelled production frame from the prediction store (its sampled JPEG and the majority of its "
+    "non-unsure labels), write them as a manifest, train on the original data plus that manifest in the incumbent's "
+    "label space (verified ONNX export, MLflow run), and register the new version with the alias 'challenger'. "
+    "Promotion is left to the evaluator's paired test and `shadowcam promote`."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.commands.train import ARCHS, DEFAULTS
+
+    p.add_argument("--db", required=True, help="prediction store URL or SQLite path (labels + sampled frames)")
+    p.add_argument("--data", required=True, action="extend", nargs="+", metavar="DIR|CSV",
+                   help="the original training data (ImageFolder dir or manifest CSV); repeatable")
+    p.add_argument("--register", default=None, metavar="NAME", help="registered model to add the new version to")
+    p.add_argument("--alias", default="challenger", help="alias for the new version")
+    p.add_argument("--base-model", default=None, metavar="URI",
+                   help="model whose label space to keep (models:/NAME@champion or .onnx); default: the store's newest run")
+    p.add_argument("--arch", choices=ARCHS, default=DEFAULTS["arch"], help="torchvision architecture")
+    p.add_argument("--img-size", type=int, default=DEFAULTS["img_size"], help="model input size in pixels")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed")
+    p.add_argument("--out", default=None, help="output folder (default WORKDIR/retrain)")
+    p.add_argument("--workdir", default=".", help="work directory (mlflow.db, mlartifacts/)")
+    p.add_argument("--experiment", default=DEFAULTS["experiment"], help="MLflow experiment")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    from models.retrain import retrain
+
+    result, prod = retrain(
+        args.db, args.data, workdir=args.workdir, register_name=args.register, alias=args.alias if args.register else None,
+        base_model=args.base_model, arch=args.arch, img_size=args.img_size, epochs=args.epochs, seed=args.seed,
+        out=args.out, experiment=args.experiment, progress=not args.no_progress,
+    )
+    print(f"production frames used: {prod.n_frames} ({prod.n_excluded} labelled frames left out) from {prod.manifest}")
+    print("per class: " + ", ".join(f"{c} {n}" for c, n in prod.class_counts.items()))
+    print(result.summary())
+    return 0
