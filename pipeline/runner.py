@@ -628,6 +628,8 @@ class Runner:
                 bar.close()
 
         summary = self._summary(t_start, t_loop, frames_served, served_per_cam, store_url, pair, writer, sink_errors)
+        if sampler is not None and isinstance(getattr(sampler, "counts", None), dict):
+            summary.extra["sampling"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in sampler.counts.items()}
         try:
             store.end_run(self.run_id, summary.to_dict())
         finally:

@@ -269,19 +269,38 @@ class OnnxClassifier:
             elif p == TENSORRT:
                 trt_cache = self.cache_dir / "trt"
                 trt_cache.mkdir(parents=True, exist_ok=True)
-                options.append({
+                trt = {
                     "device_id": "0",
                     "trt_engine_cache_enable": "True",  # building an engine takes minutes; build once per model/GPU
                     "trt_engine_cache_path": str(trt_cache),
                     "trt_timing_cache_enable": "True",
                     "trt_timing_cache_path": str(trt_cache),
-                })
+                }
+                trt.update(self._trt_profile())
+                options.append(trt)
             else:
                 options.append({})
         try:
             return ort.InferenceSession(str(self.path), sess_options=so, providers=providers, provider_options=options)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelCardError(f"{self.path}: ONNX Runtime cannot load this model ({type(e).__name__}: {e})") from None
+
+    def _trt_profile(self) -> dict[str, str]:
+        """One TensorRT optimisation profile for batch 1..warm-up batch size, so the partial batches the batcher
+        sends (fewer frames after ``max_wait_ms``) never trigger an engine rebuild (minutes) mid-run."""
+        try:
+            from pipeline.modelcard import read_card
+
+            card = read_card(self.path)
+        except ModelCardError:
+            return {}  # the session will report the missing card with the real error
+        h, w = card.height, card.width
+        bs = max(1, self._warmup[0])
+        return {
+            "trt_profile_min_shapes": f"{INPUT_NAME}:1x{h}x{w}x3",
+            "trt_profile_opt_shapes": f"{INPUT_NAME}:{bs}x{h}x{w}x3",
+            "trt_profile_max_shapes": f"{INPUT_NAME}:{bs}x{h}x{w}x3",
+        }
 
     def _warn_if_fell_back(self) -> None:
         lost = [p for p in self.providers_requested if p in GPU_PROVIDERS and p not in self.providers]

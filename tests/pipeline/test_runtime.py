@@ -251,3 +251,12 @@ def test_registry_uri_goes_through_tracking(tiny, monkeypatch, tmp_path):
     c = OnnxClassifier("models:/shadowcam@champion", providers=["cpu"], cache_dir=tmp_path)
     assert c.model_id == "shadowcam:12" and seen["args"][0] == "models:/shadowcam@champion"
     assert seen["args"][1] == tmp_path / "models"
+
+
+def test_tensorrt_profile_covers_partial_batches(tiny):
+    c = OnnxClassifier(tiny[0], providers=["cpu"], warmup_batch_size=32, warmup_runs=0)
+    assert c._trt_profile() == {
+        "trt_profile_min_shapes": "image:1x16x20x3",
+        "trt_profile_opt_shapes": "image:32x16x20x3",
+        "trt_profile_max_shapes": "image:32x16x20x3",
+    }
