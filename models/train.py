@@ -357,7 +357,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
                                for k, v in cfg.model_dump().items() if k not in ("progress",)})
             mlflow.log_params({"n_train": n_train, "n_val": ds.size("val"), "n_test": ds.size("test"),
-                               "n_classes": n_classes, "data_fingerprint": ds.fingerprint, "device": str(device),
+                               "n_classes": n_classes, "data_fingerprint": ds.fingerprint, "device_used": str(device),
                                "torch_threads": torch.get_num_threads(), "unreadable_images": len(ds.unreadable)})
 
         best = {"acc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
