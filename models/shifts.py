@@ -56,6 +56,12 @@ SHIFT_ORDER = ("new_packaging", "camera_tilt", "glare", "lens_dirt", "defocus", 
 # ---- severity tables (index = severity - 1); every row is increasing in strength -----------------
 NIGHT_GAIN = (0.7, 0.55, 0.42, 0.3, 0.2)  # multiplicative exposure
 NIGHT_NOISE_STD = (0.03, 0.045, 0.06, 0.08, 0.1)  # Gaussian sensor noise, fraction of 255
+#: Night noise is drawn at (at most) this width and upsampled: blotchy, like a camera's noise after its
+#: own noise reduction, and, above all, equally strong once a large frame is resized to the model's
+#: input (white per-pixel noise on a 640 px frame would average away in a 96 px thumbnail).
+NIGHT_NOISE_REF_WIDTH = 96
+#: Bilinear upsampling of white noise lowers its std to about 2/3 (measured); compensated.
+_UPSAMPLED_NOISE_STD = 0.67
 MOTION_BLUR_FRAC = (0.03, 0.05, 0.08, 0.12, 0.17)  # kernel length, fraction of frame width
 DEFOCUS_FRAC = (0.008, 0.014, 0.022, 0.032, 0.045)  # disc radius, fraction of frame width
 GLARE_RADIUS_FRAC = (0.07, 0.09, 0.11, 0.135, 0.16)  # hot spot radius (Gaussian sigma), fraction of frame width
@@ -173,11 +179,13 @@ def _transform(name: str, severity: int, height: int, width: int):
     i = severity - 1
     if name == "night":
         gain = NIGHT_GAIN[i]
-        std = NIGHT_NOISE_STD[i]
+        scale = min(1.0, NIGHT_NOISE_REF_WIDTH / width)
+        std = NIGHT_NOISE_STD[i] / (_UPSAMPLED_NOISE_STD if scale < 1.0 else 1.0)
         return A.Compose([
             # contrast alpha multiplies the image: a pure exposure gain with brightness 0
             A.RandomBrightnessContrast(brightness_limit=(0.0, 0.0), contrast_limit=(gain - 1.0, gain - 1.0), p=1.0),
-            A.GaussNoise(std_range=(std, std), mean_range=(0.0, 0.0), per_channel=True, p=1.0),
+            A.GaussNoise(std_range=(std, std), mean_range=(0.0, 0.0), per_channel=True, noise_scale_factor=scale,
+                         p=1.0),
         ], p=1.0)
     if name == "motion_blur":
         k = max(_odd(MOTION_BLUR_FRAC[i] * width), 2 * severity + 1)  # strictly growing even at small sizes
@@ -204,7 +212,7 @@ def _transform(name: str, severity: int, height: int, width: int):
         inten = LENS_DIRT_INTENSITY[i]
         return A.Spatter(mean=(0.5, 0.5), std=(1.0, 1.0), gauss_sigma=(sigma, sigma),
                          cutout_threshold=(thr, thr), intensity=(inten, inten), mode="mud", p=1.0)
-    if name == "jpeg":
+    if name == "jpeg":  # per-pixel 8x8 blocks: milder on a large frame once it is resized for the model
         q = JPEG_QUALITY[i]
         return A.ImageCompression(compression_type="jpeg", quality_range=(q, q), p=1.0)
     if name == "camera_tilt":

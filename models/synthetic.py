@@ -339,11 +339,11 @@ def _cardboard(rng: np.random.Generator) -> tuple[float, float, float]:
 
 def _tape_color(rng: np.random.Generator, base) -> tuple[float, float, float]:
     k = rng.random()
-    if k < 0.45:  # brown packing tape: more saturated, a bit darker
+    if k < 0.5:  # brown packing tape: more saturated, a bit darker
         return (base[0] * 0.55, base[1] * 0.8, min(255, base[2] * 0.95))
-    if k < 0.75:  # clear tape: shiny version of the board
+    if k < 0.85:  # clear tape: shiny version of the board
         return _tone(base, 1.12)
-    if k < 0.9:
+    if k < 0.92:
         return (215.0, 215.0, 218.0)  # white tape
     return (60.0, 60.0, 200.0) if rng.random() < 0.5 else (170.0, 110.0, 40.0)  # branded red/blue tape
 
@@ -445,10 +445,10 @@ def _box_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
 
     if cls == "parcel_damaged":
         _creases(rng, sp, (x0, y0, x1, y1), base, thick)
-        r = rng.random()
-        if r < 0.65:
+        r = rng.random()  # 40% crushed corner, 30% tear, 30% both
+        if r < 0.7:
             _crushed_corner(rng, sp, (x0, y0, x1, y1), base, edge, thick)
-        if r >= 0.45:
+        if r >= 0.4:
             _tear(rng, sp, (x0, y0, x1, y1), dark=_tone(base, 0.15), lip=_mix(base, (240, 240, 240), 0.7),
                   thick=thick)
     return sp
