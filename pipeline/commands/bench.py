@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="resnet18", help="torchvision architecture of both models (models.export.ARCHS)")
     p.add_argument("--img-size", type=int, default=None, help="model input size in pixels, square (default 64; --quick 32)")
     p.add_argument("--batch-size", type=int, default=None, help="pipeline and raw-bound batch size (default 32; --quick 16)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="alternating rounds of raw bound, naive loop and end-to-end; the best of each is reported (default 2; --quick 1)")
     p.add_argument("--latency-frames", type=int, default=None, help="frames per latency run (default 600; --quick 48)")
     p.add_argument("--latency-repeats", type=int, default=None, help="latency runs per variant, alternating (default 2; --quick 1)")
     p.add_argument("--workdir", default="runs/bench", help="models, video, stores and bench_results.json go here")
@@ -49,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     if args.arch not in ARCHS:
         raise ConfigError(f"--arch {args.arch!r} is not supported; expected one of {', '.join(ARCHS)}")
     given = {
-        "frames": args.frames, "img_size": args.img_size, "batch_size": args.batch_size,
+        "frames": args.frames, "img_size": args.img_size, "batch_size": args.batch_size, "repeats": args.repeats,
         "latency_frames": args.latency_frames, "latency_repeats": args.latency_repeats,
     }
     # the command line as it reproduces this run (parsed options, not sys.argv: also right when called from code)

@@ -64,6 +64,7 @@ def test_quick_bench_writes_every_section_with_numbers(quick_run):
         assert 0 < p50 <= p90 <= p99 <= mx, (variant, p50, p90, p99, mx)
         assert int(number(lat[variant][5])) > 0  # frames measured
     assert lat["without"][7] == "-"  # no shadow, no coverage
+    assert number(lat["with"][8]) > 0 and number(lat["with"][9]) >= number(lat["with"][8])  # inference p50 <= p99
     assert 0 <= number(lat["with"][7]) <= 1
 
     targets = doc["Targets (issue 5)"]
