@@ -199,8 +199,7 @@ class _Sprite:
         """Make a region transparent (the belt shows through)."""
         _poly(self.alpha, pts, 0)
 
-    def texture(self, rng: np.random.Generator, sigma: float, region: np.ndarray | None = None,
-                grain: float = 0.0) -> None:
+    def texture(self, rng: np.random.Generator, sigma: float, grain: float = 0.0) -> None:
         """Add fibre/plastic noise where alpha > 0 (optionally streaky along x with ``grain``)."""
         n = _noise(rng, self.h, self.w, sigma)
         if grain > 0:
@@ -221,20 +220,17 @@ class _Sprite:
         self.bgr = _to_u8(f)
 
 
-def _paste(dst: _Sprite, src: _Sprite, cx: float, cy: float, angle: float, opacity: float = 1.0,
-           keep_outside_alpha: bool = False) -> None:
-    """Composite ``src`` into ``dst`` centred at (cx, cy) dst px, rotated by ``angle`` rad (same ppu)."""
+def _paste(dst: _Sprite, src: _Sprite, cx: float, cy: float, angle: float, opacity: float = 1.0) -> None:
+    """Composite ``src`` onto ``dst`` (inside dst's own alpha) centred at (cx, cy) dst px, rotated by
+    ``angle`` rad; both at the same px per unit."""
     c, s = math.cos(angle), math.sin(angle)
     sx, sy = src.center
     M = np.array([[c, -s, cx - (c * sx - s * sy)], [s, c, cy - (s * sx + c * sy)]], np.float64)
     col = cv2.warpAffine(src.bgr, M, (dst.w, dst.h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     a = cv2.warpAffine(src.alpha, M, (dst.w, dst.h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     af = a.astype(np.float32)[..., None] * (opacity / 255.0)
-    if not keep_outside_alpha:
-        af *= dst.alpha.astype(np.float32)[..., None] / 255.0
+    af *= dst.alpha.astype(np.float32)[..., None] / 255.0
     dst.bgr = (dst.bgr.astype(np.float32) * (1 - af) + col.astype(np.float32) * af).astype(np.uint8)
-    if keep_outside_alpha:
-        dst.alpha = np.maximum(dst.alpha, a)
 
 
 # =================================================================================================
@@ -312,8 +308,8 @@ def _add_label(rng: np.random.Generator, sp: _Sprite, x0: float, y0: float, x1: 
 def _maybe_markings(rng: np.random.Generator, sp: _Sprite, x0, y0, x1, y1, base) -> None:
     """Printed marks and handling stickers that any box may carry (they are not shipping labels)."""
     fw, fh = x1 - x0, y1 - y0
-    if rng.random() < 0.3:  # printed ink logo / arrows
-        ink = _tone(base, rng.uniform(0.35, 0.55))
+    if rng.random() < 0.15:  # printed ink logo / arrows (faint: they must not read as damage)
+        ink = _tone(base, rng.uniform(0.6, 0.75))
         cx, cy = rng.uniform(x0 + 0.15 * fw, x1 - 0.15 * fw), rng.uniform(y0 + 0.15 * fh, y1 - 0.15 * fh)
         r = 0.1 * min(fw, fh)
         if rng.random() < 0.5:
@@ -447,14 +443,15 @@ def _box_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
         _creases(rng, sp, (x0, y0, x1, y1), base, thick)
         r = rng.random()  # 40% crushed corner, 30% tear, 30% both
         if r < 0.7:
-            _crushed_corner(rng, sp, (x0, y0, x1, y1), base, edge, thick)
+            _crushed_corner(rng, sp, (x0, y0, x1, y1), base, thick)
         if r >= 0.4:
             _tear(rng, sp, (x0, y0, x1, y1), dark=_tone(base, 0.15), lip=_mix(base, (240, 240, 240), 0.7),
                   thick=thick)
     return sp
 
 
-def _crushed_corner(rng, sp: _Sprite, box, base, edge, thick, plastic: bool = False) -> None:
+def _crushed_corner(rng, sp: _Sprite, box, base, thick) -> None:
+    """A crushed corner: a dark crumpled triangle with creases, the corner itself pushed in (cut back)."""
     x0, y0, x1, y1 = box
     S = min(x1 - x0, y1 - y0)
     d1, d2 = S * rng.uniform(0.6, 0.85), S * rng.uniform(0.6, 0.85)
@@ -601,16 +598,21 @@ def _mailer_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
         _poly(sp.bgr, _rect(x1 - 0.08 * sp.u(L), y0 + 0.1 * sp.u(S), x1 - 0.005 * sp.u(L), y1 - 0.1 * sp.u(S)),
               _tone(base, 0.25))
 
-    has_label = cls in ("parcel_ok", "parcel_open_flap") or (cls == "parcel_damaged" and rng.random() < 0.85)
-    if cls == "parcel_open_flap":
+    if cls == "parcel_ok":
+        has_label = True
+    elif cls == "parcel_damaged":
+        has_label = rng.random() < 0.85
+    elif cls == "parcel_open_flap":
         has_label = rng.random() < 0.6
+    else:
+        has_label = False
     if has_label:
         _add_label(rng, sp, x0 + 0.1 * sp.u(L), y0 + 0.1 * sp.u(S), x1 - 0.12 * sp.u(L), y1 - 0.1 * sp.u(S))
     if cls == "parcel_damaged":
         r = rng.random()
         box = (x0 + 0.03 * sp.u(L), y0 + 0.03 * sp.u(S), x1 - 0.03 * sp.u(L), y1 - 0.03 * sp.u(S))
         if r < 0.5:
-            _crushed_corner(rng, sp, box, base, _tone(base, 0.6), thick, plastic=True)
+            _crushed_corner(rng, sp, box, base, thick)
         if r >= 0.35:
             contents = _cardboard(rng) if rng.random() < 0.5 else tuple(float(c) for c in rng.uniform(20, 90, 3))
             _tear(rng, sp, box, dark=_tone(contents, 0.5), lip=_mix(base, (255, 255, 255), 0.6), thick=thick)
@@ -1190,11 +1192,12 @@ def _check_dwell(dwell) -> tuple[int, int]:
 def iter_stream(n_frames: int, seed: int, phases=None, size: tuple[int, int] = (480, 640),
                 dwell: int | tuple[int, int] = (8, 16), classes: Sequence[str] = CLASS_NAMES,
                 class_weights: Sequence[float] | None = None):
-    """Yield :class:`StreamFrame` s of a simulated production feed (see :func:`write_stream`), in memory.
+    """Return an iterator of :class:`StreamFrame` s of a simulated production feed (see :func:`write_stream`).
 
+    Arguments are validated now (:class:`~pipeline.types.ConfigError`); frames are rendered lazily.
     Deterministic per ``seed``. Items ride the belt for ``dwell`` consecutive frames each.
     """
-    if not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
         raise ConfigError(f"n_frames must be a positive integer, got {n_frames!r}")
     h, w = _check_size(size)
     dmin, dmax = _check_dwell(dwell)
@@ -1207,15 +1210,20 @@ def iter_stream(n_frames: int, seed: int, phases=None, size: tuple[int, int] = (
             raise ConfigError(f"class_weights must be {len(classes)} non-negative numbers, got {list(class_weights)}")
         cw = cw / cw.sum()
     plan = parse_phases(phases, int(n_frames))
+    return _stream_frames(int(n_frames), seed, plan, h, w, (dmin, dmax), classes, cw)
+
+
+def _stream_frames(n_frames: int, seed: int, plan: list[Phase], h: int, w: int, dwell: tuple[int, int],
+                   classes: list[str], cw: np.ndarray):
     scene = _StreamScene(np.random.default_rng([seed, 1]), h, w)
     phase_of = np.concatenate([np.full(p.n_frames, i) for i, p in enumerate(plan)])
     phase_seeds = [int(x) for x in np.random.default_rng([seed, 2]).integers(0, 2**31 - 1, len(plan))]
     texts = [format_shifts(p.shifts) for p in plan]
     sevs = [max((s.severity for s in p.shifts), default=0) for p in plan]
     # belt speed: the longest dwell carries an item across 40% of the view
-    speed_u = 0.4 * SCENE_ASPECT / dmax  # scene units per frame
-    for slot, (start, length, cls) in enumerate(_stream_items(np.random.default_rng([seed, 7]), int(n_frames),
-                                                               (dmin, dmax), classes, cw)):
+    speed_u = 0.4 * SCENE_ASPECT / dwell[1]  # scene units per frame
+    for slot, (start, length, cls) in enumerate(_stream_items(np.random.default_rng([seed, 7]), n_frames,
+                                                               dwell, classes, cw)):
         srng = np.random.default_rng([seed, 3, slot])
         prng = np.random.default_rng([seed, 4, slot])
         pack = _choose_packaging(cls, packaging_share(plan[phase_of[start]].shifts), prng)
@@ -1260,11 +1268,7 @@ def write_stream(out_path: str | Path, n_frames: int, seed: int, phases=None, si
     if not fps or fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps!r}")
     h, w = _check_size(size)
-    frames = iter_stream(n_frames, seed, phases, (h, w), dwell, classes, class_weights)  # validates lazily...
-    # ...so validate eagerly here, before any file is created
-    _check_dwell(dwell)
-    _resolve_classes(classes)
-    parse_phases(phases, int(n_frames) if isinstance(n_frames, (int, np.integer)) and n_frames > 0 else 0)
+    frames = iter_stream(n_frames, seed, phases, (h, w), dwell, classes, class_weights)  # validates now
     out_path = Path(out_path).expanduser().resolve()  # as the ingestion sources resolve it
     if fmt == "video":
         if out_path.suffix.lower() != ".mp4":

@@ -28,12 +28,12 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (required unless --list-shifts)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder; required unless --list-shifts")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes")
     p.add_argument("--shift", action="append", default=[], metavar="NAME[:SEVERITY]",
                    help="camera shift applied to every image (repeatable, or joined with '+'); see --list-shifts")
-    p.add_argument("--classes", default=None, metavar="A,B,...", help="comma-separated subset of the classes (default: all six)")
-    p.add_argument("--camera", default=None, help="camera id written to the manifest (default: 'synthetic' for datasets, 'cam0' for streams)")
+    p.add_argument("--classes", default=None, metavar="A,B,...", help="comma-separated subset of the classes; None = all six")
+    p.add_argument("--camera", default=None, help="camera id written to the manifest; None = 'synthetic' for datasets, 'cam0' for streams")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list-shifts", action="store_true", help="print the shift names and what they simulate, then exit")
     g = p.add_argument_group("dataset (default mode)")
