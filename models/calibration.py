@@ -1,6 +1,6 @@
 """Post-hoc calibration fitted on the validation set: softmax temperature and the ATC threshold.
 
-Pure functions on arrays (numpy in, float out); the temperature fit uses torch's LBFGS.
+Pure functions on arrays (numpy in, float out); the temperature fit uses scipy's L-BFGS-B.
 
 * Temperature scaling (Guo et al., 2017): one scalar ``T > 0`` minimising the validation NLL of
   ``softmax(logits / T)``. The exported graph's ``probs`` output applies it, so every confidence the
@@ -29,33 +29,34 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100) -> float:
     """Fit the softmax temperature on validation ``logits`` ``(N, C)`` and integer ``labels`` ``(N,)``.
 
-    Optimises ``log T`` with LBFGS on the NLL; the result is clipped to [``T_MIN``, ``T_MAX``]. Returns 1.0 for
-    an empty set.
+    Minimises the NLL over ``a = log T`` with L-BFGS-B (scipy) and the analytic gradient
+    ``dNLL/da = mean_i(u_iy - sum_j p_ij u_ij)`` with ``u = logits / T``; ``T`` is kept in [``T_MIN``, ``T_MAX``].
+    Returns 1.0 for an empty set.
     """
-    import torch
+    from scipy.optimize import minimize
 
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"logits must be (N, C) and labels (N,), got {logits.shape} and {labels.shape}")
-    if logits.shape[0] == 0:
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],):
+        raise ValueError(f"logits must be (N, C) and labels (N,), got {z.shape} and {y.shape}")
+    if z.shape[0] == 0:
         return 1.0
-    x = torch.from_numpy(logits)
-    y = torch.from_numpy(labels)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+    rows = np.arange(z.shape[0])
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
-        loss.backward()
-        return loss
+    def f(a: np.ndarray) -> tuple[float, np.ndarray]:
+        u = z * np.exp(-a[0])
+        u = u - u.max(axis=1, keepdims=True)
+        e = np.exp(u)
+        sum_e = e.sum(axis=1)
+        loss = float(np.mean(np.log(sum_e) - u[rows, y]))
+        p = e / sum_e[:, None]
+        grad = float(np.mean(u[rows, y] - (p * u).sum(axis=1)))
+        return loss, np.array([grad])
 
-    opt.step(closure)
-    t = float(log_t.exp().item())
-    if not np.isfinite(t):
-        return 1.0
-    return float(np.clip(t, T_MIN, T_MAX))
+    res = minimize(f, x0=np.zeros(1), jac=True, method="L-BFGS-B",
+                   bounds=[(np.log(T_MIN), np.log(T_MAX))], options={"maxiter": max_iter})
+    t = float(np.exp(res.x[0]))
+    return t if np.isfinite(t) else 1.0
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -288,7 +288,24 @@ def default_out_dir(cfg: TrainConfig) -> Path:
 
 # --- the run -------------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train, calibrate, evaluate, export, log and (optionally) register; see the module docstring."""
+    """Train, calibrate, evaluate, export, log and (optionally) register; see the module docstring.
+
+    ``cfg.threads`` sets torch's intra-op threads for the run only (restored afterwards).
+    """
+    import torch
+
+    if cfg.alias and not cfg.register_name:
+        raise ConfigError("alias needs register_name (the registered model the alias belongs to)")
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     import contextlib
 
     import torch
@@ -300,10 +317,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     from models.export import ImageClassifier, build_backbone, export_onnx, save_checkpoint
 
     t_start = time.perf_counter()
-    if cfg.alias and not cfg.register_name:
-        raise ConfigError("alias needs register_name (the registered model the alias belongs to)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg)
@@ -438,7 +451,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         (out_dir / "card.json").write_text(json.dumps(json.loads(card.to_json()), indent=2))
         plot_confusion(cm, classes, out_dir / "confusion_matrix.png", f"{cfg.arch} test set (acc {test_acc:.1%})")
         _write_config(cfg, out_dir / "config.yaml")
-        final = {"test_accuracy": test_acc, "val_accuracy": val_acc, "best_epoch": best["epoch"],
+        # val_accuracy is the per-epoch series; the chosen checkpoint's value is best_val_accuracy
+        final = {"test_accuracy": test_acc, "best_val_accuracy": val_acc, "best_epoch": best["epoch"],
                  "temperature": temperature, "atc_threshold": atc_t,
                  "val_nll_uncalibrated": float(torch.nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val))),
                  "export_max_abs_diff": card.export_max_abs_diff,

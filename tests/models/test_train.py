@@ -1,0 +1,141 @@
+"""models.train + `shadowcam train`: a tiny real training run, its MLflow run and registration, config errors,
+and the CLI end to end (retraining from the checkpoint on concatenated sources, then promotion)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.modelcard import read_card
+from pipeline.types import ConfigError
+from tests.helpers.training import SHAPE_CLASSES, make_shapes, write_manifest
+
+
+def test_tiny_training_is_well_above_chance(tiny_run):
+    r = tiny_run.result
+    assert r.test_accuracy >= 0.7  # chance is 1/3
+    assert r.val_accuracy >= 0.7
+    assert len(r.history) == 4 and 1 <= r.best_epoch <= 4
+    assert r.val_accuracy == max(h["val_accuracy"] for h in r.history)
+    cm = np.array(r.confusion)
+    assert cm.shape == (3, 3) and cm.sum() == r.card.test_size == 36
+    assert r.test_accuracy == pytest.approx(np.trace(cm) / cm.sum())
+    assert set(r.per_class_accuracy) == set(SHAPE_CLASSES)
+    for f in ("model.onnx", "model_fp16.onnx", "best.pt", "card.json", "confusion_matrix.png", "config.yaml", "metrics.json"):
+        assert (r.out_dir / f).is_file(), f
+    assert 0 < r.card.temperature and 1 / 3 <= r.card.atc_threshold < 1
+
+
+def test_training_run_is_logged_and_registered(tiny_run, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_run.tracking_uri)
+    tracking.configure()
+    r = tiny_run.result
+    client = MlflowClient()
+    run = client.get_run(r.run_id)
+    assert run.data.params["arch"] == "mobilenet_v3_small" and run.data.params["img_size"] == "32"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(r.test_accuracy)
+    assert "test_accuracy_circle" in run.data.metrics and "export_max_abs_diff" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(r.run_id, "val_accuracy")] == [1, 2, 3, 4]
+    arts = {a.path for a in client.list_artifacts(r.run_id)} | {a.path for a in client.list_artifacts(r.run_id, "model")}
+    assert {"model/model.onnx", "card.json", "confusion_matrix.png", "config.yaml", "metrics.json"} <= arts
+    assert r.registered_version == tracking.get_version_by_alias("tiny", "challenger")
+    path, _, _ = tracking.resolve_model_uri("models:/tiny@challenger", tiny_run.root / "cache")
+    card = read_card(path)
+    assert card.training_run_id == r.run_id and card.name == "tiny"
+    # the artifacts stay in the work directory
+    assert str(tiny_run.root) in client.get_experiment(run.info.experiment_id).artifact_location
+
+
+def test_cli_defaults_match_train_config():
+    from models.train import TrainConfig
+    from pipeline.commands.train import DEFAULTS
+
+    fields = TrainConfig.model_fields
+    for k, v in DEFAULTS.items():
+        assert fields[k].default == v, k
+
+
+def test_train_help(capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--data", "--arch", "--img-size", "--epochs", "--weights", "--experiment", "--register", "--alias", "--fp16"):
+        assert opt in out
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"arch": "vgg16"}, "'arch'"),
+    ({"epochs": 0}, "'epochs'"),
+    ({"alias": "champion"}, "--alias needs --register"),
+    ({"unknown_option": 1}, "'unknown_option'"),
+])
+def test_config_errors(kwargs, match, tmp_path):
+    from models.train import make_config
+
+    with pytest.raises(ConfigError, match=match):
+        make_config(data=[str(tmp_path)], **kwargs)
+
+
+def test_weights_errors(tmp_path):
+    import torch
+
+    from models.export import build_backbone
+    from models.train import load_weights
+
+    net = build_backbone("mobilenet_v3_small", 3)
+    with pytest.raises(ConfigError, match="weights file not found"):
+        load_weights(net, tmp_path / "none.pt")
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="none of its 1 tensors fit"):
+        load_weights(net, tmp_path / "other.pt")
+    # a head for another number of classes is skipped, the rest loads
+    torch.save(build_backbone("mobilenet_v3_small", 5).state_dict(), tmp_path / "five.pt")
+    loaded, total = load_weights(net, tmp_path / "five.pt")
+    assert loaded == total - 2
+
+
+def test_cli_end_to_end_retrain_with_production_labels_then_promote(tiny_run, tmp_path, monkeypatch, capsys):
+    """Retrain from the checkpoint on the original data + a manifest of "production" images, register it as
+    champion, then promote the earlier challenger over it."""
+    from pipeline import tracking
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_run.tracking_uri)
+    prod = make_shapes(tmp_path / "prod", n_per_class=6, size=32, seed=5)
+    rows = [(f"{c}/{i:04d}.png", c, "train") for c in SHAPE_CLASSES for i in range(6)]
+    manifest = write_manifest(prod / "labels.csv", rows, ("path", "label", "split"))
+    out = tmp_path / "retrained"
+    rc = main(["train", "--data", str(tiny_run.data), "--data", str(manifest), "--img-size", "32", "--epochs", "1",
+               "--batch-size", "32", "--weights", str(tiny_run.result.checkpoint_path), "--out", str(out),
+               "--workdir", str(tiny_run.root), "--register", "tiny", "--alias", "champion", "--no-progress",
+               "--json", str(tmp_path / "result.json")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "registered: tiny version 2" in printed
+    res = json.loads((tmp_path / "result.json").read_text())
+    card = read_card(out / "model.onnx")
+    assert card.extra["train_size"] == tiny_run.result.card.extra["train_size"] + 18
+    assert card.data_fingerprint != tiny_run.result.card.data_fingerprint
+    assert res["test_accuracy"] >= 0.7  # starts from the trained weights
+    tracking.configure()
+    assert tracking.get_aliases("tiny") == {"challenger": "1", "champion": "2"}
+    assert main(["promote", "--model", "tiny"]) == 0
+    assert tracking.get_aliases("tiny") == {"champion": "1", "previous_champion": "2"}
+
+
+def test_cli_reports_data_errors_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    rc = main(["train", "--data", str(tmp_path / "missing"), "--no-mlflow", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing: data folder not found" in err
