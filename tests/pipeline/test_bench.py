@@ -22,6 +22,9 @@ THROUGHPUT_ROWS = (
     "end-to-end frames served",
     "naive loop",
     "raw ONNX Runtime bound (both models)",
+    "raw ONNX Runtime, serial, ORT default threads",
+    "raw ONNX Runtime, serial, 1 thread each",
+    "raw ONNX Runtime, concurrent, 1 thread each",
     "raw ONNX Runtime, incumbent only",
 )
 TARGET_ROWS = ("end-to-end / naive loop", "end-to-end / raw ONNX Runtime bound", "incumbent p99 with shadow / without")
@@ -89,6 +92,7 @@ def test_quick_bench_numbers_match_the_raw_results(quick_run):
     assert e2e["predictions_committed"] >= 64  # incumbent rows at least (shadow rows when it kept up)
     assert number(doc["Throughput"]["naive loop"][0]) == pytest.approx(naive["fps"], abs=0.05)
     assert res["ratios"]["naive_speedup"] == pytest.approx(e2e["fps_both"] / naive["fps"])
+    assert raw["fps_both"] == max(raw["layouts"].values())  # the bound is the fastest thread layout
     assert res["ratios"]["bound_share"] == pytest.approx(e2e["fps_both"] / raw["fps_both"])
     assert res["ratios"]["p99_ratio"] == pytest.approx(res["latency"]["with"]["p99_ms"] / res["latency"]["without"]["p99_ms"])
     verdicts = {row: doc["Targets (issue 5)"][row][2] for row in TARGET_ROWS}
