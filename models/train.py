@@ -468,9 +468,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
             from pipeline import tracking
 
             mlflow.log_metrics(final)
-            mlflow.log_artifact(str(out_dir / "model.onnx"), tracking.MODEL_ARTIFACT_PATH)
-            if fp16_path:
-                mlflow.log_artifact(str(fp16_path), "model_fp16")
+            mlflow.log_artifact(str(out_dir / "model.onnx"), tracking.model_artifact_dir("model.onnx"))
+            if fp16_path:  # its own folder, so it can be registered as a version of its own
+                mlflow.log_artifact(str(fp16_path), tracking.model_artifact_dir(fp16_path))
             for name in ("card.json", "confusion_matrix.png", "config.yaml", "metrics.json"):
                 mlflow.log_artifact(str(out_dir / name))
             mlflow.set_tags({"shadowcam.arch": cfg.arch, "shadowcam.data_fingerprint": ds.fingerprint,

@@ -37,7 +37,7 @@ PREVIOUS_CHAMPION = "previous_champion"
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 REGISTRY_EXPERIMENT = "shadowcam-registry"  # holds the runs created to carry ONNX files registered without a run
-MODEL_ARTIFACT_PATH = "model"  # artifact folder of a run that holds the registered .onnx
+MODEL_ARTIFACT_PATH = "model"  # artifact folder of a run that holds the registered model.onnx (see model_artifact_dir)
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
 
@@ -112,8 +112,9 @@ def register_onnx(onnx_path: str | Path, name: str, alias: str | None = None, ru
                   workdir: str | Path | None = None) -> str:
     """Register an ONNX file as a new version of model ``name``; returns the version (a string).
 
-    The file is logged byte for byte (metadata and model card intact) as ``<run>/model/<file name>``
-    (unless the run already has it there); without ``run_id`` a small run in the ``shadowcam-registry`` experiment is created to carry it.
+    The file is logged byte for byte (metadata and model card intact) into the run's artifact folder
+    :func:`model_artifact_dir` (``model/`` for ``model.onnx``, ``model_fp16/`` for ``model_fp16.onnx``), unless the
+    run already has it there; that folder, holding only this file, is the version's source. Without ``run_id`` a small run in the ``shadowcam-registry`` experiment is created to carry it.
     ``alias`` (e.g. ``challenger``) is then pointed at the new version. Call :func:`configure` first.
     """
     import mlflow
@@ -122,26 +123,38 @@ def register_onnx(onnx_path: str | Path, name: str, alias: str | None = None, ru
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file() or onnx_path.suffix.lower() != ".onnx":
         raise RegistryError(f"{onnx_path}: not an .onnx file")
+    artifact_dir = model_artifact_dir(onnx_path)
     client = _client()
     if run_id is None:
         exp_id = get_or_create_experiment(REGISTRY_EXPERIMENT, workdir)
         run = client.create_run(exp_id, run_name=f"register-{name}", tags={"shadowcam.kind": "registration"})
         run_id = run.info.run_id
-        client.log_artifact(run_id, str(onnx_path), MODEL_ARTIFACT_PATH)
+        client.log_artifact(run_id, str(onnx_path), artifact_dir)
         client.set_terminated(run_id)
-    elif onnx_path.name not in {Path(f.path).name for f in client.list_artifacts(run_id, MODEL_ARTIFACT_PATH)}:
-        client.log_artifact(run_id, str(onnx_path), MODEL_ARTIFACT_PATH)
+    else:
+        logged = [Path(f.path).name for f in client.list_artifacts(run_id, artifact_dir)]
+        if logged and logged != [onnx_path.name]:
+            raise RegistryError(f"run {run_id}: artifact folder {artifact_dir!r} already holds {logged}; "
+                                f"cannot register {onnx_path.name} from it")
+        if not logged:
+            client.log_artifact(run_id, str(onnx_path), artifact_dir)
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="shadowcam ONNX classifier (model card in the file's metadata)")
-    mv = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", run_id=run_id,
+    mv = client.create_model_version(name, source=f"runs:/{run_id}/{artifact_dir}", run_id=run_id,
                                      tags={"onnx_file": onnx_path.name})
     version = str(mv.version)
     if alias:
         set_alias(name, alias, version)
     log.info("registered %s as %s version %s%s", onnx_path, name, version, f" @{alias}" if alias else "")
     return version
+
+
+def model_artifact_dir(onnx_path: str | Path) -> str:
+    """Run artifact folder that holds one registered ONNX file: ``model`` for model.onnx, else the file's stem."""
+    stem = Path(onnx_path).stem
+    return MODEL_ARTIFACT_PATH if stem == "model" else _safe(stem)
 
 
 def _check_model(name: str):

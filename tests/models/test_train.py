@@ -48,6 +48,10 @@ def test_training_run_is_logged_and_registered(tiny_run, monkeypatch):
     path, _, _ = tracking.resolve_model_uri("models:/tiny@challenger", tiny_run.root / "cache")
     card = read_card(path)
     assert card.training_run_id == r.run_id and card.name == "tiny"
+    # the fp16 export of the same run registers as a version of its own (as the demo does)
+    v = tracking.register_onnx(r.onnx_fp16_path, "tiny-fp16", alias="challenger", run_id=r.run_id)
+    path16, _, _ = tracking.resolve_model_uri(f"models:/tiny-fp16/{v}", tiny_run.root / "cache")
+    assert path16.name == "model_fp16.onnx" and read_card(path16).precision == "fp16"
     # the artifacts stay in the work directory
     assert str(tiny_run.root) in client.get_experiment(run.info.experiment_id).artifact_location
 

@@ -66,6 +66,22 @@ def test_register_versions_keep_the_file_and_card_intact(store, onnx_files, tmp_
     assert any((store / "mlartifacts").rglob("model.onnx"))
 
 
+def test_two_files_of_one_run_register_as_separate_versions(store, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run_id = client.create_run(tracking.get_or_create_experiment("reg-test", store)).info.run_id
+    a = make_tiny_onnx(tmp_path / "model.onnx", seed=5)
+    b = make_tiny_onnx(tmp_path / "model_fp16.onnx", seed=6)
+    va = tracking.register_onnx(a, "reg-run", run_id=run_id)
+    vb = tracking.register_onnx(b, "reg-run", run_id=run_id)
+    pa, _, _ = tracking.resolve_model_uri(f"models:/reg-run/{va}", tmp_path / "cache")
+    pb, _, _ = tracking.resolve_model_uri(f"models:/reg-run/{vb}", tmp_path / "cache")
+    assert (pa.name, _sha(pa)) == ("model.onnx", _sha(a))
+    assert (pb.name, _sha(pb)) == ("model_fp16.onnx", _sha(b))
+    assert tracking.register_onnx(a, "reg-run", run_id=run_id) == "3"  # same file again: no second upload needed
+
+
 def test_resolve_by_version_and_cache_reuse(store, onnx_files, tmp_path):
     tracking.register_onnx(onnx_files[2], "reg-resolve")
     p1, _, v = tracking.resolve_model_uri("models:/reg-resolve/1", tmp_path / "cache")
