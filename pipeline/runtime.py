@@ -69,7 +69,20 @@ class InferenceError(ShadowcamError):
         self.kind = kind  # "error" | "garbage"
 
 
-def resolve_providers(requested: list[str] | None, available: list[str] | None = None) -> list[str]:
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver library can be loaded (a GPU provider can work at all)."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def resolve_providers(requested: list[str] | None, available: list[str] | None = None, driver: bool | None = None) -> list[str]:
     """The providers to ask ONNX Runtime for, best first, CPU always last.
 
     ``requested`` None: TensorRT -> CUDA -> CPU, keeping those installed. Names may be ONNX Runtime's
@@ -82,6 +95,12 @@ def resolve_providers(requested: list[str] | None, available: list[str] | None =
         available = list(ort.get_available_providers())
     if requested is None:
         chosen = [p for p in PROVIDER_ORDER if p in available]
+        if driver is None:
+            driver = cuda_driver_present()
+        if any(p != CPU for p in chosen) and not driver:
+            # onnxruntime-gpu lists CUDA/TensorRT on every machine; without the NVIDIA driver they only fail
+            # (loudly, in ONNX Runtime's own log) and fall back. Skip them; the CPU choice is still reported.
+            chosen = [CPU]
     else:
         chosen = []
         for name in requested:

@@ -1,0 +1,354 @@
+"""``shadowcam demo``: the whole story on synthetic warehouse data, in minutes, on a laptop.
+
+1. synthesize a clean training set, train the incumbent, register it as ``champion`` (its fp16 export
+   goes in as the first ``challenger``: "can we serve the half-precision model?");
+2. stream a production camera feed whose conditions change over simulated time (day → night shift →
+   night + motion blur at a higher belt speed + a new packaging type) through the shadow runtime;
+3. the simulated annotator labels the sampled frames (ground truth from the generator);
+4. evaluation windows log the train-to-production gap opening, with CIs, to MLflow;
+5. scripted retraining on the original data + the labelled production frames → ``challenger``;
+6. the challenger runs in shadow on fresh production frames; the evaluator's paired test decides,
+   and ``promote`` moves the aliases only if it says so;
+7. a closing summary table, plus where to look next.
+
+Every number in the summary is measured on the way; nothing is built in. Because the generator knows
+the truth of *every* frame, the demo also prints the true production accuracy and true gap next to the
+estimates from the sampled labels, so the intervals can be checked against the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+log = logging.getLogger("shadowcam.demo")
+
+SHIFTED = ["night:3", "motion_blur:3", "new_packaging"]
+
+
+@dataclass
+class DemoConfig:
+    workdir: Path = Path("work/demo")
+    fast: bool = False
+    seed: int = 0
+    model_name: str = "conveyor-classifier"
+    camera: str = "dock-cam-1"
+    train_images: int = 3000
+    stream1_frames: int = 3000
+    stream2_frames: int = 1500
+    frame_size: tuple[int, int] = (240, 320)  # (h, w) of the production camera
+    fps: float = 10.0  # simulated camera frame rate (timestamps come from the video's own clock)
+    window_s: float = 60.0  # evaluation window, in simulated seconds
+    sample_rate: float = 0.2
+    sample_strategy: str = "uncertainty"
+    uniform_floor: float = 0.3
+    annotator_error: float = 0.0
+    epochs: int | None = None  # None: the training default
+    progress: bool = True
+    clean: bool = True  # start from an empty work dir (the demo's own files only)
+
+    @classmethod
+    def preset(cls, fast: bool, **kw: Any) -> "DemoConfig":
+        cfg = cls(fast=fast, **kw)
+        if fast:
+            cfg.train_images, cfg.stream1_frames, cfg.stream2_frames = 1500, 1200, 800
+            cfg.window_s, cfg.sample_rate = 30.0, 0.3
+        return cfg
+
+
+@dataclass
+class DemoResult:
+    workdir: str
+    tracking_uri: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+    models: dict[str, dict] = field(default_factory=dict)  # per model version: offline, production, true, gap
+    windows: list[dict] = field(default_factory=list)  # stream 1: per window accuracy & gap of the incumbent
+    decision: dict | None = None
+    paired: dict | None = None  # the paired champion/challenger test on stream 2
+    promoted: dict | None = None
+    labels_used: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, str] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+class _Steps:
+    """Numbered step headers and timings (the demo's progress, next to the per-step progress bars)."""
+
+    def __init__(self, total: int, result: DemoResult):
+        self.total, self.i, self.result = total, 0, result
+        self.t0 = time.perf_counter()
+        self._name: str | None = None
+        self._start = 0.0
+
+    def __call__(self, name: str, text: str) -> None:
+        self.done()
+        self.i += 1
+        self._name, self._start = name, time.perf_counter()
+        print(f"\n[{self.i}/{self.total}] {text}", flush=True)
+
+    def done(self) -> None:
+        if self._name:
+            dt = time.perf_counter() - self._start
+            self.result.timings_s[self._name] = round(dt, 1)
+            print(f"      ({dt:.0f} s)", flush=True)
+            self._name = None
+
+
+def _true_accuracy(store, run_id: str, manifest: Path) -> dict[str, dict[str, float]]:
+    """Accuracy of each role on EVERY frame of a run, from the generator's labels (the truth the
+    sampled labels estimate). Returns {role: {"accuracy", "n"}} plus per phase."""
+    import csv
+
+    from pipeline import store as st
+    from pipeline.labeling.simulate import normalize_ref
+
+    truth, phase = {}, {}
+    with open(manifest, newline="") as f:
+        for row in csv.DictReader(f):
+            ref = normalize_ref(row["source_ref"])
+            truth[ref], phase[ref] = row["label"], row.get("shift") or "clean"
+    q = (
+        sa.select(st.predictions.c.role, st.predictions.c.label, st.predictions.c.degraded, st.frames.c.source_ref)
+        .join(st.frames, st.frames.c.frame_id == st.predictions.c.frame_id)
+        .where(st.frames.c.run_id == run_id)
+    )
+    acc: dict[str, dict[str, list[int]]] = {}
+    with store.engine.connect() as conn:
+        for role, label, degraded, ref in conn.execute(q):
+            ref = normalize_ref(ref)
+            if ref not in truth or degraded:
+                continue
+            for key in ("all", phase[ref]):
+                acc.setdefault(role, {}).setdefault(key, []).append(int(label == truth[ref]))
+    return {role: {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in d.items()} for role, d in acc.items()}
+
+
+def _evaluate(store, run_id: str, cfg: DemoConfig, name: str, window_s: float | None) -> tuple[Any, list[Any], str]:
+    from pipeline.evaluation import alerts as alerts_mod
+    from pipeline.evaluation import report
+    from pipeline.evaluation.evaluator import EvalConfig, Evaluator, log_to_mlflow
+
+    ev = Evaluator(EvalConfig(run_ids=[run_id], workdir=str(cfg.workdir)))
+    overall = ev.evaluate(store)
+    windows = ev.evaluate_windows(store, window_s) if window_s else []
+    from pipeline.config import AlertConfig
+
+    fired = alerts_mod.dispatch(windows[-1] if windows else overall, AlertConfig(), workdir=cfg.workdir)
+    out = cfg.workdir / "reports" / name
+    log_to_mlflow(windows or [overall], overall, workdir=cfg.workdir, run_name=f"demo: {name}", artifacts_dir=out,
+                  alerts=fired, max_gap=AlertConfig().max_gap)
+    print(report.format_summary(overall, windows, fired))
+    return overall, windows, str(out / "report.html")
+
+
+def _role_row(overall: Any, role: str) -> dict:
+    m = (overall.data.get("models") or {}).get(role) or {}
+    acc, gap = m.get("accuracy") or {}, m.get("gap") or {}
+    return {
+        "model": m.get("model"),
+        "offline_accuracy": (m.get("offline") or {}).get("test_accuracy"),
+        "prod_accuracy": acc.get("value"), "prod_ci": [acc.get("low"), acc.get("high")],
+        "gap": gap.get("value"), "gap_ci": [gap.get("low"), gap.get("high")],
+        "estimated_accuracy": (m.get("estimated_accuracy") or {}).get("value"),
+        "n_labeled": m.get("n_labeled"),
+    }
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
+    """Run the whole story; returns what it measured (also written to WORKDIR/demo_summary.json)."""
+    from models.retrain import retrain
+    from models.synthetic import generate_dataset, write_stream
+    from models.train import make_config, train
+    from pipeline import tracking
+    from pipeline.config import RunConfig
+    from pipeline.labeling.simulate import simulate_labels
+    from pipeline.runner import Runner
+    from pipeline.store import PredictionStore
+
+    wd = cfg.workdir = Path(cfg.workdir).resolve()
+    if cfg.clean and wd.exists():
+        for sub in ("data", "streams", "training", "retrain", "samples", "reports", "mlartifacts", ".cache", "metrics"):
+            shutil.rmtree(wd / sub, ignore_errors=True)
+        for f in ("shadowcam.db", "shadowcam.db-wal", "shadowcam.db-shm", "mlflow.db", "demo_summary.json"):
+            (wd / f).unlink(missing_ok=True)
+    wd.mkdir(parents=True, exist_ok=True)
+    uri = tracking.configure(wd)
+    res = DemoResult(workdir=str(wd), tracking_uri=uri)
+    steps = _Steps(7, res)
+    name, db = cfg.model_name, str(wd / "shadowcam.db")
+    train_kw = {"epochs": cfg.epochs} if cfg.epochs else {}
+    print(f"shadowcam demo ({'fast' if cfg.fast else 'full'}) in {wd}\nMLflow: {uri}")
+
+    # 1 --------------------------------------------------------------------------------------------------
+    steps("train", f"Synthesize {cfg.train_images} clean conveyor images, train the incumbent, register it as 'champion'")
+    train_dir = wd / "data" / "train"
+    generate_dataset(train_dir, cfg.train_images, seed=cfg.seed, progress=cfg.progress)
+    inc = train(make_config(data=[str(train_dir)], workdir=str(wd), seed=cfg.seed, register_name=name, alias="champion",
+                            fp16=True, out=str(wd / "training" / "incumbent"), progress=cfg.progress, **train_kw))
+    print(inc.summary())
+    fp16_version = None
+    if inc.onnx_fp16_path:
+        fp16_version = tracking.register_onnx(inc.onnx_fp16_path, name, alias="challenger", run_id=inc.run_id or None)
+        print(f"registered the fp16 export as {name} version {fp16_version} (alias 'challenger'): the first shadow")
+    shadow_uri = f"models:/{name}@challenger" if fp16_version else None
+
+    # 2 --------------------------------------------------------------------------------------------------
+    n1 = cfg.stream1_frames
+    phases = [(0.3, []), (0.3, ["night:3"]), (0.4, SHIFTED)]
+    steps("stream1", f"Stream {n1} production frames (day -> night shift -> night + motion blur + new packaging) "
+                     f"through `shadowcam run`, champion serving, challenger in shadow")
+    m1 = write_stream(wd / "streams" / "shift1.mp4", n1, seed=cfg.seed + 101, phases=phases, size=cfg.frame_size,
+                      fps=cfg.fps, camera=cfg.camera, progress=cfg.progress)
+    run1 = _run(cfg, RunConfig, Runner, m1.with_suffix(".mp4"), f"models:/{name}@champion", shadow_uri, db)
+
+    # 3 --------------------------------------------------------------------------------------------------
+    steps("label1", "The simulated annotator labels the sampled frames (ground truth from the generator)")
+    store = PredictionStore(db)
+    try:
+        n_lab = simulate_labels(store, [m1], error_rate=cfg.annotator_error, seed=cfg.seed)
+        print(f"{n_lab} labels written")
+        res.labels_used["stream1"] = n_lab
+
+        # 4 ----------------------------------------------------------------------------------------------
+        steps("evaluate1", f"Evaluate in {cfg.window_s:.0f} s windows: the train-to-production gap opening, logged to MLflow")
+        overall1, windows1, html1 = _evaluate(store, run1.run_id, cfg, "stream1", cfg.window_s)
+        truth1 = _true_accuracy(store, run1.run_id, m1)
+    finally:
+        store.close()
+    res.reports["stream1"] = html1
+    for w in windows1:
+        row = _role_row(w, "incumbent")
+        row["window"] = w.meta["window"].get("index")
+        row["labels"] = w.data["counts"]["frames_with_truth"]
+        res.windows.append(row)
+    inc_row = _role_row(overall1, "incumbent")
+    inc_row["true_prod_accuracy"] = truth1.get("incumbent", {}).get("all", {}).get("accuracy")
+    inc_row["true_by_phase"] = {k: v["accuracy"] for k, v in truth1.get("incumbent", {}).items()}
+    last_phase = ",".join(SHIFTED)
+    # 'ends' = the last window, where all three shifts are on
+    last = res.windows[-1] if res.windows else inc_row
+    inc_row["last_window_prod_accuracy"] = last.get("prod_accuracy")
+    res.models[f"v{inc.registered_version} champion (stream 1)"] = inc_row
+    if fp16_version:
+        sh_row = _role_row(overall1, "shadow")
+        sh_row["true_prod_accuracy"] = truth1.get("shadow", {}).get("all", {}).get("accuracy")
+        res.models[f"v{fp16_version} fp16 shadow (stream 1)"] = sh_row
+    if inc_row["offline_accuracy"] is not None and inc_row["true_prod_accuracy"] is not None and inc_row["gap_ci"][0] is not None:
+        true_gap = inc_row["offline_accuracy"] - inc_row["true_prod_accuracy"]
+        inc_row["true_gap"] = true_gap
+        res.checks["stream1: gap CI contains the true gap"] = bool(inc_row["gap_ci"][0] <= true_gap <= inc_row["gap_ci"][1])
+    if last.get("prod_accuracy") is not None and inc_row["offline_accuracy"] is not None:
+        res.checks["stream1: incumbent ends >= 15 points below offline"] = bool(inc_row["offline_accuracy"] - last["prod_accuracy"] >= 0.15)
+    truth_last = truth1.get("incumbent", {}).get(last_phase, {}).get("accuracy")
+    if truth_last is not None:
+        inc_row["true_accuracy_shifted_phase"] = truth_last
+
+    # 5 --------------------------------------------------------------------------------------------------
+    steps("retrain", "Scripted retraining: original data + labelled production frames -> verified ONNX -> 'challenger'")
+    ch, prod = retrain(db, [str(train_dir)], workdir=wd, register_name=name, alias="challenger",
+                       class_names=inc.card.class_names, seed=cfg.seed + 1, progress=cfg.progress,
+                       out=str(wd / "retrain"), **train_kw)
+    print(f"production frames used: {prod.n_frames}\n{ch.summary()}")
+    res.labels_used["retraining"] = prod.n_frames
+
+    # 6 --------------------------------------------------------------------------------------------------
+    n2 = cfg.stream2_frames
+    steps("stream2", f"Fresh production frames ({n2}, night + motion blur + new packaging): champion serves, "
+                     "the retrained challenger runs in shadow; label; paired test")
+    m2 = write_stream(wd / "streams" / "shift2.mp4", n2, seed=cfg.seed + 202, phases=[(1.0, SHIFTED)], size=cfg.frame_size,
+                      fps=cfg.fps, camera=cfg.camera, progress=cfg.progress)
+    run2 = _run(cfg, RunConfig, Runner, m2.with_suffix(".mp4"), f"models:/{name}@champion", f"models:/{name}@challenger", db)
+    store = PredictionStore(db)
+    try:
+        n_lab2 = simulate_labels(store, [m2], error_rate=cfg.annotator_error, seed=cfg.seed + 1)
+        res.labels_used["stream2"] = n_lab2
+        print(f"{n_lab2} labels written")
+        overall2, _, html2 = _evaluate(store, run2.run_id, cfg, "stream2", None)
+        truth2 = _true_accuracy(store, run2.run_id, m2)
+    finally:
+        store.close()
+    res.reports["stream2"] = html2
+    for role, tag in (("incumbent", f"v{inc.registered_version} champion (stream 2)"), ("shadow", f"v{ch.registered_version} retrained challenger (stream 2)")):
+        row = _role_row(overall2, role)
+        row["true_prod_accuracy"] = truth2.get(role, {}).get("all", {}).get("accuracy")
+        res.models[tag] = row
+    ch_row = res.models[f"v{ch.registered_version} retrained challenger (stream 2)"]
+    if ch_row["prod_accuracy"] is not None and ch_row["offline_accuracy"] is not None:
+        res.checks["stream2: challenger within 5 points of its offline accuracy"] = bool(ch_row["offline_accuracy"] - ch_row["prod_accuracy"] <= 0.05)
+    res.decision = overall2.data.get("decision")
+    res.paired = overall2.data.get("paired")
+
+    # 7 --------------------------------------------------------------------------------------------------
+    steps("promote", "Decision: promote only if the paired test says so")
+    action = (res.decision or {}).get("action")
+    if action == "promote":
+        res.promoted = tracking.promote(name)
+        print(f"promoted: {res.promoted}")
+    else:
+        print(f"not promoted: {(res.decision or {}).get('reason')}")
+    res.checks["stream2: paired test recommends promotion"] = action == "promote"
+    steps.done()
+    res.timings_s["total"] = round(time.perf_counter() - steps.t0, 1)
+    (wd / "demo_summary.json").write_text(json.dumps(asdict(res), indent=2, default=str))
+    print(format_summary(res))
+    return res
+
+
+def _run(cfg: DemoConfig, RunConfig, Runner, video: Path, incumbent: str, shadow: str | None, db: str):
+    rc = RunConfig.model_validate({
+        "sources": [{"uri": str(video), "id": cfg.camera}],
+        "incumbent": {"uri": incumbent},
+        "shadow": {"uri": shadow} if shadow else None,
+        "sampling": {"strategy": cfg.sample_strategy, "rate": cfg.sample_rate, "uniform_floor": cfg.uniform_floor,
+                     "seed": cfg.seed, "double_label_share": 0.05},
+        "store": {"url": db},
+        "workdir": str(cfg.workdir),
+    })
+    summary = Runner(rc, progress=cfg.progress, install_signal_handlers=False).run()
+    print(summary.format_table())
+    return summary
+
+
+def _pct(x: Any) -> str:
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def _ci(ci: list) -> str:
+    return "" if not ci or ci[0] is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def format_summary(res: DemoResult) -> str:
+    lines = ["", "=" * 100, "shadowcam demo: summary", "=" * 100]
+    head = f"{'model':<44} {'offline':>8} {'production (95% CI)':>24} {'true prod':>10} {'gap (95% CI)':>22} {'labels':>7}"
+    lines += [head, "-" * len(head)]
+    for tag, m in res.models.items():
+        lines.append(f"{tag:<44} {_pct(m.get('offline_accuracy')):>8} {_pct(m.get('prod_accuracy')) + ' ' + _ci(m.get('prod_ci')):>24} "
+                     f"{_pct(m.get('true_prod_accuracy')):>10} {_pct(m.get('gap')) + ' ' + _ci(m.get('gap_ci')):>22} {m.get('n_labeled') or 0:>7}")
+    if res.windows:
+        lines.append("\nincumbent on stream 1, window by window (the gap opening):")
+        for w in res.windows:
+            lines.append(f"  window {w['window']}: production {_pct(w.get('prod_accuracy'))} {_ci(w.get('prod_ci'))}, "
+                         f"gap {_pct(w.get('gap'))} {_ci(w.get('gap_ci'))}, {w.get('labels')} labels")
+    d = res.decision or {}
+    lines.append(f"\nlabels used: {res.labels_used}")
+    lines.append(f"decision (paired test on stream 2): {d.get('action')} - {d.get('reason')}")
+    if res.promoted:
+        lines.append(f"aliases moved: {res.promoted}")
+    lines.append("\nchecks (measured, not built in):")
+    for k, v in res.checks.items():
+        lines.append(f"  [{'ok' if v else 'NO'}] {k}")
+    lines.append(f"\ntimings (s): {res.timings_s}")
+    lines.append("\nwhere to look next:")
+    lines.append(f"  mlflow ui --backend-store-uri {res.tracking_uri}    # experiments shadowcam-training, shadowcam-deployment")
+    for k, v in res.reports.items():
+        lines.append(f"  HTML report ({k}): {v}")
+    lines.append(f"  notebooks/compare_experiments.ipynb with SHADOWCAM_WORKDIR={res.workdir}")
+    return "\n".join(lines)
