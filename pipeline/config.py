@@ -58,7 +58,7 @@ class ModelConfig(_Strict):
     uri: str
     providers: list[str] | None = None  # None: TensorRT -> CUDA -> CPU from what is installed
     timeout_s: float = Field(default=2.0, gt=0)
-    intra_op_threads: int = Field(default=0, ge=0)  # 0: ONNX Runtime's default
+    intra_op_threads: int = Field(default=0, ge=0)  # 0: auto (CPU: half the cores, runtime.default_cpu_threads; GPU: ORT default)
 
 
 class ShadowConfig(_Strict):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -148,6 +149,22 @@ def _checked_prediction(frame_id: str, camera_id: str, role: Role, model: str, p
     return p
 
 
+def default_cpu_threads() -> int:
+    """Intra-op threads of a session on the CPU provider when none are configured: half the usable cores, >= 1.
+
+    The shadow pair runs the incumbent and the shadow at the same time, each on its own thread. ONNX Runtime's
+    default (a pool of one thread per core for *each* session) oversubscribes the cores twice whenever both run,
+    and its pool synchronises every operator, so one preempted pool thread stalls the others. On the 2-core
+    machine of ``docs/benchmarks.md`` (ResNet-18 at 64x64, incumbent + shadow) one thread per model served
+    ~1.3-2.5x the frames/s of ONNX Runtime's default. Set ``intra_op_threads`` to override.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
 def _short_hash(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
 
@@ -168,7 +185,8 @@ class OnnxClassifier:
         role: incumbent (served) or shadow.
         providers: provider names, best first; None: TensorRT -> CUDA -> CPU from what is installed.
         timeout_s: how long one batch may take before the shadow pair gives up on it (enforced there).
-        intra_op_threads: ONNX Runtime intra-op threads (0: its default, one per core).
+        intra_op_threads: ONNX Runtime intra-op threads (0: auto - on the CPU provider half the usable cores,
+            :func:`default_cpu_threads`; on GPU providers ONNX Runtime's default).
         name, version: model identity; default: the registry's, else the card's, else the file stem and a
             short hash of the card's ``created_at``/``data_fingerprint`` (or of the file).
         warmup_batch_size, warmup_runs: dummy batches run at load (0 runs: no warm-up).
@@ -218,12 +236,19 @@ class OnnxClassifier:
             raise ModelCardError(f"{self.path}: no such ONNX file (model {self.uri!r})")
 
         self.providers_requested = resolve_providers(self._providers_arg)
-        self.session = self._make_session(self.providers_requested)
+        # intra-op threads asked for (None: ONNX Runtime's default); auto on the CPU: see default_cpu_threads
+        self.threads: int | None = self.intra_op_threads or (
+            default_cpu_threads() if self.providers_requested == [CPU] else None)
+        self.session = self._make_session(self.providers_requested, threads=self.threads)
         in_use = self.session.get_providers()
         if TENSORRT in self.providers_requested and TENSORRT not in in_use and CUDA in in_use:
             # ONNX Runtime retried without TensorRT but dropped every provider option on the way (prefer_nhwc,
             # conv algo search): build the CUDA session again, with its options
             self.session = self._make_session([p for p in self.providers_requested if p != TENSORRT])
+        if self.threads is None and list(self.session.get_providers()) == [CPU]:
+            # ONNX Runtime fell back to the CPU: half the cores each, as when the CPU is asked for
+            self.threads = default_cpu_threads()
+            self.session = self._make_session([CPU], threads=self.threads)
         # No silent switch to CPU at run time either: a provider failure raises, and the shadow pair's fallback
         # chain (CPU twin, stale, unknown) handles it visibly, flagged and counted.
         self.session.disable_fallback()
@@ -269,13 +294,14 @@ class OnnxClassifier:
             cache_dir=cache_dir, warmup_batch_size=warmup_batch_size, workdir=workdir,
         )
 
-    def _make_session(self, providers: list[str]):
+    def _make_session(self, providers: list[str], threads: int | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.intra_op_threads:
-            so.intra_op_num_threads = self.intra_op_threads
+        threads = threads or self.intra_op_threads
+        if threads:
+            so.intra_op_num_threads = threads
         if self.role is Role.SHADOW:
             # idle shadow threads sleep instead of spinning, so a shadow on the CPU does not burn the cores the
             # incumbent (and the cameras) need while it waits for work
@@ -372,6 +398,7 @@ class OnnxClassifier:
             "path": str(self.path),
             "providers_requested": self.providers_requested,
             "providers": list(self.session.get_providers()),
+            "intra_op_threads": self.threads,
             "io_binding": self.use_io_binding,
             "classes": self.class_names,
             "input_size": list(self.input_size),
