@@ -441,10 +441,10 @@ def _box_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
 
     if cls == "parcel_damaged":
         _creases(rng, sp, (x0, y0, x1, y1), base, thick)
-        r = rng.random()  # 40% crushed corner, 30% tear, 30% both
-        if r < 0.7:
+        r = rng.random()  # 25% crushed corner, 25% tear, 50% both
+        if r < 0.75:
             _crushed_corner(rng, sp, (x0, y0, x1, y1), base, thick)
-        if r >= 0.4:
+        if r >= 0.25:
             _tear(rng, sp, (x0, y0, x1, y1), dark=_tone(base, 0.15), lip=_mix(base, (240, 240, 240), 0.7),
                   thick=thick)
     return sp
@@ -488,7 +488,7 @@ def _creases(rng, sp: _Sprite, box, base, thick) -> None:
         d = np.array([math.cos(ang), math.sin(ang)]) * S * rng.uniform(0.35, 0.6)
         pts = _jagged(p0 - d, p0 + d, rng, 5, 0.06 * S)
         pts = np.clip(pts, [x0, y0], [x1, y1])
-        w = max(thick, 0.035 * S)
+        w = max(thick, 0.045 * S)
         _line(sp.bgr, pts, _tone(base, 0.3), w)
         _line(sp.bgr, pts + w, _tone(base, 1.3), max(1.0, w * 0.6))
 
