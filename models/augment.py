@@ -11,8 +11,13 @@ presets never resize; evaluation uses no transform at all (``"none"``).
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
+
+# albumentations asks PyPI for a newer version at import; cameras and CI run offline.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 PRESETS = ("light", "none")
 

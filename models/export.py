@@ -17,7 +17,9 @@ against torch on a fixed seeded uint8 batch (plus real images when given). The m
 ``probs`` and ``logits`` go into the model card (``export_max_abs_diff`` = the probs difference, the served
 output; both in ``extra``). The export fails with :class:`ExportError` (and the file is removed) when the probs
 difference exceeds the tolerance, or the logits difference exceeds tolerance x max(1, max |logit|): float32
-rounding grows with the logits' magnitude, and out-of-distribution verification images can give logits of 50+. The fp16 variant keeps the uint8 input and float32 outputs; its weights and
+rounding grows with the logits' magnitude, and out-of-distribution verification images can give logits of 50+.
+For the fp16 variant only the probs are bounded (5e-2): its logits carry float16 rounding of every weight and
+activation (a few percent of their magnitude on the noise images), recorded in the card but not checked. The fp16 variant keeps the uint8 input and float32 outputs; its weights and
 convolutions are float16 (ONNX Runtime's CPU provider runs it by inserting casts; GPUs run it natively).
 """
 
@@ -171,7 +173,7 @@ def export_onnx(
     card = replace(card, export_max_abs_diff=d_probs)
     card.extra = {**card.extra, "export_max_abs_diff_probs": d_probs, "export_max_abs_diff_logits": d_logits,
                   "export_logits_scale": logit_scale}
-    if d_probs > tolerance or d_logits_rel > tolerance:
+    if d_probs > tolerance or (precision == "fp32" and d_logits_rel > tolerance):
         out_path.unlink(missing_ok=True)
         raise ExportError(f"{out_path}: ONNX Runtime disagrees with torch ({precision}): max |diff| probs={d_probs:.3g}, "
                           f"logits={d_logits:.3g} (max |logit| {logit_scale:.3g}) > tolerance {tolerance:g}")

@@ -27,9 +27,9 @@ DESCRIPTION = (
 DEFAULTS = {
     "arch": "mobilenet_v3_small",
     "img_size": 64,
-    "epochs": 14,
+    "epochs": 24,
     "batch_size": 64,
-    "lr": 4e-3,
+    "lr": 6e-3,
     "seed": 0,
     "experiment": "shadowcam-training",
 }

@@ -139,7 +139,8 @@ def test_cli_end_to_end_retrain_with_production_labels_then_promote(tiny_run, tm
 def test_cli_reports_data_errors_in_one_line(tmp_path, capsys):
     from pipeline.cli import main
 
-    rc = main(["train", "--data", str(tmp_path / "missing"), "--no-mlflow", "--no-progress"])
+    rc = main(["train", "--data", str(tmp_path / "missing"), "--no-mlflow", "--no-progress", "--workdir", str(tmp_path)])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing: data folder not found" in err
+    assert not (tmp_path / "training").exists()  # nothing written for a run that never started
