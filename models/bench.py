@@ -172,6 +172,7 @@ class BenchModels:
     std: tuple[float, ...]
     max_abs_diff: float
     providers: list[str] = field(default_factory=list)  # what ONNX Runtime really uses here (probed once)
+    threads: int | None = None  # intra-op threads the pipeline's sessions use by default here (None: ORT's default)
 
 
 def _class_names() -> list[str]:
@@ -207,10 +208,10 @@ def prepare_models(cfg: BenchConfig) -> BenchModels:
     from pipeline.runtime import OnnxClassifier
 
     probe = OnnxClassifier(paths[0], warmup_runs=0)
-    providers = list(probe.providers)
+    providers, threads = list(probe.providers), probe.threads
     del probe
     return BenchModels(paths[0], paths[1], mods[0], mods[1], names, (cfg.img_size, cfg.img_size),
-                       tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), max(diffs), providers)
+                       tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), max(diffs), providers, threads)
 
 
 def _count_frames(path: Path) -> int:
@@ -454,6 +455,8 @@ def measure_end_to_end(cfg: BenchConfig, video: Path, models: BenchModels) -> di
         "seconds": wall,
         "coverage": cov,
         "frames_shed": summary.shadow.get("frames_shed", 0),
+        "shadow_batches_background": summary.shadow.get("batches_background", 0),
+        "shadow_batches_catch_up": summary.shadow.get("batches_catch_up", 0),
         "predictions_committed": st.get("predictions_committed", 0),
         "samples_committed": st.get("samples_committed", 0),
         "stats_skipped": st.get("stats_skipped", 0),
@@ -500,6 +503,7 @@ def _latency_run(cfg: BenchConfig, video: Path, models: BenchModels, shadow: boo
     lat = [(served_at[s] - stamps.times[s]) * 1000.0 for s in sorted(served_at) if s >= skip and s < len(stamps.times)]
     return {"latencies_ms": lat, "coverage": float(summary.shadow.get("coverage", 0.0)) if shadow else None,
             "frames": summary.frames_served, "fps": summary.throughput_fps,
+            "lanes": (summary.shadow.get("batches_background", 0), summary.shadow.get("batches_catch_up", 0)) if shadow else None,
             "inference_ms": summary.incumbent.get("latency_ms", {})}
 
 
@@ -521,6 +525,8 @@ def measure_latency(cfg: BenchConfig, video: Path, models: BenchModels, rate: fl
             "frames": int(lat.size),
             "served_fps": statistics.median(r["fps"] for r in rs),
             "coverage": statistics.median(r["coverage"] for r in rs) if variant == "with" else None,
+            "shadow_batches_background": sum(r["lanes"][0] for r in rs) if variant == "with" else None,
+            "shadow_batches_catch_up": sum(r["lanes"][1] for r in rs) if variant == "with" else None,
             "p99_per_run_ms": [float(np.percentile(r["latencies_ms"], 99)) for r in rs],
             # the pair's own incumbent time per batch (inference and fallback chain only; no waiting for frames)
             "inference_p50_ms": statistics.median(r["inference_ms"].get("p50") or 0.0 for r in rs),
@@ -624,7 +630,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         "models": {"arch": cfg.arch, "img_size": cfg.img_size, "classes": len(models.class_names),
                    "incumbent": models.incumbent_path.name, "shadow": models.shadow_path.name,
                    "onnx_mb": round(models.incumbent_path.stat().st_size / 1e6, 1),
-                   "export_max_abs_diff": models.max_abs_diff},
+                   "export_max_abs_diff": models.max_abs_diff, "threads": models.threads},
         "video": {"path": str(video), "frames": cfg.frames, "width": cfg.video_size[1], "height": cfg.video_size[0],
                   "how": video_how, "mb": round(video.stat().st_size / 1e6, 1)},
         "raw": raw,
@@ -702,13 +708,16 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"* Video: {r['video']['frames']} frames of {r['video']['width']}x{r['video']['height']}, {r['video']['how']}, "
         f"{r['video']['mb']} MB. The raw bound, the naive loop and the end-to-end run all process all of these frames.",
         f"* Pipeline config: defaults of `shadowcam run` (batch size {c['batch_size']}, max wait 20 ms, shadow rate 1.0, "
-        f"SQLite store, per-frame image statistics, {e2e['sampling_strategy']} label sampling at {e2e['sampling_rate']:g}).",
+        f"SQLite store, per-frame image statistics, {e2e['sampling_strategy']} label sampling at {e2e['sampling_rate']:g}; "
+        f"ONNX Runtime intra-op threads per model: {r['models']['threads'] or 'ORT default'}; the shadow on the CPU runs "
+        f"on a lowest-priority background lane, or on a normal-priority catch-up lane when it is behind).",
         "",
         "## Throughput",
         "",
         *_table(["measurement", "frames/s", "what it includes"], [
             ["end-to-end `shadowcam run` (both models)", _f(e2e["fps_both"]),
-             f"Runner: decode, resize, batch, incumbent + shadow (coverage {e2e['coverage']:.3f}), store writes "
+             f"Runner: decode, resize, batch, incumbent + shadow (coverage {e2e['coverage']:.3f}; shadow batches on the "
+             f"background / catch-up lane: {e2e['shadow_batches_background']} / {e2e['shadow_batches_catch_up']}), store writes "
              f"({e2e['predictions_committed']} predictions), image stats, sampling ({e2e['samples_committed']} JPEGs); "
              f"{e2e['frames']} frames in {_f(e2e['seconds'], 2)} s from readers' start to store closed{best(runs['e2e_fps_both'])}"],
             ["end-to-end frames served", _f(e2e["fps"]), "frames served per second, whether or not the shadow saw them"],
@@ -728,7 +737,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"({c['latency_rate_share']:g} x the end-to-end rate with both models); {c['latency_frames']} frames per run, "
         f"{lat['repeats']} alternating run(s) per variant, the first {WARMUP_SHARE:.0%} of each run discarded. "
         f"The latency includes the batcher's wait for more frames (up to max wait after a batch's first frame); "
-        f"the last two columns are the pair's own incumbent time per batch (inference only), medians over the runs.",
+        f"the last two columns are the pair's own incumbent time per batch (inference only), medians over the runs. "
+        f"Shadow batches on the background / catch-up lane in the runs with the shadow: "
+        f"{lat['with']['shadow_batches_background']} / {lat['with']['shadow_batches_catch_up']}.",
         "",
         *_table(["shadow", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms", "frames", "served frames/s", "shadow coverage",
                  "inference p50 ms", "inference p99 ms"], [
