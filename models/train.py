@@ -466,7 +466,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                  "export_max_abs_diff_probs": report.max_abs_diff_probs,
                  "export_max_abs_diff_logits": report.max_abs_diff_logits,
                  "train_seconds": time.perf_counter() - t_start}
-        final.update({f"test_accuracy_{c}": a for c, a in pca.items()})
+        final.update({f"test_accuracy_{_metric_key(c)}": a for c, a in pca.items()})
         (out_dir / "metrics.json").write_text(json.dumps({"final": final, "history": history,
                                                           "confusion": cm.tolist(), "class_names": classes}, indent=2))
 
@@ -493,6 +493,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
                          best_epoch=best["epoch"], wall_s=time.perf_counter() - t_start)
     log.info("training done in %.0fs: test accuracy %.4f", result.wall_s, test_acc)
     return result
+
+
+def _metric_key(name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . /`` and spaces."""
+    import re
+
+    return re.sub(r"[^\w\-./ ]", "_", name)
 
 
 def _write_config(cfg: TrainConfig, path: Path) -> Path:

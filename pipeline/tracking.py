@@ -85,7 +85,12 @@ def configure(workdir: str | Path | None = None) -> str:
 
 
 def get_or_create_experiment(name: str, workdir: str | Path | None = None) -> str:
-    """Experiment id of ``name``, creating it with its artifacts under ``<workdir>/mlartifacts``."""
+    """Experiment id of ``name``, creating it if needed.
+
+    With a local store (SQLite or file URI) new experiments keep their artifacts under ``<workdir>/mlartifacts``
+    (:func:`artifact_root`); with a tracking server the server's artifact store is used.
+    """
+    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -94,7 +99,10 @@ def get_or_create_experiment(name: str, workdir: str | Path | None = None) -> st
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=f"{artifact_root(workdir)}/{_safe(name)}")
+    uri = mlflow.get_tracking_uri()
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    location = f"{artifact_root(workdir)}/{_safe(name)}" if local else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 def _safe(name: str) -> str:

@@ -56,6 +56,17 @@ def test_training_run_is_logged_and_registered(tiny_run, monkeypatch):
     assert str(tiny_run.root) in client.get_experiment(run.info.experiment_id).artifact_location
 
 
+def test_training_is_seeded(shapes_data, tmp_path):
+    from models.train import make_config, train
+
+    runs = [train(make_config(data=[str(shapes_data)], img_size=32, epochs=1, batch_size=32, out=str(tmp_path / f"r{i}"),
+                              track=False, progress=False, seed=3)) for i in range(2)]
+    assert runs[0].history[0]["train_loss"] == runs[1].history[0]["train_loss"]
+    assert runs[0].history[0]["val_loss"] == runs[1].history[0]["val_loss"]
+    assert runs[0].card.temperature == runs[1].card.temperature
+    assert runs[0].card.data_fingerprint == runs[1].card.data_fingerprint
+
+
 def test_cli_defaults_match_train_config():
     from models.train import TrainConfig
     from pipeline.commands.train import DEFAULTS
