@@ -351,8 +351,12 @@ def _train(cfg: TrainConfig) -> TrainResult:
     drop_last = n_train > cfg.batch_size
     steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
+    total_steps = cfg.epochs * steps_per_epoch
+    if total_steps >= 8:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                                    pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
+    else:  # OneCycleLR cannot split fewer steps into its two phases: constant LR for such toy runs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     transform = build_transform(cfg.augment if cfg.augment else "none", seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -387,7 +391,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
             model.train()
             order = rng.permutation(n_train)
             total, seen, correct = 0.0, 0, 0
-            for b in range(steps_per_epoch):
+            batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                           disable=not cfg.progress)
+            for b in batches:
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size] if drop_last else order
                 xb = torch.from_numpy(augment_batch(transform, x_train[idx])).to(device, non_blocking=True)
                 yb = y_train_t[idx].to(device, non_blocking=True)
