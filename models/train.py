@@ -355,8 +355,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     if total_steps >= 8:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
                                                     pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
-    else:  # OneCycleLR cannot split fewer steps into its two phases: constant LR for such toy runs
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    else:  # OneCycleLR cannot split fewer steps into its two phases: plain cosine decay for such toy runs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     transform = build_transform(cfg.augment if cfg.augment else "none", seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)

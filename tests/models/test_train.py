@@ -129,7 +129,7 @@ def test_cli_end_to_end_retrain_with_production_labels_then_promote(tiny_run, tm
     rows = [(f"{c}/{i:04d}.png", c, "train") for c in SHAPE_CLASSES for i in range(6)]
     manifest = write_manifest(prod / "labels.csv", rows, ("path", "label", "split"))
     out = tmp_path / "retrained"
-    rc = main(["train", "--data", str(tiny_run.data), "--data", str(manifest), "--img-size", "32", "--epochs", "1",
+    rc = main(["train", "--data", str(tiny_run.data), "--data", str(manifest), "--img-size", "32", "--epochs", "1", "--lr", "1e-3",
                "--batch-size", "32", "--weights", str(tiny_run.result.checkpoint_path), "--out", str(out),
                "--workdir", str(tiny_run.root), "--register", "tiny", "--alias", "champion", "--no-progress",
                "--json", str(tmp_path / "result.json")])
