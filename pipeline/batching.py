@@ -32,10 +32,22 @@ INTERPOLATIONS: dict[str, int] = {
 
 
 def resize_into(image: np.ndarray, out: np.ndarray, interpolation: int) -> None:
-    """Resize ``image`` (H, W, 3) into ``out`` (h, w, 3) in place (a plain copy when sizes match)."""
+    """Resize ``image`` (H, W, 3) into ``out`` (h, w, 3) in place (a plain copy when sizes match).
+
+    An INTER_AREA downscale whose width factor is a whole number but height factor is not (640x480 -> 64x64:
+    10 and 7.5) is done in two passes, width first: OpenCV's area resize has a fast path for whole-number
+    factors, and area averaging is separable, so the result is the one-pass result up to rounding of the
+    intermediate (at most 1 grey level). For 640x480 -> 64x64 this halves the batcher's time per frame
+    (~1.0-1.3 -> ~0.55-0.7 ms on the bench machine, ~5% of the CPU a frame costs end to end there). Other
+    shapes (both factors whole, or the width factor not) measured no faster in two passes and take one.
+    """
     h, w = out.shape[:2]
-    if image.shape[0] == h and image.shape[1] == w:
+    H, W = image.shape[:2]
+    if H == h and W == w:
         out[...] = image
+    elif interpolation == cv2.INTER_AREA and W > w and H > h and W % w == 0 and H % h != 0:
+        tmp = cv2.resize(image, (w, H), interpolation=cv2.INTER_AREA)  # whole-number width factor: fast path
+        cv2.resize(tmp, (w, h), dst=out, interpolation=cv2.INTER_AREA)
     else:
         cv2.resize(image, (w, h), dst=out, interpolation=interpolation)
 

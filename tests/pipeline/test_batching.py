@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.batching import Batcher
+from pipeline.batching import Batcher, resize_into
 from pipeline.config import BatchingConfig, CameraHealthConfig, SourceConfig
 from pipeline.sources import CameraReader, open_source, open_sources, stop_all
 from pipeline.types import ConfigError, FrameBatch
@@ -122,6 +122,18 @@ def test_resize_matches_opencv_and_keeps_bgr(tmp_path: Path, interp: str, flag: 
     r2.start()
     b2 = Batcher([r2], BatchingConfig(batch_size=5, max_wait_ms=2000), input_size=(48, 64)).next_batch()
     np.testing.assert_array_equal(b2.images[0], b2.frames[0].image)
+
+
+@pytest.mark.parametrize("src, dst", [((480, 640), (64, 64)), ((480, 640), (32, 32)), ((480, 640), (96, 96)),
+                                      ((48, 64), (24, 40))])
+def test_area_resize_matches_one_pass_opencv_within_one_grey_level(src, dst) -> None:
+    """640x480 -> 64x64 takes the two-pass path (width factor 10, height 7.5); the others one pass."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+    out = np.empty((*dst, 3), np.uint8)
+    resize_into(img, out, cv2.INTER_AREA)
+    diff = np.abs(out.astype(int) - cv2.resize(img, (dst[1], dst[0]), interpolation=cv2.INTER_AREA).astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.5
 
 
 def test_batcher_rejects_bad_arguments(tmp_path: Path) -> None:
