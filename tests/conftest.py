@@ -1,0 +1,44 @@
+"""Session-wide fixtures shared across test packages.
+
+``demo_workdir``: ONE run of ``shadowcam demo --fast`` per test session (a few minutes on a 2-core CPU), reused by
+tests/models/test_demo.py and tests/test_notebook.py. The demo runs in a subprocess: MLflow's
+``set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, so running it in-process would point
+every later test at the demo's store. The subprocess gets the environment without ``MLFLOW_TRACKING_URI`` (the
+demo then tracks into ``<workdir>/mlflow.db``); this process's environment is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_TIMEOUT_S = 900  # the fast demo takes about 3 minutes on a quiet 2-core machine; generous for a loaded one
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory) -> Path:
+    """Work dir of one finished ``shadowcam demo --fast`` (mlflow.db, shadowcam.db, reports/, demo_summary.json).
+
+    The demo's console output is kept in ``<workdir>/demo.log``; a failed run fails the test with its tail.
+    """
+    workdir = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    cmd = [sys.executable, "-m", "pipeline.cli",
+           "demo", "--fast", "--workdir", str(workdir), "--no-progress"]
+    log = workdir / "demo.log"
+    with log.open("w") as out:
+        try:
+            proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=DEMO_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"shadowcam demo --fast did not finish in {DEMO_TIMEOUT_S} s; log tail:\n"
+                        f"{log.read_text()[-4000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"shadowcam demo --fast exited with {proc.returncode}; log tail:\n{log.read_text()[-4000:]}")
+    return workdir
