@@ -273,7 +273,9 @@ def prepare_video(cfg: BenchConfig, progress: bool = True) -> tuple[Path, str]:
 
 
 def decode_resized(video: Path, n: int, size: tuple[int, int], to_rgb: bool = True) -> np.ndarray:
-    """The first ``n`` frames of ``video``, resized (INTER_AREA, as the batcher does) to ``size`` (h, w): uint8 NHWC."""
+    """The first ``n`` frames of ``video``, resized to ``size`` (h, w) as the batcher does (INTER_AREA): uint8 NHWC."""
+    from pipeline.batching import resize_into
+
     h, w = size
     out = np.empty((n, h, w, 3), np.uint8)
     cap = cv2.VideoCapture(str(video))
@@ -282,7 +284,7 @@ def decode_resized(video: Path, n: int, size: tuple[int, int], to_rgb: bool = Tr
             ok, img = cap.read()
             if not ok:
                 raise OSError(f"{video}: only {i} frames decodable, {n} needed")
-            cv2.resize(img, (w, h), dst=out[i], interpolation=cv2.INTER_AREA)
+            resize_into(img, out[i], cv2.INTER_AREA)  # as the batcher does
     finally:
         cap.release()
     return np.ascontiguousarray(out[..., ::-1]) if to_rgb else out
