@@ -682,6 +682,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         + (" (**--quick**: tiny sizes, numbers not meaningful)" if c["quick"] else "") + ".",
         "Every number below was measured by that command on the machine described here; none is typed.",
         "",
+        *([f"**Warning:** the 1-minute load average was {r['load_before'][0]:.2f} before and {r['load_after'][0]:.2f} after "
+           f"the run on {m['cores_usable']} usable cores: other work shared the cores, so the numbers are less reliable.", ""]
+          if max(r["load_before"][0], r["load_after"][0]) > 0.5 * max(1, m["cores_usable"]) else []),
         "## Machine",
         "",
         *_table(["item", "value"], [
