@@ -12,6 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.conftest import DEMO_TEST_TIMEOUT_S
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "notebooks" / "compare_experiments.ipynb"
 KERNEL = "shadowcam-test-venv"
@@ -67,6 +69,8 @@ def test_committed_without_outputs():
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(DEMO_TEST_TIMEOUT_S)
 def test_notebook_on_demo_store(kernel_dir, demo_workdir):
     nb = run_notebook(kernel_dir, demo_workdir)
     text, pngs = outputs(nb)

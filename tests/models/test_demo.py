@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.conftest import DEMO_TEST_TIMEOUT_S
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEMO_TEST_TIMEOUT_S)]
 
 MODEL = "conveyor-classifier"
 EXPECTED_CHECKS = (
