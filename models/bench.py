@@ -158,6 +158,43 @@ def load_average() -> tuple[float, float, float]:
         return (float("nan"),) * 3  # type: ignore[return-value]
 
 
+class OtherLoad:
+    """Share of the machine's CPU time used by *other* processes while the block ran (Linux ``/proc/stat``).
+
+    ``with OtherLoad() as o: ...`` then ``o.share``: (busy CPU time of the whole machine - this process's CPU
+    time) / (wall time x cores), in [0, 1]; None where ``/proc/stat`` is unreadable. A quiet machine gives ~0.
+    """
+
+    def __init__(self) -> None:
+        self.share: float | None = None
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        line = _read("/proc/stat").split("\n", 1)[0].split()
+        if not line or line[0] != "cpu":
+            return None
+        v = [int(x) for x in line[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user nice system idle iowait irq softirq steal
+
+    def __enter__(self) -> "OtherLoad":
+        self._t0 = time.perf_counter()
+        self._busy0 = self._busy_s()
+        t = os.times()
+        self._own0 = t.user + t.system
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        busy1 = self._busy_s()
+        if self._busy0 is None or busy1 is None:
+            return
+        t = os.times()
+        own = t.user + t.system - self._own0
+        wall = time.perf_counter() - self._t0
+        cores = max(1, os.cpu_count() or 1)
+        self.share = min(1.0, max(0.0, (busy1 - self._busy0 - own) / (wall * cores))) if wall > 0 else None
+
+
 # --- inputs: models and video --------------------------------------------------------------------------------------
 
 @dataclass
@@ -584,6 +621,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     say = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)  # noqa: E731
     t_start = time.perf_counter()
+    other_all = OtherLoad().__enter__()
     load_before = load_average()
     say(f"load average before: {load_before}")
     say(f"exporting {cfg.arch} at {cfg.img_size}x{cfg.img_size} (incumbent and shadow)")
@@ -598,26 +636,35 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     for k in range(cfg.repeats):
         tag = f" (round {k + 1}/{cfg.repeats})" if cfg.repeats > 1 else ""
         say(f"raw ONNX Runtime bound{tag}")
-        runs["raw"].append(measure_raw_ort(models.incumbent_path, models.shadow_path, images, cfg.batch_size,
-                                           cfg.min_seconds, models.providers))
+        with OtherLoad() as other:
+            runs["raw"].append(measure_raw_ort(models.incumbent_path, models.shadow_path, images, cfg.batch_size,
+                                               cfg.min_seconds, models.providers))
+        runs["raw"][-1]["other_load"] = other.share
         say(f"  {runs['raw'][-1]['fps_both']:.1f} frames/s (both models)")
         say(f"naive loop (cv2 + torchvision transforms + torch eager, batch 1){tag}")
-        runs["naive"].append(measure_naive(video, models, cfg.frames))
+        with OtherLoad() as other:
+            runs["naive"].append(measure_naive(video, models, cfg.frames))
+        runs["naive"][-1]["other_load"] = other.share
         say(f"  {runs['naive'][-1]['fps']:.1f} frames/s")
         gc.collect()
         say(f"end-to-end: shadowcam run (Runner), incumbent + shadow, store + sampling{tag}")
-        runs["e2e"].append(measure_end_to_end(cfg, video, models))
+        with OtherLoad() as other:
+            runs["e2e"].append(measure_end_to_end(cfg, video, models))
+        runs["e2e"][-1]["other_load"] = other.share
         say(f"  {runs['e2e'][-1]['fps']:.1f} frames/s served, shadow coverage {runs['e2e'][-1]['coverage']:.3f}")
     raw = max(runs["raw"], key=lambda r: r["fps_both"])
     naive = max(runs["naive"], key=lambda r: r["fps"])
     e2e = max(runs["e2e"], key=lambda r: r["fps_both"])
     rate = max(1.0, round(cfg.latency_rate_share * e2e["fps_both"], 1))
     say(f"latency at {rate:g} frames/s, without and with the shadow ({cfg.latency_repeats} runs each)")
-    lat = measure_latency(cfg, video, models, rate)
+    with OtherLoad() as other:
+        lat = measure_latency(cfg, video, models, rate)
+    lat["other_load"] = other.share
     say(f"  p99 {lat['without']['p99_ms']:.1f} ms without, {lat['with']['p99_ms']:.1f} ms with")
     say("shadow isolation (sleeping shadow)")
     iso = measure_isolation(models, images, cfg.batch_size, cfg.isolation_seconds, cfg.isolation_sleep_s)
     load_after = load_average()
+    other_all.__exit__(None, None, None)
 
     ratios = {
         "naive_speedup": e2e["fps_both"] / naive["fps"],
@@ -629,6 +676,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         "machine": machine_info(),
         "load_before": load_before,
         "load_after": load_after,
+        "other_load": other_all.share,
         "models": {"arch": cfg.arch, "img_size": cfg.img_size, "classes": len(models.class_names),
                    "incumbent": models.incumbent_path.name, "shadow": models.shadow_path.name,
                    "onnx_mb": round(models.incumbent_path.stat().st_size / 1e6, 1),
@@ -641,7 +689,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         "latency": {k: ({kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in lat.items()},
         "isolation": iso,
         "runs": {"raw_fps_both": [r["fps_both"] for r in runs["raw"]], "naive_fps": [r["fps"] for r in runs["naive"]],
-                 "e2e_fps_both": [r["fps_both"] for r in runs["e2e"]]},
+                 "e2e_fps_both": [r["fps_both"] for r in runs["e2e"]],
+                 "other_load": {k: [r["other_load"] for r in v] for k, v in runs.items()}},
         "ratios": ratios,
         "pass": {"naive_speedup": ratios["naive_speedup"] >= TARGETS["naive_speedup"],
                  "bound_share": ratios["bound_share"] >= TARGETS["bound_share"],
@@ -673,6 +722,12 @@ def render_markdown(r: dict[str, Any]) -> str:
     verdict = lambda b: "PASS" if b else "FAIL"  # noqa: E731
     runs = r["runs"]
     best = lambda xs: "" if len(xs) < 2 else f"; best of {len(xs)} alternating runs: {', '.join(_f(x) for x in xs)}"  # noqa: E731
+
+    def other(xs: list[float | None]) -> str:
+        if not xs or any(x is None for x in xs):
+            return ""
+        return f"; other processes used {', '.join(f'{x * 100:.0f}%' for x in xs)} of the CPU during the run(s)"
+
     L: list[str] = [
         "# Benchmarks",
         "",
@@ -702,6 +757,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             ["numpy", m["numpy"]],
             ["load average before (1/5/15 min)", " / ".join(_f(x, 2) for x in r["load_before"])],
             ["load average after (1/5/15 min)", " / ".join(_f(x, 2) for x in r["load_after"])],
+            ["CPU used by other processes during the benchmark",
+             "-" if r.get("other_load") is None else f"{r['other_load'] * 100:.1f}% of the cores"],
         ]),
         "## Setup",
         "",
@@ -724,14 +781,16 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"Runner: decode, resize, batch, incumbent + shadow (coverage {e2e['coverage']:.3f}; shadow batches on the "
              f"background / catch-up lane: {e2e['shadow_batches_background']} / {e2e['shadow_batches_catch_up']}), store writes "
              f"({e2e['predictions_committed']} predictions), image stats, sampling ({e2e['samples_committed']} JPEGs); "
-             f"{e2e['frames']} frames in {_f(e2e['seconds'], 2)} s from readers' start to store closed{best(runs['e2e_fps_both'])}"],
+             f"{e2e['frames']} frames in {_f(e2e['seconds'], 2)} s from readers' start to store closed{best(runs['e2e_fps_both'])}"
+             f"{other(runs['other_load']['e2e'])}"],
             ["end-to-end frames served", _f(e2e["fps"]), "frames served per second, whether or not the shadow saw them"],
             ["naive loop", _f(naive["fps"]),
              "cv2 read, PIL + torchvision Resize/ToTensor/Normalize, torch eager incumbent then shadow, batch 1; "
-             f"no store, no sampling{best(runs['naive_fps'])}"],
+             f"no store, no sampling{best(runs['naive_fps'])}{other(runs['other_load']['naive'])}"],
             ["raw ONNX Runtime bound (both models)", _f(raw["fps_both"]),
              f"both models on pre-decoded, pre-resized uint8 batches of {raw['batch_size']}, nothing else running; "
-             f"the fastest of the thread layouts below ({raw['layout']}){best(runs['raw_fps_both'])}"],
+             f"the fastest of the thread layouts below ({raw['layout']}){best(runs['raw_fps_both'])}"
+             f"{other(runs['other_load']['raw'])}"],
             *[[f"raw ONNX Runtime, {name}", _f(v), "both models, this layout"] for name, v in raw["layouts"].items()],
             ["raw ONNX Runtime, incumbent only", _f(raw["fps_incumbent_only"]), "ORT default threads; for reference"],
         ]),
@@ -744,7 +803,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"The latency includes the batcher's wait for more frames (up to max wait after a batch's first frame); "
         f"the last two columns are the pair's own incumbent time per batch (inference only), medians over the runs. "
         f"Shadow batches on the background / catch-up lane in the runs with the shadow: "
-        f"{lat['with']['shadow_batches_background']} / {lat['with']['shadow_batches_catch_up']}.",
+        f"{lat['with']['shadow_batches_background']} / {lat['with']['shadow_batches_catch_up']}"
+        f"{other([lat.get('other_load')])}.",
         "",
         *_table(["shadow", "p50 ms", "p90 ms", "p99 ms", "mean ms", "max ms", "frames", "served frames/s", "shadow coverage",
                  "inference p50 ms", "inference p99 ms", "p99 ms per run"], [

@@ -50,9 +50,11 @@ def test_quick_bench_writes_every_section_with_numbers(quick_run):
         assert s in doc, f"section {s!r} missing"
 
     machine = doc["Machine"]
-    for item in ("CPU", "cores (usable)", "RAM (GiB)", "OS", "Python", "onnxruntime", "providers used", "torch", "opencv"):
+    for item in ("CPU", "cores (usable)", "RAM (GiB)", "OS", "Python", "onnxruntime", "providers used", "torch", "opencv",
+                 "CPU used by other processes during the benchmark"):
         assert machine[item][0] and machine[item][0] != "unknown", item
     assert "CPUExecutionProvider" in machine["providers used"][0]
+    assert 0 <= number(machine["CPU used by other processes during the benchmark"][0].split()[0]) <= 100
     loads = [number(x) for x in machine["load average before (1/5/15 min)"][0].split(" / ")]
     assert len(loads) == 3 and all(x >= 0 for x in loads)
 
