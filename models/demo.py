@@ -45,6 +45,7 @@ class DemoConfig:
     stream1_frames: int = 3000
     stream2_frames: int = 1500
     frame_size: tuple[int, int] = (240, 320)  # (h, w) of the production camera
+    dwell: tuple[int, int] = (3, 6)  # frames each item stays in view (a fast belt: many parcels per minute)
     fps: float = 10.0  # simulated camera frame rate (timestamps come from the video's own clock)
     window_s: float = 60.0  # evaluation window, in simulated seconds
     sample_rate: float = 0.2
@@ -52,6 +53,8 @@ class DemoConfig:
     uniform_floor: float = 0.3
     annotator_error: float = 0.0
     epochs: int | None = None  # None: the training default
+    retrain_epochs: int | None = 16  # fine-tuning the incumbent's weights needs fewer epochs
+    retrain_lr: float = 2e-3
     progress: bool = True
     clean: bool = True  # start from an empty work dir (the demo's own files only)
 
@@ -206,7 +209,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     steps("stream1", f"Stream {n1} production frames (day -> night shift -> night + motion blur + new packaging) "
                      f"through `shadowcam run`, champion serving, challenger in shadow")
     m1 = write_stream(wd / "streams" / "shift1.mp4", n1, seed=cfg.seed + 101, phases=phases, size=cfg.frame_size,
-                      fps=cfg.fps, camera=cfg.camera, progress=cfg.progress)
+                      fps=cfg.fps, dwell=cfg.dwell, camera=cfg.camera, progress=cfg.progress)
     run1 = _run(cfg, RunConfig, Runner, m1.with_suffix(".mp4"), f"models:/{name}@champion", shadow_uri, db)
 
     # 3 --------------------------------------------------------------------------------------------------
@@ -255,7 +258,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     steps("retrain", "Scripted retraining: original data + labelled production frames -> verified ONNX -> 'challenger'")
     ch, prod = retrain(db, [str(train_dir)], workdir=wd, register_name=name, alias="challenger",
                        class_names=inc.card.class_names, seed=cfg.seed + 1, progress=cfg.progress,
-                       out=str(wd / "retrain"), **train_kw)
+                       out=str(wd / "retrain"), weights=str(inc.checkpoint_path), lr=cfg.retrain_lr,
+                       **({"epochs": cfg.retrain_epochs} if cfg.retrain_epochs else train_kw))
     print(f"production frames used: {prod.n_frames}\n{ch.summary()}")
     res.labels_used["retraining"] = prod.n_frames
 
@@ -264,7 +268,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     steps("stream2", f"Fresh production frames ({n2}, night + motion blur + new packaging): champion serves, "
                      "the retrained challenger runs in shadow; label; paired test")
     m2 = write_stream(wd / "streams" / "shift2.mp4", n2, seed=cfg.seed + 202, phases=[(1.0, SHIFTED)], size=cfg.frame_size,
-                      fps=cfg.fps, camera=cfg.camera, progress=cfg.progress)
+                      fps=cfg.fps, dwell=cfg.dwell, camera=cfg.camera, progress=cfg.progress)
     run2 = _run(cfg, RunConfig, Runner, m2.with_suffix(".mp4"), f"models:/{name}@champion", f"models:/{name}@challenger", db)
     store = PredictionStore(db)
     try:

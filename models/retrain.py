@@ -4,7 +4,10 @@
 
 1. collect every labelled production frame from the prediction store (its sampled JPEG and the
    majority of its non-``unsure`` labels; frames with only ``unsure`` or tied labels are left out);
-2. write them as a CSV manifest (``path,label,camera,frame_id``) beside the new model;
+2. write them as a CSV manifest (``path,label,split,...``) beside the new model, split into
+   train/val/test by blocks of time (consecutive frames show the same parcel, so a frame-by-frame
+   split would leak), with the training rows repeated so production weighs about as much as the
+   original data;
 3. train on the original data + that manifest, in the incumbent's label space, with the usual
    verified ONNX export (:mod:`models.export`) and MLflow run;
 4. register the result under ``NAME`` with the alias ``challenger`` (the shadow slot).
@@ -58,30 +61,61 @@ def majority_labels(store: st.PredictionStore, class_names: list[str]) -> tuple[
     return out, excluded
 
 
-def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_names: list[str]) -> ProductionSet:
-    """Write the labelled production frames (sampled JPEGs) as a training manifest."""
+def split_by_time_blocks(frame_ids: list[str], cameras: list[str], ts: list[float], block_s: float,
+                         val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """Assign train/val/test by blocks of ``block_s`` seconds per camera, not frame by frame.
+
+    Consecutive video frames show the same parcel; splitting them one by one would put near-copies of
+    a test frame into training and flatter the offline accuracy. Whole blocks go to one split.
+    """
+    import numpy as np
+
+    keys = [(cam, int(t // block_s)) for cam, t in zip(cameras, ts)]
+    uniq = sorted(set(keys))
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    n_val, n_test = int(round(len(uniq) * val_fraction)), int(round(len(uniq) * test_fraction))
+    split_of = {}
+    for rank, i in enumerate(order):
+        split_of[uniq[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    return [split_of[k] for k in keys]
+
+
+def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_names: list[str], repeat: int = 1,
+                          block_s: float = 5.0, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                          seed: int = 0) -> ProductionSet:
+    """Write the labelled production frames (sampled JPEGs) as a training manifest ``path,label,split``.
+
+    Splits are assigned by time blocks (:func:`split_by_time_blocks`); training rows are written
+    ``repeat`` times, so a few hundred production frames weigh against thousands of original images.
+    """
     out_csv = Path(out_csv)
     truth, excluded = majority_labels(store, class_names)
     rows = []
     with store.engine.connect() as conn:
-        q = sa.select(st.samples.c.frame_id, st.samples.c.image_path, st.samples.c.camera_id)
-        for fid, path, cam in conn.execute(q):
+        q = (sa.select(st.samples.c.frame_id, st.samples.c.image_path, st.samples.c.camera_id, st.frames.c.ts)
+             .join(st.frames, st.frames.c.frame_id == st.samples.c.frame_id))
+        for fid, path, cam, ts in conn.execute(q):
             if fid not in truth:
                 continue
             if not path or not Path(path).is_file():
                 excluded += 1
                 continue
-            rows.append((str(Path(path).resolve()), truth[fid], cam, fid))
+            rows.append((str(Path(path).resolve()), truth[fid], cam, fid, float(ts)))
     if not rows:
         raise DataError(
             f"store {store.url}: no labelled production frames with images to retrain on "
             "(label sampled frames first: `shadowcam label serve`, `label import` or `label simulate`)"
         )
+    rows.sort(key=lambda r: r[3])
+    splits = split_by_time_blocks([r[3] for r in rows], [r[2] for r in rows], [r[4] for r in rows], block_s,
+                                  val_fraction, test_fraction, seed)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "camera", "frame_id"])
-        w.writerows(sorted(rows, key=lambda r: r[3]))
+        w.writerow(["path", "label", "split", "camera", "frame_id"])
+        for r, sp in zip(rows, splits):
+            for _ in range(max(1, repeat) if sp == "train" else 1):
+                w.writerow([r[0], r[1], sp, r[2], r[3]])
     counts = Counter(r[1] for r in rows)
     return ProductionSet(out_csv, len(rows), excluded, {c: counts.get(c, 0) for c in class_names})
 
@@ -94,6 +128,7 @@ def retrain(
     alias: str | None = "challenger",
     class_names: list[str] | None = None,
     base_model: str | None = None,
+    repeat: int | None = None,
     **train_kwargs: Any,
 ):
     """Retrain on ``data`` + the store's labelled production frames; returns (TrainResult, ProductionSet).
@@ -117,10 +152,18 @@ def retrain(
         if not class_names:
             raise DataError(f"store {store.url}: no runs recorded, so the label space is unknown; pass --base-model")
         out_dir = Path(train_kwargs.pop("out", None) or workdir / "retrain")
-        prod = export_production_set(store, out_dir / "production_labels.csv", class_names)
+        if repeat is None:  # production frames weigh about as much as the original training images
+            from models.data import list_source
+
+            n_base = sum(len(list_source(d).samples) for d in data)
+            n_prod = max(1, len(majority_labels(store, class_names)[0]))
+            repeat = int(min(8, max(1, round(0.7 * n_base / (0.7 * n_prod)))))
+        prod = export_production_set(store, out_dir / "production_labels.csv", class_names, repeat=repeat,
+                                     seed=int(train_kwargs.get("seed", 0)))
     finally:
         store.close()
-    log.info("retrain: %d labelled production frames (%d left out) + %s", prod.n_frames, prod.n_excluded, ", ".join(data))
+    log.info("retrain: %d labelled production frames (%d left out; training rows x%d) + %s", prod.n_frames,
+             prod.n_excluded, repeat, ", ".join(data))
     cfg = make_config(
         data=[*data, str(prod.manifest)], class_names=class_names, workdir=str(workdir), out=str(out_dir),
         register_name=register_name, alias=alias if register_name else None, **train_kwargs,
