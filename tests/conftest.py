@@ -1,10 +1,14 @@
 """Session-wide fixtures shared across test packages.
 
-``demo_workdir``: ONE run of ``shadowcam demo --fast`` per test session (a few minutes on a 2-core CPU), reused by
-tests/models/test_demo.py and tests/test_notebook.py. The demo runs in a subprocess: MLflow's
+``demo_workdir``: ONE run of ``shadowcam demo --fast`` per test session (about 3 minutes on a quiet 2-core CPU),
+reused by tests/models/test_demo.py and tests/test_notebook.py. The demo runs in a subprocess: MLflow's
 ``set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, so running it in-process would point
 every later test at the demo's store. The subprocess gets the environment without ``MLFLOW_TRACKING_URI`` (the
 demo then tracks into ``<workdir>/mlflow.db``); this process's environment is never touched.
+
+To iterate on those tests without re-running the demo each time, point ``SHADOWCAM_TEST_DEMO_WORKDIR`` at the
+work dir of a finished ``shadowcam demo --fast --workdir DIR`` (one that holds demo_summary.json); the tests only
+read it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# the fast demo takes about 3 minutes on a quiet 2-core machine, over 20 on one shared by several heavy jobs;
-# the tests that use the fixture raise pytest-timeout's limit to DEMO_TEST_TIMEOUT_S (the first one pays for the demo)
-DEMO_TIMEOUT_S = 1800
+REUSE_ENV = "SHADOWCAM_TEST_DEMO_WORKDIR"
+# about 3 minutes on a quiet 2-core machine, but over 30 on one shared with several heavy jobs; the tests that use
+# the fixture raise pytest-timeout's limit to DEMO_TEST_TIMEOUT_S (the first of them pays for the demo)
+DEMO_TIMEOUT_S = 2700
 DEMO_TEST_TIMEOUT_S = DEMO_TIMEOUT_S + 300
 
 
@@ -29,11 +34,18 @@ def demo_workdir(tmp_path_factory) -> Path:
 
     The demo's console output is kept in ``<workdir>/demo.log``; a failed run fails the test with its tail.
     """
+    reuse = os.environ.get(REUSE_ENV)
+    if reuse:
+        workdir = Path(reuse).resolve()
+        if not (workdir / "demo_summary.json").is_file():
+            pytest.fail(f"{REUSE_ENV}={reuse}: no demo_summary.json there; expected the work dir of a finished "
+                        f"`shadowcam demo --fast --workdir DIR`")
+        return workdir
+
     workdir = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    cmd = [sys.executable, "-m", "pipeline.cli",
-           "demo", "--fast", "--workdir", str(workdir), "--no-progress"]
+    cmd = [sys.executable, "-m", "pipeline.cli", "demo", "--fast", "--workdir", str(workdir), "--no-progress"]
     log = workdir / "demo.log"
     with log.open("w") as out:
         try:

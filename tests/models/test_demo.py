@@ -30,7 +30,8 @@ EXPECTED_CHECKS = (
 @pytest.fixture(scope="module")
 def summary(demo_workdir: Path) -> dict:
     path = demo_workdir / "demo_summary.json"
-    assert path.is_file(), f"{path} missing; demo log tail:\n{(demo_workdir / 'demo.log').read_text()[-3000:]}"
+    log = demo_workdir / "demo.log"
+    assert path.is_file(), f"{path} missing; demo log tail:\n{log.read_text()[-3000:] if log.is_file() else '(no log)'}"
     return json.loads(path.read_text())
 
 
