@@ -21,20 +21,20 @@ DESCRIPTION = (
     "the raw ONNX Runtime throughput of both models, a naive cv2 + torchvision + PyTorch eager loop, the end-to-end "
     "throughput of `shadowcam run` with incumbent and shadow, and the incumbent's p50/p99 latency with and without the "
     "shadow at half the end-to-end rate. Writes a markdown report with the machine's description and PASS/FAIL "
-    "against the targets (end-to-end >= 2x naive, >= 80%% of the raw bound, p99 with shadow <= 1.10x without)."
+    "against the targets (end-to-end >= 2x naive, >= 80% of the raw bound, p99 with shadow <= 1.10x without)."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown report to write")
-    p.add_argument("--frames", type=int, default=None, help="frames of the generated video (default 1500; --quick 96)")
+    p.add_argument("--frames", type=int, default=argparse.SUPPRESS, help="frames of the generated video (default 1500; --quick 96)")
     p.add_argument("--arch", default="resnet18", help="torchvision architecture of both models (models.export.ARCHS)")
-    p.add_argument("--img-size", type=int, default=None, help="model input size in pixels, square (default 64; --quick 32)")
-    p.add_argument("--batch-size", type=int, default=None, help="pipeline and raw-bound batch size (default 32; --quick 16)")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--img-size", type=int, default=argparse.SUPPRESS, help="model input size in pixels, square (default 64; --quick 32)")
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="pipeline and raw-bound batch size (default 32; --quick 16)")
+    p.add_argument("--repeats", type=int, default=argparse.SUPPRESS,
                    help="alternating rounds of raw bound, naive loop and end-to-end; the best of each is reported (default 2; --quick 1)")
-    p.add_argument("--latency-frames", type=int, default=None, help="frames per latency run (default 600; --quick 48)")
-    p.add_argument("--latency-repeats", type=int, default=None, help="latency runs per variant, alternating (default 3; --quick 1)")
+    p.add_argument("--latency-frames", type=int, default=argparse.SUPPRESS, help="frames per latency run (default 600; --quick 48)")
+    p.add_argument("--latency-repeats", type=int, default=argparse.SUPPRESS, help="latency runs per variant, alternating (default 3; --quick 1)")
     p.add_argument("--workdir", default="runs/bench", help="models, video, stores and bench_results.json go here")
     p.add_argument("--seed", type=int, default=0, help="seed of the video and the model weights")
     p.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds; numbers are not meaningful")
@@ -50,10 +50,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.arch not in ARCHS:
         raise ConfigError(f"--arch {args.arch!r} is not supported; expected one of {', '.join(ARCHS)}")
-    given = {
-        "frames": args.frames, "img_size": args.img_size, "batch_size": args.batch_size, "repeats": args.repeats,
-        "latency_frames": args.latency_frames, "latency_repeats": args.latency_repeats,
-    }
+    # options left out keep the (quick or full) defaults of BenchConfig
+    given = {k: getattr(args, k, None) for k in ("frames", "img_size", "batch_size", "repeats", "latency_frames", "latency_repeats")}
     # the command line as it reproduces this run (parsed options, not sys.argv: also right when called from code)
     parts = ["shadowcam bench"]
     for opt, val, default in (("--out", args.out, "docs/benchmarks.md"), ("--workdir", args.workdir, "runs/bench"),
