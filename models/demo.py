@@ -60,10 +60,12 @@ class DemoConfig:
 
     @classmethod
     def preset(cls, fast: bool, **kw: Any) -> "DemoConfig":
-        cfg = cls(fast=fast, **kw)
+        cfg = cls(fast=fast)
         if fast:
             cfg.train_images, cfg.stream1_frames, cfg.stream2_frames = 1500, 1200, 800
             cfg.window_s, cfg.sample_rate = 30.0, 0.3
+        for k, v in kw.items():
+            setattr(cfg, k, v)
         return cfg
 
 

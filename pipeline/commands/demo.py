@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator-error", type=float, default=0.0, help="error rate of the simulated annotator")
     p.add_argument("--sample-strategy", default=None, choices=("uniform", "stratified", "disagreement", "uncertainty"),
                    help="label sampling strategy (default uncertainty with a uniform floor)")
+    p.add_argument("--sample-rate", type=float, default=None,
+                   help="share of production frames sent for labels (default 0.3, --fast 0.4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--keep", action="store_true", help="do not clear the demo's previous files in --workdir first")
 
@@ -33,6 +35,8 @@ def main(args: argparse.Namespace) -> int:
     from models.demo import DemoConfig, run_demo
 
     kw = {}
+    if args.sample_rate:
+        kw["sample_rate"] = args.sample_rate
     if args.sample_strategy:
         kw["sample_strategy"] = args.sample_strategy
     cfg = DemoConfig.preset(args.fast, workdir=Path(args.workdir), seed=args.seed, model_name=args.model_name,
