@@ -548,7 +548,7 @@ class ShadowPair:
 
             self._finish_shadow(bg.bid, bg.batch, bg.t0, result)
             return True
-        if time.perf_counter() >= deadline:
+        if wait or time.perf_counter() >= deadline:  # overdue (or closing and still running at its deadline)
             _terminate(bg.ro)()
             self._sh_bg_caller.abandon(bg.box)
 

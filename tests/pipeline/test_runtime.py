@@ -271,3 +271,16 @@ def test_tensorrt_profile_covers_partial_batches(tiny):
         "trt_profile_opt_shapes": "image:32x16x20x3",
         "trt_profile_max_shapes": "image:32x16x20x3",
     }
+
+
+def test_cpu_sessions_default_to_half_the_cores(tmp_path):
+    import os
+
+    from pipeline.runtime import default_cpu_threads
+
+    path = make_tiny_classifier(tmp_path / "t.onnx", ["a", "b"], input_size=(8, 8))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert default_cpu_threads() == max(1, cores // 2)
+    auto = OnnxClassifier(path, providers=["cpu"], warmup_runs=0)
+    assert auto.threads == default_cpu_threads() and auto.describe()["intra_op_threads"] == auto.threads
+    assert OnnxClassifier(path, providers=["cpu"], intra_op_threads=3, warmup_runs=0).threads == 3

@@ -298,3 +298,44 @@ def test_on_shadow_callback_gets_every_queued_batch(paths):
     pair.close()
     assert sorted(r.batch_id for r in got) == [s.batch_id for s in served if s.shadow is ShadowStatus.QUEUED]
     assert pair.poll_shadow() == []
+
+
+class _PolicyRecorder(SleepyClassifier):
+    """Records the scheduling policy of the thread each shadow call runs on."""
+
+    def predict(self, batch, run_options=None):
+        import os
+
+        self.policies = getattr(self, "policies", []) + [os.sched_getscheduler(0)]
+        return super().predict(batch, run_options=run_options)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_cpu_shadow_runs_in_the_background_and_catches_up_when_behind(paths, baseline):
+    import os
+
+    batches, base = baseline
+    # keeping up: one batch at a time, each answered before the next -> all on the background lane (SCHED_IDLE)
+    sh = cpu(paths["sh"], _PolicyRecorder, role=Role.SHADOW, sleep_s=0.0)
+    pair = ShadowPair(cpu(paths["inc"]), sh, ShadowConfig(max_pending_batches=2), cpu_twin=False).start()
+    for b in batches[:4]:
+        pair.infer(b)
+        assert len(pair.poll_shadow(timeout=5.0)) == 1
+    st = pair.stats()["shadow"]
+    assert (st["batches_background"], st["batches_catch_up"]) == (4, 0)
+    assert sh.policies[-4:] == [os.SCHED_IDLE] * 4
+    pair.close()
+
+    # behind: a slow shadow is still busy when the next batch comes -> that one runs on the catch-up lane at
+    # normal priority; every queued batch still gets exactly one result and the served output is unchanged
+    sh = cpu(paths["sh"], _PolicyRecorder, role=Role.SHADOW, sleep_s=0.3)
+    pair = ShadowPair(cpu(paths["inc"]), sh, ShadowConfig(max_pending_batches=2, timeout_s=5.0), cpu_twin=False).start()
+    served, probs = serve_all(pair, batches[:3])
+    pair.close()  # drains, including the call in flight on the background lane
+    np.testing.assert_array_equal(probs, base[: 3 * 4])
+    results = pair.poll_shadow()
+    assert sorted(r.batch_id for r in results) == sorted(s.batch_id for s in served if s.shadow is ShadowStatus.QUEUED)
+    assert all(r.outcome is ShadowOutcome.OK for r in results)
+    st = pair.stats()["shadow"]
+    assert st["batches_background"] >= 1 and st["batches_catch_up"] >= 1
+    assert os.SCHED_IDLE in sh.policies[-len(results):] and os.SCHED_OTHER in sh.policies[-len(results):]
