@@ -32,7 +32,7 @@ class SourceConfig(_Strict):
 
 class CameraHealthConfig(_Strict):
     reconnect_initial_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=10.0, gt=0)
+    reconnect_max_s: float = Field(default=2.0, gt=0)  # a camera back after an outage costs at most this much more
     reconnect_jitter: float = Field(default=0.25, ge=0, le=1)  # +- fraction of the delay
     frozen_after_s: float = Field(default=5.0, gt=0)  # identical frames this long -> frozen
     blank_std_threshold: float = Field(default=3.0, ge=0)  # grey-level std below this -> blank frame
