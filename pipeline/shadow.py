@@ -71,7 +71,6 @@ from pipeline.types import UNKNOWN_LABEL, Degraded, FrameBatch, Prediction, Role
 log = logging.getLogger(__name__)
 
 MAX_ABANDONED = 2  # abandoned (timed-out) calls allowed to be still running before shadow work is shed as "stalled"
-BACKGROUND_POLL_S = 0.005  # how often the shadow dispatcher checks its background call while one is in flight
 LATENCY_WINDOW = 100_000  # batch latencies kept for percentiles
 
 
@@ -124,12 +123,13 @@ class CallTimeout(Exception):
 
 
 class _Box:
-    __slots__ = ("done", "value", "error")
+    __slots__ = ("done", "value", "error", "on_done")
 
-    def __init__(self) -> None:
+    def __init__(self, on_done: Callable[[], None] | None = None) -> None:
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.on_done = on_done  # called on the call's thread right after ``done`` is set
 
 
 def lower_thread_priority() -> str:
@@ -165,8 +165,8 @@ class _CallThread:
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
-    def submit(self, fn: Callable[[], Any]) -> _Box:
-        box = _Box()
+    def submit(self, fn: Callable[[], Any], on_done: Callable[[], None] | None = None) -> _Box:
+        box = _Box(on_done)
         self._q.put((fn, box))
         return box
 
@@ -187,6 +187,8 @@ class _CallThread:
                 box.error = e
             finally:
                 box.done.set()
+                if box.on_done is not None:
+                    box.on_done()
 
 
 class _Caller:
@@ -206,9 +208,9 @@ class _Caller:
             self._abandoned = [b for b in self._abandoned if not b.done.is_set()]
             return len(self._abandoned)
 
-    def submit(self, fn: Callable[[], Any]) -> _Box:
+    def submit(self, fn: Callable[[], Any], on_done: Callable[[], None] | None = None) -> _Box:
         """Start ``fn`` on the thread and return at once (see :meth:`abandon` for one that overruns)."""
-        return self._thread.submit(fn)
+        return self._thread.submit(fn, on_done)
 
     def abandon(self, box: _Box) -> None:
         """Leave an overrunning call behind with its thread; later calls get a fresh thread."""
@@ -328,6 +330,7 @@ class ShadowPair:
         self._last_good: dict[str, tuple[Prediction, float]] = {}
         self._results: queue.SimpleQueue[ShadowResult] = queue.SimpleQueue()
         self._queue: queue.Queue = queue.Queue(maxsize=self.cfg.max_pending_batches)
+        self._wake = threading.Event()  # a batch was queued, the background call finished, or the pair is closing
         self._inc_caller = _Caller("incumbent")
         self._twin_caller = _Caller("incumbent-cpu")
         self._sh_caller = _Caller("shadow")  # catch-up lane: normal priority, when the shadow is behind
@@ -364,6 +367,7 @@ class ShadowPair:
             if not drain:
                 self._flush_queue(ShadowOutcome.CLOSED)
             self._queue.put(None)
+            self._wake.set()
             limit = timeout if timeout is not None else (self.cfg.max_pending_batches + 2) * self.cfg.timeout_s + 1.0
             self._worker.join(limit)
             if self._worker.is_alive():
@@ -487,6 +491,7 @@ class ShadowPair:
             self._queue.put_nowait((bid, batch))
         except queue.Full:
             return ShadowStatus.SHED
+        self._wake.set()
         return ShadowStatus.QUEUED
 
     def _shadow_loop(self) -> None:
@@ -501,10 +506,15 @@ class ShadowPair:
         lanes = getattr(sh, "device", "cpu") == "cpu"
         bg: _BackgroundCall | None = None  # the batch in flight on the background lane
         while True:
-            try:
-                job = self._queue.get(timeout=BACKGROUND_POLL_S) if bg is not None else self._queue.get()
-            except queue.Empty:
-                job = _NO_JOB
+            if bg is None:
+                job = self._queue.get()
+            else:  # sleep until a batch is queued, the background call ends, or it is overdue (no polling)
+                self._wake.wait(max(0.0, bg.t0 + self.cfg.timeout_s - time.perf_counter()))
+                self._wake.clear()  # before looking: a later set() is seen by the next wait
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    job = _NO_JOB
             if bg is not None and self._background_done(bg, wait=job is None):
                 bg = None
             if job is _NO_JOB:
@@ -521,7 +531,8 @@ class ShadowPair:
                     self._c.shadow_batches["lane_background"] += 1
                 ro = _run_options()
                 t0 = time.perf_counter()
-                bg = _BackgroundCall(bid, batch, t0, ro, self._sh_bg_caller.submit(lambda b=batch, r=ro: sh.predict(b, run_options=r)))
+                box = self._sh_bg_caller.submit(lambda b=batch, r=ro: sh.predict(b, run_options=r), on_done=self._wake.set)
+                bg = _BackgroundCall(bid, batch, t0, ro, box)
                 continue
             if lanes:
                 with self._lock:
