@@ -35,6 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.batching import INTERPOLATIONS
 from pipeline.modelcard import INPUT_NAME, PROBS_NAME, ModelCard, card_from_metadata
 from pipeline.types import ConfigError, Degraded, FrameBatch, ModelCardError, Prediction, Role, ShadowcamError
 
@@ -51,15 +52,7 @@ PROVIDER_ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": 
 # (the contract's input layout; the lead measured ResNet-18 at 37k vs 27k img/s on an H100 with prefer_nhwc).
 CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE", "prefer_nhwc": "1"}
 
-INTERPOLATION = {
-    "area": cv2.INTER_AREA,
-    "linear": cv2.INTER_LINEAR,
-    "bilinear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
-    "cubic": cv2.INTER_CUBIC,
-    "bicubic": cv2.INTER_CUBIC,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
+INTERPOLATION = INTERPOLATIONS  # the card's resize_interpolation names, shared with the batcher
 
 
 class InferenceError(ShadowcamError):
