@@ -501,6 +501,9 @@ class Runner:
         metrics.readers = readers
         if self.on_readers is not None:
             self.on_readers(readers)
+        # real-time sources (streams, or files paced with max_fps): the shadow never takes CPU from the incumbent
+        # and is shed when it falls behind; a replay of files at full speed: it catches up at normal priority
+        pair.catch_up = not any(r.live or r.cfg.max_fps for r in readers)
         server = None
         if cfg.metrics.port is not None:
             try:

@@ -18,17 +18,22 @@ offered to the shadow, which runs on its own worker thread:
 * **coverage** - frames that got a shadow prediction / frames served, measured and reported.
 * **CPU priority** - on the CPU the shadow competes with the incumbent for the same cores. A shadow batch
   therefore runs on a *background lane*: a thread at the lowest scheduling priority (Linux ``SCHED_IDLE``, else
-  nice 19), so while the shadow keeps up it only gets cycles that the incumbent, the cameras and the store do not
-  want, and cannot delay a served prediction. A batch that arrives while the background lane is still busy (the
-  shadow is behind: at full load the background call may be starved) runs on the *catch-up lane* at normal
-  priority, so that at full load the shadow shares the cores and keeps covering frames instead of shedding
-  most of them. Measured by ``shadowcam bench`` on 2 shared cores: at about half the maximum rate the
-  incumbent's p99 latency with the shadow went from 1.4-1.6x its p99 without to 0.9-1.0x; at full speed the
-  coverage stayed 1.0. The priority applies to the calling thread, i.e. to all of the shadow's compute when its
-  session has one intra-op thread (the CPU default on 2-3 cores, see
-  :func:`pipeline.runtime.default_cpu_threads`); threads of a larger ONNX Runtime pool keep normal priority.
-  Off the CPU (CUDA, TensorRT) there is one lane at normal priority. Counted in
-  ``stats()["shadow"]["batches_background"]`` / ``["batches_catch_up"]``.
+  nice 19), so it only gets cycles that the incumbent, the cameras and the store do not want and cannot delay a
+  served prediction. What happens to a batch that comes while the background lane is still busy depends on
+  ``catch_up`` (the runner decides from the sources):
+
+  - real-time sources (a camera stream, or any source paced with ``max_fps``; ``catch_up=False``): it waits in
+    the queue for the background lane and is shed when the queue is full - when the cores are saturated the
+    shadow loses frames, the incumbent never loses CPU to it;
+  - replay (files and folders read as fast as possible; ``catch_up=True``): it runs on the *catch-up lane* at
+    normal priority, so the shadow shares the cores and keeps covering every frame - nobody waits on a replay's
+    latency, but its point is to have both models' answer for every frame.
+
+  ``shadowcam bench`` (docs/benchmarks.md) measures both: throughput on a replay, the incumbent's latency on a
+  paced source. The priority applies to the calling thread, i.e. to all of the shadow's compute when its session
+  has one intra-op thread (the CPU default on 2-3 cores, see :func:`pipeline.runtime.default_cpu_threads`);
+  threads of a larger ONNX Runtime pool keep normal priority. Off the CPU (CUDA, TensorRT) there is one lane at
+  normal priority. Counted in ``stats()["shadow"]["batches_background"]`` / ``["batches_catch_up"]``.
 
 Shadow results reach the caller through ``on_shadow`` (called on the shadow's thread) or :meth:`poll_shadow`:
 exactly one :class:`ShadowResult` for every batch whose :attr:`ServedResult.shadow` is ``QUEUED``; for the
@@ -298,6 +303,10 @@ class ShadowPair:
         stale_max_age_s: a camera's last good prediction is re-served as STALE only if younger than this.
         seed: of the shadow sampling (``cfg.rate`` < 1).
         metrics: optional :class:`pipeline.metrics.Metrics` (latency histograms, batch sizes).
+        catch_up: on the CPU, run a batch that comes while the background lane is busy on the normal-priority
+            catch-up lane (True: replaying files, where every frame should get both models) or leave it queued
+            for the background lane, shed when the queue is full (False: real-time sources, where the
+            incumbent must not share its cores). The runner sets it from the sources; see the module docstring.
     """
 
     def __init__(
@@ -310,6 +319,7 @@ class ShadowPair:
         stale_max_age_s: float = 60.0,
         seed: int = 0,
         metrics: Any = None,
+        catch_up: bool = True,
     ):
         if shadow is not None:
             check_compatible(incumbent.card, shadow.card, f"incumbent {incumbent.model_id}", f"shadow {shadow.model_id}")
@@ -319,6 +329,7 @@ class ShadowPair:
         self.on_shadow = on_shadow
         self.stale_max_age_s = stale_max_age_s
         self.metrics = metrics
+        self.catch_up = catch_up
         self._cpu_twin_arg = cpu_twin
         self.cpu_twin: OnnxClassifier | None = None
         self._rng = np.random.default_rng(seed)
@@ -511,10 +522,12 @@ class ShadowPair:
             else:  # sleep until a batch is queued, the background call ends, or it is overdue (no polling)
                 self._wake.wait(max(0.0, bg.t0 + self.cfg.timeout_s - time.perf_counter()))
                 self._wake.clear()  # before looking: a later set() is seen by the next wait
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    job = _NO_JOB
+                job = _NO_JOB
+                if self.catch_up:  # else queued batches wait for the background lane (and are shed when it is full)
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
             if bg is not None and self._background_done(bg, wait=job is None):
                 bg = None
             if job is _NO_JOB:
@@ -680,6 +693,7 @@ class ShadowPair:
                     "closed": sb.get("closed", 0) + sb.get("done_closed", 0),
                     "pending": self._queue.qsize(),
                     "stuck_calls": self._shadow_stuck(),
+                    "catch_up": self.catch_up,
                     "batches_background": sb.get("lane_background", 0),
                     "batches_catch_up": sb.get("lane_catch_up", 0),
                     "latency_ms": sh_lat,

@@ -91,6 +91,9 @@ def test_quick_bench_numbers_match_the_raw_results(quick_run):
     doc = parse_markdown(out.read_text())
     e2e, naive, raw = res["e2e"], res["naive"], res["raw"]
     assert e2e["frames"] == 24 and naive["frames"] == 24  # every frame of the video, in both
+    # the runner's shadow mode follows the source: a replay at full speed catches up, a paced source never does
+    assert e2e["shadow_catch_up"] is True and res["latency"]["with"]["shadow_catch_up"] is False
+    assert res["latency"]["with"]["shadow_batches_catch_up"] == 0
     assert e2e["predictions_committed"] >= 24  # incumbent rows at least (shadow rows when it kept up)
     assert number(doc["Throughput"]["naive loop"][0]) == pytest.approx(naive["fps"], abs=0.05)
     assert res["ratios"]["naive_speedup"] == pytest.approx(e2e["fps_both"] / naive["fps"])

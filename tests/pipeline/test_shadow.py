@@ -339,3 +339,17 @@ def test_cpu_shadow_runs_in_the_background_and_catches_up_when_behind(paths, bas
     st = pair.stats()["shadow"]
     assert st["batches_background"] >= 1 and st["batches_catch_up"] >= 1
     assert os.SCHED_IDLE in sh.policies[-len(results):] and os.SCHED_OTHER in sh.policies[-len(results):]
+
+    # real-time sources (catch_up=False): a batch that comes while the background lane is busy waits for it and is
+    # shed when the queue is full; nothing ever runs at normal priority
+    sh = cpu(paths["sh"], _PolicyRecorder, role=Role.SHADOW, sleep_s=0.3)
+    pair = ShadowPair(cpu(paths["inc"]), sh, ShadowConfig(max_pending_batches=1, timeout_s=5.0), cpu_twin=False,
+                      catch_up=False).start()
+    served, probs = serve_all(pair, batches[:4])
+    pair.close()
+    np.testing.assert_array_equal(probs, base[: 4 * 4])
+    st = pair.stats()["shadow"]
+    assert st["catch_up"] is False and st["batches_catch_up"] == 0
+    assert st["batches_background"] == sum(s.shadow is ShadowStatus.QUEUED for s in served) >= 1
+    assert st["frames_shed"] >= 4  # at most 1 running + 1 queued of the 4 batches
+    assert set(sh.policies[-st["batches_background"]:]) == {os.SCHED_IDLE}
