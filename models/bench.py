@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"naive_speedup": 2.0, "bound_share": 0.80, "p99_ratio": 1.10}
 WARMUP_SHARE = 0.05  # of each latency run, discarded
+OTHER_LOAD_WARN = 0.05  # the report warns when other processes used more than this share of the CPU
 VIDEO_FPS = 30.0  # the generated video's nominal frame rate (its own clock; reading is not paced by it)
 
 
@@ -740,9 +741,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         + (" (**--quick**: tiny sizes, numbers not meaningful)" if c["quick"] else "") + ".",
         "Every number below was measured by that command on the machine described here; none is typed.",
         "",
-        *([f"**Warning:** the 1-minute load average was {r['load_before'][0]:.2f} before and {r['load_after'][0]:.2f} after "
-           f"the run on {m['cores_usable']} usable cores: other work shared the cores, so the numbers are less reliable.", ""]
-          if max(r["load_before"][0], r["load_after"][0]) > 0.5 * max(1, m["cores_usable"]) else []),
+        *([f"**Warning:** other processes used {r['other_load'] * 100:.0f}% of the CPU during the benchmark: they shared "
+           f"the cores, so the numbers are less reliable.", ""] if (r.get("other_load") or 0.0) > OTHER_LOAD_WARN else []),
         "## Machine",
         "",
         *_table(["item", "value"], [
@@ -758,7 +758,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             ["torch", f"{m['torch']} ({m['torch_threads']} threads)"],
             ["opencv", m["opencv"]],
             ["numpy", m["numpy"]],
-            ["load average before (1/5/15 min)", " / ".join(_f(x, 2) for x in r["load_before"])],
+            ["load average before (1/5/15 min; counts this benchmark's own threads too)", " / ".join(_f(x, 2) for x in r["load_before"])],
             ["load average after (1/5/15 min)", " / ".join(_f(x, 2) for x in r["load_after"])],
             ["CPU used by other processes during the benchmark",
              "-" if r.get("other_load") is None else f"{r['other_load'] * 100:.1f}% of the cores"],
