@@ -498,6 +498,7 @@ def measure_end_to_end(cfg: BenchConfig, video: Path, models: BenchModels) -> di
         "shadow_batches_background": summary.shadow.get("batches_background", 0),
         "shadow_batches_catch_up": summary.shadow.get("batches_catch_up", 0),
         "shadow_catch_up": summary.shadow.get("catch_up"),
+        "intra_op_threads": [summary.incumbent.get("intra_op_threads"), summary.shadow.get("intra_op_threads")],
         "predictions_committed": st.get("predictions_committed", 0),
         "samples_committed": st.get("samples_committed", 0),
         "stats_skipped": st.get("stats_skipped", 0),
@@ -546,6 +547,7 @@ def _latency_run(cfg: BenchConfig, video: Path, models: BenchModels, shadow: boo
             "frames": summary.frames_served, "fps": summary.throughput_fps,
             "lanes": (summary.shadow.get("batches_background", 0), summary.shadow.get("batches_catch_up", 0)) if shadow else None,
             "catch_up": summary.shadow.get("catch_up") if shadow else None,
+            "threads": [summary.incumbent.get("intra_op_threads"), summary.shadow.get("intra_op_threads") if shadow else None],
             "inference_ms": summary.incumbent.get("latency_ms", {})}
 
 
@@ -570,6 +572,7 @@ def measure_latency(cfg: BenchConfig, video: Path, models: BenchModels, rate: fl
             "shadow_batches_background": sum(r["lanes"][0] for r in rs) if variant == "with" else None,
             "shadow_batches_catch_up": sum(r["lanes"][1] for r in rs) if variant == "with" else None,
             "shadow_catch_up": rs[0]["catch_up"],
+            "intra_op_threads": rs[0]["threads"],
             "p99_per_run_ms": [float(np.percentile(r["latencies_ms"], 99)) for r in rs],
             # the pair's own incumbent time per batch (inference and fallback chain only; no waiting for frames)
             "inference_p50_ms": statistics.median(r["inference_ms"].get("p50") or 0.0 for r in rs),
@@ -773,8 +776,11 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"* Video: {r['video']['frames']} frames of {r['video']['width']}x{r['video']['height']}, {r['video']['how']}, "
         f"{r['video']['mb']} MB. The raw bound, the naive loop and the end-to-end run all process all of these frames.",
         f"* Pipeline config: defaults of `shadowcam run` (batch size {c['batch_size']}, max wait 20 ms, shadow rate 1.0, "
-        f"SQLite store, per-frame image statistics, {e2e['sampling_strategy']} label sampling at {e2e['sampling_rate']:g}; "
-        f"ONNX Runtime intra-op threads per model: {r['models']['threads'] or 'ORT default'}). On the CPU the shadow runs "
+        f"SQLite store, per-frame image statistics, {e2e['sampling_strategy']} label sampling at {e2e['sampling_rate']:g}). "
+        f"ONNX Runtime intra-op threads, incumbent / shadow: {' / '.join(str(x) for x in e2e['intra_op_threads'])} in the "
+        f"replay (throughput) runs, {' / '.join(str(x) for x in lat['with']['intra_op_threads'])} in the real-time "
+        f"(latency) runs (the runner's CPU defaults: half the cores per model for a replay, all cores for the incumbent "
+        f"in real time). On the CPU the shadow runs "
         f"on a lowest-priority background lane; when it falls behind, a replay of files at full speed (the throughput "
         f"runs) lets it catch up at normal priority so that it covers every frame, while a real-time source (a camera, "
         f"or a file paced with max_fps: the latency runs) sheds its batches instead, so it never takes CPU from the "

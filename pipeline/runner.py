@@ -370,6 +370,31 @@ class RunSummary:
 
 # --- the runner -------------------------------------------------------------------------------------------------------
 
+def is_realtime(sources: list[Any]) -> bool:
+    """True when any source is a camera stream (RTSP, HTTP, USB) or is paced with ``max_fps``; False for a replay
+    (files and folders read as fast as possible). Unresolvable sources are left to :func:`open_sources` to report."""
+    from pipeline.sources import LIVE_KINDS, classify_uri
+
+    for s in sources:
+        if s.max_fps:
+            return True
+        try:
+            if classify_uri(s.uri) in LIVE_KINDS:
+                return True
+        except Exception:  # a missing file: open_sources raises the proper error later
+            continue
+    return False
+
+
+def _usable_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _redact_url(url: str) -> str:
     if "://" in url and "@" in url.split("://", 1)[1]:
         scheme, rest = url.split("://", 1)
@@ -453,7 +478,14 @@ class Runner:
         if inc is None:
             if cfg.incumbent is None:
                 raise ConfigError("no incumbent model: give --incumbent MODEL or 'incumbent: {uri: ...}' in the config")
-            inc = OnnxClassifier.from_config(cfg.incumbent, Role.INCUMBENT, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
+            inc_cfg = cfg.incumbent
+            if inc_cfg.intra_op_threads == 0 and is_realtime(cfg.sources):
+                # Real time: the incumbent gets every core for each batch (lowest latency; measured on 2 cores by
+                # `shadowcam bench`: inference per small batch ~2x faster than on one core); the shadow, at the lowest
+                # priority, only uses what it leaves (pipeline/shadow.py). A replay keeps the CPU default of half
+                # the cores per model, both models at once (highest throughput; pipeline.runtime.default_cpu_threads).
+                inc_cfg = inc_cfg.model_copy(update={"intra_op_threads": _usable_cores()})
+            inc = OnnxClassifier.from_config(inc_cfg, Role.INCUMBENT, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
         sh = self._shadow
         if sh is None and cfg.shadow is not None:
             sh = OnnxClassifier.from_config(cfg.shadow, Role.SHADOW, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
@@ -491,8 +523,10 @@ class Runner:
         inc, sh = self._load_models(wd)
         metrics = Metrics(self.run_id)
         writer_box: list[StoreWriter] = []
+        # real-time sources (streams, or files paced with max_fps): the shadow never takes CPU from the incumbent
+        # and is shed when it falls behind; a replay of files at full speed: it catches up at normal priority
         pair = ShadowPair(inc, sh, cfg.shadow_mode, on_shadow=lambda r: writer_box[0].submit_shadow(r),
-                          cpu_twin=self._cpu_twin, metrics=metrics)
+                          cpu_twin=self._cpu_twin, metrics=metrics, catch_up=not is_realtime(cfg.sources))
         self.pair = pair
 
         # 2. sources (checked, not started), store, sampler
@@ -501,9 +535,6 @@ class Runner:
         metrics.readers = readers
         if self.on_readers is not None:
             self.on_readers(readers)
-        # real-time sources (streams, or files paced with max_fps): the shadow never takes CPU from the incumbent
-        # and is shed when it falls behind; a replay of files at full speed: it catches up at normal priority
-        pair.catch_up = not any(r.live or r.cfg.max_fps for r in readers)
         server = None
         if cfg.metrics.port is not None:
             try:

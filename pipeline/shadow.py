@@ -672,6 +672,7 @@ class ShadowPair:
                 "incumbent": {
                     "model": self.incumbent.model_id,
                     "providers": list(self.incumbent.providers),
+                    "intra_op_threads": getattr(self.incumbent, "threads", None),
                     "failures": c.incumbent_failures,
                     "timeouts": c.incumbent_timeouts,
                     "latency_ms": inc_lat,
@@ -681,6 +682,7 @@ class ShadowPair:
                 "shadow": {
                     "model": self.shadow.model_id if self.shadow is not None else None,
                     "providers": list(self.shadow.providers) if self.shadow is not None else [],
+                    "intra_op_threads": getattr(self.shadow, "threads", None),
                     "rate": self.cfg.rate,
                     "coverage": (c.shadow_frames_predicted / served) if served else 0.0,
                     "frames_predicted": c.shadow_frames_predicted,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -94,6 +95,10 @@ def test_quick_bench_numbers_match_the_raw_results(quick_run):
     # the runner's shadow mode follows the source: a replay at full speed catches up, a paced source never does
     assert e2e["shadow_catch_up"] is True and res["latency"]["with"]["shadow_catch_up"] is False
     assert res["latency"]["with"]["shadow_batches_catch_up"] == 0
+    # CPU threads: a replay gives each model half the cores; in real time the incumbent gets them all
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert e2e["intra_op_threads"] == [max(1, cores // 2)] * 2
+    assert res["latency"]["with"]["intra_op_threads"] == [cores, max(1, cores // 2)]
     assert e2e["predictions_committed"] >= 24  # incumbent rows at least (shadow rows when it kept up)
     assert number(doc["Throughput"]["naive loop"][0]) == pytest.approx(naive["fps"], abs=0.05)
     assert res["ratios"]["naive_speedup"] == pytest.approx(e2e["fps_both"] / naive["fps"])
