@@ -295,9 +295,12 @@ class OnnxClassifier:
         threads = threads or self.intra_op_threads
         if threads:
             so.intra_op_num_threads = threads
-        if self.role is Role.SHADOW:
+        if self.role is Role.SHADOW or list(providers) == [CPU]:
             # idle shadow threads sleep instead of spinning, so a shadow on the CPU does not burn the cores the
-            # incumbent (and the cameras) need while it waits for work
+            # incumbent (and the cameras) need while it waits for work; on the CPU the incumbent's threads do not
+            # spin either: the shadow runs on the cycles the incumbent leaves (pipeline/shadow.py, "CPU priority"),
+            # and spinning pool threads left it too few (`shadowcam bench`, 2 cores, incumbent on both: shadow
+            # coverage ~0.9 at half the maximum rate with spinning, 1.0 without)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options: list[dict[str, str]] = []
