@@ -148,8 +148,10 @@ def default_cpu_threads() -> int:
     The shadow pair runs the incumbent and the shadow at the same time, each on its own thread. ONNX Runtime's
     default (a pool of one thread per core for *each* session) oversubscribes the cores twice whenever both run,
     and its pool synchronises every operator, so one preempted pool thread stalls the others. On the 2-core
-    machine of ``docs/benchmarks.md`` (ResNet-18 at 64x64, incumbent + shadow) one thread per model served
-    ~1.3-2.5x the frames/s of ONNX Runtime's default. Set ``intra_op_threads`` to override.
+    machine of ``docs/benchmarks.md`` (ResNet-18 at 64x64, incumbent + shadow, a replay of a 640x480 video) one
+    thread per model served ~1.2x the frames/s of ONNX Runtime's default on a quiet machine (183-196 -> 223-230),
+    ~1.3-1.5x with other work on the cores. The runner gives a real-time incumbent every core instead (lowest
+    latency; see ``pipeline.runner``). Set ``intra_op_threads`` to override.
     """
     try:
         cores = len(os.sched_getaffinity(0))
