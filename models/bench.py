@@ -74,7 +74,7 @@ class BenchConfig:
     video_size: tuple[int, int] = (480, 640)  # (height, width)
     repeats: int = 2  # rounds of (raw bound, naive loop, end-to-end), alternating; the best of each is reported
     latency_frames: int = 600  # frames per latency run
-    latency_repeats: int = 3  # runs per variant (without / with shadow), alternating
+    latency_repeats: int = 5  # runs per variant (without / with shadow), alternating
     latency_rate_share: float = 0.5  # of the measured end-to-end rate
     min_seconds: float = 3.0  # raw ORT: repeat passes over the frames until at least this long
     isolation_seconds: float = 3.0  # per variant

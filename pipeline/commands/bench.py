@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=argparse.SUPPRESS,
                    help="alternating rounds of raw bound, naive loop and end-to-end; the best of each is reported (default 2; --quick 1)")
     p.add_argument("--latency-frames", type=int, default=argparse.SUPPRESS, help="frames per latency run (default 600; --quick 48)")
-    p.add_argument("--latency-repeats", type=int, default=argparse.SUPPRESS, help="latency runs per variant, alternating (default 3; --quick 1)")
+    p.add_argument("--latency-repeats", type=int, default=argparse.SUPPRESS, help="latency runs per variant, alternating (default 5; --quick 1)")
     p.add_argument("--workdir", default="runs/bench", help="models, video, stores and bench_results.json go here")
     p.add_argument("--seed", type=int, default=0, help="seed of the video and the model weights")
     p.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds; numbers are not meaningful")
