@@ -140,3 +140,94 @@ class Batcher:
     def __iter__(self):
         while (b := self.next_batch()) is not None:
             yield b
+
+
+class PrefetchingBatcher:
+    """Forms the next batch in a thread of its own while the caller serves the current one.
+
+    Without it, resizing a batch and running the incumbent on it happen one after the other on the
+    serving thread; with it the two stages overlap, so the incumbent starts the next batch as soon as
+    it is done with this one and the resize work fills the gaps the models leave on the other cores
+    (on the 2-core bench machine: `shadowcam bench`, docs/benchmarks.md). ``depth`` batches are held
+    ready at most (1: the one being served plus one formed ahead), so frames do not pile up in
+    formed batches: they wait in the cameras' queues, where the batcher's round-robin keeps every
+    camera's share fair.
+
+    Same interface as :class:`Batcher`: :meth:`next_batch` (None when done) and :meth:`stop`.
+    An exception raised by the batcher is re-raised by :meth:`next_batch`.
+    """
+
+    def __init__(self, batcher: Batcher, depth: int = 1) -> None:
+        import queue
+
+        if depth < 1:
+            raise ConfigError(f"prefetch depth must be >= 1, got {depth!r}")
+        self.batcher = batcher
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stopped = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+
+    def start(self) -> "PrefetchingBatcher":
+        self._thread.start()
+        return self
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stopped.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                batch = self.batcher.next_batch()
+                if not self._put(batch) or batch is None:
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(_Failure(e))
+
+    def next_batch(self) -> FrameBatch | None:
+        """The next formed batch; None once the sources are finished or :meth:`stop` was called."""
+        import queue
+
+        while not self._done:
+            try:
+                item = self._q.get(timeout=0.1)
+            except queue.Empty:
+                if self._stopped.is_set() or not self._thread.is_alive() and self._q.empty():
+                    self._done = True
+                continue
+            if item is None:
+                self._done = True
+            elif isinstance(item, _Failure):
+                self._done = True
+                raise item.error
+            else:
+                return item
+        return None
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop forming batches (a batch formed ahead and not yet taken is dropped) and join the thread."""
+        self._stopped.set()
+        self.batcher.stop()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def batches(self) -> int:
+        return self.batcher.batches
+
+    @property
+    def frames(self) -> int:
+        return self.batcher.frames
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -510,7 +510,7 @@ class Runner:
 
     # --- the run -----------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
-        from pipeline.batching import Batcher
+        from pipeline.batching import Batcher, PrefetchingBatcher
         from pipeline.metrics import HealthServer, Metrics
         from pipeline.sources import open_sources, stop_all
 
@@ -572,7 +572,9 @@ class Runner:
         metrics.pair = pair
         metrics.writer_stats = writer.stats
 
-        batcher = Batcher(readers, cfg.batching, input_size=inc.input_size, interpolation=inc.card.resize_interpolation)
+        # the next batch is resized in its own thread while the incumbent serves this one
+        batcher = PrefetchingBatcher(Batcher(readers, cfg.batching, input_size=inc.input_size,
+                                             interpolation=inc.card.resize_interpolation))
         served_per_cam: collections.Counter[str] = collections.Counter()
         sink_errors = 0
         old_signals = self._install_signals()
@@ -624,6 +626,7 @@ class Runner:
         try:
             for r in readers:
                 r.start()
+            batcher.start()
             while not self._stop.is_set():
                 batch = batcher.next_batch()
                 if batch is None:
@@ -653,6 +656,7 @@ class Runner:
             drain_events()
         finally:
             t_loop = time.perf_counter() - t0
+            batcher.stop()
             for s, h in old_signals.items():
                 signal.signal(s, h)
             stop_all(readers, timeout=1.0)

@@ -584,7 +584,7 @@ class CameraReader:
     def _run_video_file(self) -> None:
         assert self.spec.path is not None
         path = str(self.spec.path)
-        cap = self._cap if self._cap is not None else _open_file_capture(self.spec)
+        cap = self._cap if self._cap is not None else _open_file_capture(self.spec, self.cfg)
         self._cap = cap
         self.stats.state = "reading"
         self._event(HealthKind.CONNECTED, f"video file {path}")
@@ -603,7 +603,7 @@ class CameraReader:
             # lock, so a reopen would wait for any network camera that is busy (re)connecting.
             if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
                 cap.release()
-                cap = _open_file_capture(self.spec)
+                cap = _open_file_capture(self.spec, self.cfg)
                 self._cap = cap
             self._gate.reset()
 
@@ -649,6 +649,7 @@ class CameraReader:
                 params = [
                     cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.health.open_timeout_s * 1000),
                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.health.read_timeout_s * 1000),
+                    *_decode_thread_params(self.cfg),
                 ]
                 cap = cv2.VideoCapture(spec.uri, cv2.CAP_FFMPEG, params)
         except cv2.error as e:
@@ -785,8 +786,14 @@ def apply_ffmpeg_capture_options(health: CameraHealthConfig) -> str | None:
         return want
 
 
-def _open_file_capture(spec: SourceSpec) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(str(spec.path), cv2.CAP_FFMPEG)
+def _decode_thread_params(cfg: SourceConfig) -> list[int]:
+    """``CAP_PROP_N_THREADS`` for FFMPEG captures (``decode_threads``; 0 leaves FFMPEG's default)."""
+    n = int(getattr(cfg, "decode_threads", 1))
+    return [cv2.CAP_PROP_N_THREADS, n] if n > 0 else []
+
+
+def _open_file_capture(spec: SourceSpec, cfg: SourceConfig | None = None) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(str(spec.path), cv2.CAP_FFMPEG, _decode_thread_params(cfg) if cfg is not None else [])
     if not cap.isOpened():
         cap.release()
         cap = cv2.VideoCapture(str(spec.path))  # another backend may know the format
@@ -809,7 +816,7 @@ def open_source(cfg: SourceConfig, health: CameraHealthConfig, run_id: str, t0: 
     spec = resolve_source(cfg)
     reader = CameraReader(spec, cfg, health, run_id, t0=t0)
     if spec.kind == "file":
-        reader._cap = _open_file_capture(spec)
+        reader._cap = _open_file_capture(spec, cfg)
     elif spec.kind in ("rtsp", "http"):
         apply_ffmpeg_capture_options(health)
     elif spec.kind == "folder":

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.batching import Batcher, resize_into
+from pipeline.batching import Batcher, PrefetchingBatcher, resize_into
 from pipeline.config import BatchingConfig, CameraHealthConfig, SourceConfig
 from pipeline.sources import CameraReader, open_source, open_sources, stop_all
 from pipeline.types import ConfigError, FrameBatch
@@ -144,3 +144,65 @@ def test_batcher_rejects_bad_arguments(tmp_path: Path) -> None:
         Batcher([], BatchingConfig(), (8, 8))
     with pytest.raises(ConfigError, match="input_size"):
         Batcher([r], BatchingConfig(), (0, 8))
+
+
+# ---------------------------------------------------------------- prefetching (the batcher's own thread)
+def test_prefetching_batcher_delivers_every_frame_once_in_order(tmp_path: Path) -> None:
+    readers = open_sources(three_videos(tmp_path), HEALTH, "r")
+    for r in readers:
+        r.start()
+    feed = PrefetchingBatcher(Batcher(readers, BatchingConfig(batch_size=8, max_wait_ms=50), input_size=(24, 32)))
+    feed.start()
+    batches = []
+    while (b := feed.next_batch()) is not None:
+        batches.append(b)
+        time.sleep(0.005)  # a slow consumer: the next batch is formed meanwhile
+    assert feed.next_batch() is None  # stays done
+    feed.stop()
+    seen = [(f.camera_id, f.seq) for b in batches for f in b.frames]
+    assert len(seen) == 90 and len(set(seen)) == 90
+    for cam in ("cam0", "cam1", "cam2"):
+        seqs = [s for c, s in seen if c == cam]
+        assert seqs == sorted(seqs)
+    assert feed.batches == len(batches) and feed.frames == 90
+    stop_all(readers)
+
+
+def test_prefetching_batcher_stop_unblocks_a_waiting_consumer(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "imgs", 3)
+    readers = open_sources([SourceConfig(uri=str(tmp_path / "imgs"), loop=True, max_fps=5)], HEALTH, "r")
+    for r in readers:
+        r.start()
+    feed = PrefetchingBatcher(Batcher(readers, BatchingConfig(batch_size=64, max_wait_ms=10_000), input_size=(8, 8))).start()
+    got: list = []
+    import threading
+
+    t = threading.Thread(target=lambda: got.append(feed.next_batch()))
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    feed.stop()
+    t.join(5)
+    assert not t.is_alive(), "next_batch() still blocked after stop()"
+    assert time.monotonic() - t0 < 3
+    assert got and (got[0] is None or 1 <= len(got[0]) < 64)
+    stop_all(readers)
+
+
+def test_prefetching_batcher_reraises_the_batchers_error() -> None:
+    class Broken:
+        batches = frames = 0
+
+        def next_batch(self):
+            raise RuntimeError("camera queue corrupted")
+
+        def stop(self):
+            pass
+
+    feed = PrefetchingBatcher(Broken()).start()  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="camera queue corrupted"):
+        feed.next_batch()
+    assert feed.next_batch() is None
+    feed.stop()
+    with pytest.raises(ConfigError, match="depth"):
+        PrefetchingBatcher(Broken(), depth=0)  # type: ignore[arg-type]

@@ -147,6 +147,25 @@ def test_video_file_frames_refs_and_timestamps(tmp_path: Path) -> None:
     assert r.finished and r.stats.state == "eof"
 
 
+def test_decode_threads_reach_ffmpeg_and_frames_do_not_change(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "belt.mp4", 12, fps=10, codec="mp4v", size=(160, 120))  # frame-threaded codec
+    got = {}
+    for n in (1, 2, 0):
+        r = open_source(SourceConfig(uri=str(video), decode_threads=n), HEALTH, "r", t0=T0)
+        threads = r._cap.get(cv2.CAP_PROP_N_THREADS)
+        r.start()
+        got[n] = read_all(r)
+        r.stop()
+        if n:
+            assert threads == n, f"decode_threads={n} but FFMPEG uses {threads}"
+    assert SourceConfig(uri="x.mp4").decode_threads == 1  # default: one core per camera
+    for n in (2, 0):
+        assert len(got[n]) == len(got[1]) == 12
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(got[1], got[n]))
+    with pytest.raises(ValueError, match="decode_threads"):
+        SourceConfig(uri="x.mp4", decode_threads=-1)
+
+
 def test_corrupt_video_frame_is_counted_and_skipped(tmp_path: Path) -> None:
     video = corrupt_avi_frames(write_video(tmp_path / "cam.avi", 20), [5])
     r = open_source(SourceConfig(uri=str(video)), HEALTH, "r")
