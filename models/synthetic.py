@@ -493,12 +493,12 @@ def _creases(rng, sp: _Sprite, box, base, thick) -> None:
         _line(sp.bgr, pts + w, _tone(base, 1.3), max(1.0, w * 0.6))
 
 
-def _tear(rng, sp: _Sprite, box, dark, lip, thick) -> None:
-    """A ragged open tear: dark inside, pale torn lips."""
+def _tear(rng, sp: _Sprite, box, dark, lip, thick, scale: float = 1.0) -> None:
+    """A ragged open tear: dark inside, pale torn lips. ``scale`` enlarges it (soft bags gape wider)."""
     x0, y0, x1, y1 = box
     W, H = x1 - x0, y1 - y0
-    length = max(W, H) * rng.uniform(0.5, 0.75)
-    width = min(W, H) * rng.uniform(0.2, 0.32)
+    length = max(W, H) * rng.uniform(0.5, 0.75) * min(scale, 1.2)  # at most 0.9 of the parcel
+    width = min(W, H) * rng.uniform(0.2, 0.32) * scale
     ang = rng.uniform(0, np.pi)
     c = np.array([rng.uniform(x0 + 0.3 * W, x1 - 0.3 * W), rng.uniform(y0 + 0.3 * H, y1 - 0.3 * H)])
     d = np.array([math.cos(ang), math.sin(ang)])
@@ -609,13 +609,12 @@ def _mailer_sprite(cls: str, rng: np.random.Generator, ppu: float) -> _Sprite:
     if has_label:
         _add_label(rng, sp, x0 + 0.1 * sp.u(L), y0 + 0.1 * sp.u(S), x1 - 0.12 * sp.u(L), y1 - 0.1 * sp.u(S))
     if cls == "parcel_damaged":
-        r = rng.random()
+        # a soft bag does not crush like a box: damage is a gaping tear (sometimes with a crumpled corner)
         box = (x0 + 0.03 * sp.u(L), y0 + 0.03 * sp.u(S), x1 - 0.03 * sp.u(L), y1 - 0.03 * sp.u(S))
-        if r < 0.5:
+        if rng.random() < 0.3:
             _crushed_corner(rng, sp, box, base, thick)
-        if r >= 0.35:
-            contents = _cardboard(rng) if rng.random() < 0.5 else tuple(float(c) for c in rng.uniform(20, 90, 3))
-            _tear(rng, sp, box, dark=_tone(contents, 0.5), lip=_mix(base, (255, 255, 255), 0.6), thick=thick)
+        contents = _cardboard(rng) if rng.random() < 0.5 else tuple(float(c) for c in rng.uniform(20, 90, 3))
+        _tear(rng, sp, box, dark=_tone(contents, 0.5), lip=_mix(base, (255, 255, 255), 0.6), thick=thick, scale=1.3)
     return sp
 
 
@@ -1191,11 +1190,13 @@ def _check_dwell(dwell) -> tuple[int, int]:
 
 def iter_stream(n_frames: int, seed: int, phases=None, size: tuple[int, int] = (480, 640),
                 dwell: int | tuple[int, int] = (8, 16), classes: Sequence[str] = CLASS_NAMES,
-                class_weights: Sequence[float] | None = None):
+                class_weights: Sequence[float] | None = None, scene_seed: int | None = None):
     """Return an iterator of :class:`StreamFrame` s of a simulated production feed (see :func:`write_stream`).
 
     Arguments are validated now (:class:`~pipeline.types.ConfigError`); frames are rendered lazily.
     Deterministic per ``seed``. Items ride the belt for ``dwell`` consecutive frames each.
+    ``scene_seed`` (default ``seed``) draws the camera's scene (belt, rails, lighting): two streams with
+    the same ``scene_seed`` and different ``seed`` are the same camera at two times, with other items.
     """
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
         raise ConfigError(f"n_frames must be a positive integer, got {n_frames!r}")
@@ -1210,12 +1211,13 @@ def iter_stream(n_frames: int, seed: int, phases=None, size: tuple[int, int] = (
             raise ConfigError(f"class_weights must be {len(classes)} non-negative numbers, got {list(class_weights)}")
         cw = cw / cw.sum()
     plan = parse_phases(phases, int(n_frames))
-    return _stream_frames(int(n_frames), seed, plan, h, w, (dmin, dmax), classes, cw)
+    return _stream_frames(int(n_frames), seed, plan, h, w, (dmin, dmax), classes, cw,
+                          seed if scene_seed is None else int(scene_seed))
 
 
 def _stream_frames(n_frames: int, seed: int, plan: list[Phase], h: int, w: int, dwell: tuple[int, int],
-                   classes: list[str], cw: np.ndarray):
-    scene = _StreamScene(np.random.default_rng([seed, 1]), h, w)
+                   classes: list[str], cw: np.ndarray, scene_seed: int):
+    scene = _StreamScene(np.random.default_rng([scene_seed, 1]), h, w)
     phase_of = np.concatenate([np.full(p.n_frames, i) for i, p in enumerate(plan)])
     phase_seeds = [int(x) for x in np.random.default_rng([seed, 2]).integers(0, 2**31 - 1, len(plan))]
     texts = [format_shifts(p.shifts) for p in plan]
@@ -1247,14 +1249,15 @@ def _stream_frames(n_frames: int, seed: int, plan: list[Phase], h: int, w: int, 
 def write_stream(out_path: str | Path, n_frames: int, seed: int, phases=None, size: tuple[int, int] = (480, 640),
                  fps: float = 10.0, dwell: int | tuple[int, int] = (8, 16), fmt: str = "video", camera: str = "cam0",
                  classes: Sequence[str] = CLASS_NAMES, class_weights: Sequence[float] | None = None,
-                 progress: bool = True, jpeg_quality: int = 92) -> Path:
+                 progress: bool = True, jpeg_quality: int = 92, scene_seed: int | None = None) -> Path:
     """Write a simulated production camera feed and its ground-truth manifest; returns the manifest path.
 
     Items (one class each, drawn with ``class_weights``, uniform by default) ride the belt through
     the view for ``dwell`` = (min, max) consecutive frames each, so consecutive frames are
     correlated like real video. ``phases`` (see :func:`parse_phases`) change the conditions over
     simulated time, e.g. ``[(0.4, []), (0.3, ["night:3"]), (0.3, ["night:3", "motion_blur:3", "new_packaging"])]``.
-    Camera-bound shift parameters (dirt, lamp, tilt) stay fixed within a phase.
+    Camera-bound shift parameters (dirt, lamp, tilt) stay fixed within a phase. ``scene_seed`` (default
+    ``seed``) draws the camera's scene: give two streams the same one for one camera at two times.
 
     ``fmt="video"``: ``out_path`` is an ``.mp4`` (mp4v), the manifest is ``out_path`` with ``.csv``;
     ``source_ref`` = ``<absolute, symlink-resolved video path>#<0-based frame index>``.
@@ -1268,7 +1271,7 @@ def write_stream(out_path: str | Path, n_frames: int, seed: int, phases=None, si
     if not fps or fps <= 0:
         raise ConfigError(f"fps must be positive, got {fps!r}")
     h, w = _check_size(size)
-    frames = iter_stream(n_frames, seed, phases, (h, w), dwell, classes, class_weights)  # validates now
+    frames = iter_stream(n_frames, seed, phases, (h, w), dwell, classes, class_weights, scene_seed)  # validates now
     out_path = Path(out_path).expanduser().resolve()  # as the ingestion sources resolve it
     if fmt == "video":
         if out_path.suffix.lower() != ".mp4":

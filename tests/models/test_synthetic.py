@@ -383,6 +383,20 @@ def test_iter_stream_deterministic():
     assert a == b and a != c
 
 
+def test_scene_seed_keeps_the_camera_and_changes_the_items():
+    """Two streams with one scene_seed are one camera at two times: same belt and rails, other parcels."""
+    def run(seed, scene_seed=None):
+        return list(iter_stream(12, seed=seed, size=(96, 128), dwell=(3, 3), scene_seed=scene_seed))
+
+    a, b, c = run(1, scene_seed=9), run(2, scene_seed=9), run(2)
+    rails = slice(0, 3)  # the top rail rows: static per camera, never covered by parcels (they ride mid-belt)
+    for fa, fb, fc in zip(a, b, c):
+        assert np.array_equal(fa.image[rails], fb.image[rails])
+        assert not np.array_equal(fb.image[rails], fc.image[rails])
+    assert [f.label for f in a] != [f.label for f in b] or any(not np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    assert [f.image.tobytes() for f in run(2, scene_seed=2)] == [f.image.tobytes() for f in c]  # default: scene_seed = seed
+
+
 def test_stream_new_packaging_phase_brings_mailers():
     frames = list(iter_stream(120, seed=0, size=(48, 64), dwell=(2, 3),
                               phases=[(0.5, []), (0.5, ["new_packaging:5"])]))
