@@ -69,7 +69,10 @@ class BenchConfig:
     workdir: Path = Path("runs/bench")
     frames: int = 1500  # frames of the generated video (end-to-end, naive and raw runs all use them all)
     arch: str = "resnet18"
-    img_size: int = 64
+    img_size: int = 96  # the targets are judged at this size
+    # input sizes also measured (raw bound and end-to-end only): how the pipeline's fixed cost per frame
+    # (decode, resize, store) weighs against models of different cost
+    other_sizes: tuple[int, ...] = (64, 128)
     batch_size: int = 32  # the pipeline's default batching.batch_size
     video_size: tuple[int, int] = (480, 640)  # (height, width)
     repeats: int = 2  # rounds of (raw bound, naive loop, end-to-end), alternating; the best of each is reported
@@ -90,6 +93,9 @@ class BenchConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"bench {name} must be a positive integer, got {v!r}")
+        self.other_sizes = tuple(self.other_sizes)
+        if any(not isinstance(v, int) or v < 1 for v in self.other_sizes):
+            raise ConfigError(f"bench other_sizes must be positive integers, got {self.other_sizes!r}")
         if self.latency_frames > self.frames:
             raise ConfigError(f"bench latency_frames ({self.latency_frames}) must not exceed frames ({self.frames})")
         if not 0 < self.latency_rate_share <= 1:
@@ -98,8 +104,8 @@ class BenchConfig:
     @classmethod
     def quick_config(cls, **kw: Any) -> "BenchConfig":
         """Tiny sizes: seconds, not minutes (numbers are not meaningful, the document's shape is)."""
-        base = dict(frames=96, img_size=32, batch_size=16, repeats=1, latency_frames=48, latency_repeats=1, min_seconds=0.3,
-                    isolation_seconds=0.3, isolation_sleep_s=0.2, quick=True)
+        base = dict(frames=96, img_size=32, other_sizes=(24,), batch_size=16, repeats=1, latency_frames=48, latency_repeats=1,
+                    min_seconds=0.3, isolation_seconds=0.3, isolation_sleep_s=0.2, quick=True)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -623,6 +629,26 @@ def measure_isolation(models: BenchModels, images: np.ndarray, batch_size: int, 
 
 # --- the whole benchmark -------------------------------------------------------------------------------------------
 
+def measure_size(cfg: BenchConfig, video: Path, size: int) -> dict[str, Any]:
+    """Raw bound and end-to-end throughput with both models at ``size`` x ``size`` (same arch, video, repeats)."""
+    from dataclasses import replace
+
+    scfg = replace(cfg, img_size=size)
+    models = prepare_models(scfg)
+    images = decode_resized(video, cfg.frames, models.input_size, to_rgb=True)
+    raws, e2es = [], []
+    for _ in range(cfg.repeats):
+        raws.append(measure_raw_ort(models.incumbent_path, models.shadow_path, images, cfg.batch_size, cfg.min_seconds,
+                                    models.providers))
+        gc.collect()
+        e2es.append(measure_end_to_end(scfg, video, models))
+    raw = max(raws, key=lambda r: r["fps_both"])
+    e2e = max(e2es, key=lambda r: r["fps_both"])
+    return {"img_size": size, "raw_fps_both": raw["fps_both"], "raw_layout": raw["layout"], "e2e_fps_both": e2e["fps_both"],
+            "coverage": e2e["coverage"], "bound_share": e2e["fps_both"] / raw["fps_both"],
+            "runs": {"raw_fps_both": [r["fps_both"] for r in raws], "e2e_fps_both": [r["fps_both"] for r in e2es]}}
+
+
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Measure everything (see the module docstring), write the markdown to ``cfg.out``, return the results."""
     cfg.workdir.mkdir(parents=True, exist_ok=True)
@@ -670,6 +696,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     say(f"  p99 {lat['without']['p99_ms']:.1f} ms without, {lat['with']['p99_ms']:.1f} ms with")
     say("shadow isolation (sleeping shadow)")
     iso = measure_isolation(models, images, cfg.batch_size, cfg.isolation_seconds, cfg.isolation_sleep_s)
+    sizes = []
+    for size in cfg.other_sizes:
+        if size == cfg.img_size:
+            continue
+        say(f"model size {size}x{size}: raw bound and end-to-end ({cfg.repeats} alternating rounds)")
+        sizes.append(measure_size(cfg, video, size))
+        say(f"  raw {sizes[-1]['raw_fps_both']:.1f}, end-to-end {sizes[-1]['e2e_fps_both']:.1f} frames/s "
+            f"({sizes[-1]['bound_share'] * 100:.1f}%)")
     load_after = load_average()
     other_all.__exit__(None, None, None)
 
@@ -695,6 +729,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         "e2e": e2e,
         "latency": {k: ({kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in lat.items()},
         "isolation": iso,
+        "sizes": sizes,
         "runs": {"raw_fps_both": [r["fps_both"] for r in runs["raw"]], "naive_fps": [r["fps"] for r in runs["naive"]],
                  "e2e_fps_both": [r["fps_both"] for r in runs["e2e"]],
                  "other_load": {k: [r["other_load"] for r in v] for k, v in runs.items()}},
@@ -837,6 +872,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         ]),
         "The end-to-end figure in the ratios counts only frames that got both predictions (frames served x shadow coverage).",
         "",
+        *(_size_section(r) if r.get("sizes") else []),
         "## Shadow isolation",
         "",
         f"Serving throughput of the shadow pair on in-memory batches of {c['batch_size']} (no reader, no store), "
@@ -861,6 +897,27 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(L)
+
+
+def _size_section(r: dict[str, Any]) -> list[str]:
+    c, raw, e2e = r["config"], r["raw"], r["e2e"]
+    rows = [{"img_size": c["img_size"], "raw_fps_both": raw["fps_both"], "e2e_fps_both": e2e["fps_both"],
+             "bound_share": r["ratios"]["bound_share"], "coverage": e2e["coverage"], "main": True}]
+    rows += [{**x, "main": False} for x in r["sizes"]]
+    rows.sort(key=lambda x: x["img_size"])
+    return [
+        "## Model size",
+        "",
+        f"The pipeline's own work per frame (decoding the {r['video']['width']}x{r['video']['height']} frame, resizing it, "
+        "storing two predictions, statistics and sampling) does not depend on the models, so its share of the CPU grows "
+        f"as the models get cheaper. Both `{c['arch']}` models at each input size, same video, same defaults, best of "
+        f"{c['repeats']} alternating runs each (the targets above are judged at {c['img_size']}x{c['img_size']}, marked *).",
+        "",
+        *_table(["input size", "raw ONNX Runtime bound, frames/s", "end-to-end, frames/s", "end-to-end / bound", "shadow coverage"], [
+            [f"{x['img_size']}x{x['img_size']}" + (" *" if x["main"] else ""), _f(x["raw_fps_both"]), _f(x["e2e_fps_both"]),
+             f"{x['bound_share'] * 100:.1f}%", f"{x['coverage']:.3f}"] for x in rows
+        ]),
+    ]
 
 
 _NUM = re.compile(r"^[<>=]*\s*(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)\s*(x|%)?$", re.I)

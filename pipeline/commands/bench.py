@@ -25,11 +25,21 @@ DESCRIPTION = (
 )
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated pixel sizes like 64,128, got {text!r}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown report to write")
     p.add_argument("--frames", type=int, default=argparse.SUPPRESS, help="frames of the generated video (default 1500; --quick 96)")
     p.add_argument("--arch", default="resnet18", help="torchvision architecture of both models (models.export.ARCHS)")
-    p.add_argument("--img-size", type=int, default=argparse.SUPPRESS, help="model input size in pixels, square (default 64; --quick 32)")
+    p.add_argument("--img-size", type=int, default=argparse.SUPPRESS,
+                   help="model input size in pixels, square; the targets are judged at it (default 96; --quick 32)")
+    p.add_argument("--other-sizes", type=_sizes, default=argparse.SUPPRESS,
+                   help="comma-separated input sizes also measured (raw bound + end-to-end only); '' for none (default 64,128; --quick 24)")
     p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="pipeline and raw-bound batch size (default 32; --quick 16)")
     p.add_argument("--repeats", type=int, default=argparse.SUPPRESS,
                    help="alternating rounds of raw bound, naive loop and end-to-end; the best of each is reported (default 2; --quick 1)")
@@ -51,14 +61,16 @@ def main(args: argparse.Namespace) -> int:
     if args.arch not in ARCHS:
         raise ConfigError(f"--arch {args.arch!r} is not supported; expected one of {', '.join(ARCHS)}")
     # options left out keep the (quick or full) defaults of BenchConfig
-    given = {k: getattr(args, k, None) for k in ("frames", "img_size", "batch_size", "repeats", "latency_frames", "latency_repeats")}
+    given = {k: getattr(args, k, None) for k in ("frames", "img_size", "other_sizes", "batch_size", "repeats", "latency_frames",
+                                                  "latency_repeats")}
     # the command line as it reproduces this run (parsed options, not sys.argv: also right when called from code)
     parts = ["shadowcam bench"]
     for opt, val, default in (("--out", args.out, "docs/benchmarks.md"), ("--workdir", args.workdir, "runs/bench"),
                               ("--arch", args.arch, "resnet18"), ("--seed", args.seed, 0)):
         if val != default:
             parts.append(f"{opt} {shlex.quote(str(val))}")
-    parts += [f"--{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None]
+    parts += [f"--{k.replace('_', '-')} " + (shlex.quote(",".join(map(str, v))) if isinstance(v, tuple) else str(v))
+              for k, v in given.items() if v is not None]
     if args.quick:
         parts.append("--quick")
     common = dict(out=args.out, workdir=args.workdir, arch=args.arch, seed=args.seed, command=" ".join(parts))

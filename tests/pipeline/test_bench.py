@@ -17,7 +17,8 @@ from pipeline.types import ConfigError
 
 pytestmark = pytest.mark.timeout(300)
 
-SECTIONS = ("Machine", "Setup", "Throughput", "Latency", "Targets (issue 5)", "Shadow isolation", "How to reproduce")
+SECTIONS = ("Machine", "Setup", "Throughput", "Latency", "Targets (issue 5)", "Model size", "Shadow isolation",
+            "How to reproduce")
 THROUGHPUT_ROWS = (
     "end-to-end `shadowcam run` (both models)",
     "end-to-end frames served",
@@ -111,6 +112,14 @@ def test_quick_bench_numbers_match_the_raw_results(quick_run):
     assert (verdicts["incumbent p99 with shadow / without"] == "PASS") == (res["ratios"]["p99_ratio"] <= 1.10)
     # the latency rate is the configured share of the measured end-to-end rate
     assert res["latency"]["rate_fps"] == pytest.approx(max(1.0, round(0.5 * e2e["fps_both"], 1)))
+    # the model-size table: the judged size (marked *) with the same numbers as above, plus the other sizes
+    sizes = doc["Model size"]
+    assert [k for k in sizes if k != "input size"] == ["24x24", "32x32 *"]  # --quick: 32 judged, 24 measured too
+    assert number(sizes["32x32 *"][0]) == pytest.approx(raw["fps_both"], abs=0.05)
+    assert number(sizes["32x32 *"][1]) == pytest.approx(e2e["fps_both"], abs=0.05)
+    (other,) = res["sizes"]
+    assert other["img_size"] == 24 and other["bound_share"] == pytest.approx(other["e2e_fps_both"] / other["raw_fps_both"])
+    assert number(sizes["24x24"][2]) == pytest.approx(100 * other["bound_share"], abs=0.05)
     # rendering again from the raw results gives the same document
     assert render_markdown(res) == out.read_text()
 
@@ -129,6 +138,7 @@ def test_number_parses_table_cells():
     ({"img_size": -1}, "img_size"),
     ({"frames": 10, "latency_frames": 20}, "latency_frames"),
     ({"latency_rate_share": 0}, "latency_rate_share"),
+    ({"other_sizes": (64, 0)}, "other_sizes"),
 ])
 def test_bad_config_is_a_clear_error(kw, field):
     with pytest.raises(ConfigError, match=field):
