@@ -757,6 +757,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
+def _pending() -> int:
+    from pipeline.config import ShadowConfig
+
+    return ShadowConfig().max_pending_batches
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The benchmark document. Every number comes from ``r`` (the measurements)."""
     m, c, raw, naive, e2e, lat, iso = r["machine"], r["config"], r["raw"], r["naive"], r["e2e"], r["latency"], r["isolation"]
@@ -817,7 +823,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"(latency) runs (the runner's CPU defaults: half the cores per model for a replay, all cores for the incumbent "
         f"in real time). On the CPU the shadow runs "
         f"on a lowest-priority background lane; when it falls behind, a replay of files at full speed (the throughput "
-        f"runs) lets it catch up at normal priority so that it covers every frame, while a real-time source (a camera, "
+        f"runs) lets it catch up at normal priority, so that it covers every frame it can keep up with (a shadow "
+        f"slower than the incumbent still sheds what its queue of {_pending()} batches cannot hold: "
+        f"the coverage below), while a real-time source (a camera, "
         f"or a file paced with max_fps: the latency runs) sheds its batches instead, so it never takes CPU from the "
         f"incumbent (`pipeline/shadow.py`, \"CPU priority\").",
         "",

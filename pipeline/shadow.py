@@ -26,8 +26,9 @@ offered to the shadow, which runs on its own worker thread:
     the queue for the background lane and is shed when the queue is full - when the cores are saturated the
     shadow loses frames, the incumbent never loses CPU to it;
   - replay (files and folders read as fast as possible; ``catch_up=True``): it runs on the *catch-up lane* at
-    normal priority, so the shadow shares the cores and keeps covering every frame - nobody waits on a replay's
-    latency, but its point is to have both models' answer for every frame.
+    normal priority, so the shadow shares the cores and covers every frame it can keep up with - nobody waits on a
+    replay's latency, but its point is to have both models' answer for every frame. A shadow that is slower than
+    the incumbent even so still sheds what the queue cannot hold (the incumbent is never held back for it).
 
   ``shadowcam bench`` (docs/benchmarks.md) measures both: throughput on a replay, the incumbent's latency on a
   paced source. The priority applies to the calling thread, i.e. to all of the shadow's compute when its session

@@ -23,8 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotator-error", type=float, default=0.0, help="error rate of the simulated annotator")
     p.add_argument("--sample-strategy", default=None, choices=("uniform", "stratified", "disagreement", "uncertainty"),
                    help="label sampling strategy (default uncertainty with a uniform floor)")
+    from models.demo import DemoConfig
+
+    full, fast = DemoConfig.preset(False), DemoConfig.preset(True)
     p.add_argument("--sample-rate", type=float, default=None,
-                   help="share of production frames sent for labels (default 0.3, --fast 0.4)")
+                   help=f"share of production frames sent for labels (default {full.sample_rate:g}, --fast {fast.sample_rate:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--keep", action="store_true", help="do not clear the demo's previous files in --workdir first")
 
