@@ -293,6 +293,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     if fp16_version:
         sh_row = _role_row(overall1, "shadow")
         sh_row["true_prod_accuracy"] = truth1.get("shadow", {}).get("all", {}).get("accuracy")
+        sh_row["offline_same_conditions"] = offline_accuracy(inc.onnx_fp16_path, shifted_test)["accuracy"]
         res.models[f"v{fp16_version} fp16 shadow (stream 1)"] = sh_row
     if inc_row["offline_accuracy"] is not None and inc_row["true_prod_accuracy"] is not None and inc_row["gap_ci"][0] is not None:
         true_gap = inc_row["offline_accuracy"] - inc_row["true_prod_accuracy"]
