@@ -30,8 +30,8 @@ class SourceConfig(_Strict):
     queue_size: int = Field(default=64, ge=1)
     # FFMPEG decoder threads for files and rtsp/http streams. 1 (default): one core per camera. FFMPEG's
     # own default (0 here: about one thread per core) decodes a single camera faster in wall time but
-    # costs ~2.7x the CPU per frame (measured on 640x480 MPEG-4: 0.98 vs 0.36 ms), CPU the models need
-    # on an edge box. Raise it for one high-resolution camera on an otherwise idle machine.
+    # spends more CPU per frame on frame threading, CPU the models need on an edge box. Raise it for one
+    # high-resolution camera on an otherwise idle machine.
     decode_threads: int = Field(default=1, ge=0)
 
 
