@@ -108,7 +108,8 @@ def test_all_checks_hold(summary):
 
 def test_challenger_closes_the_gap_on_the_same_conditions(summary):
     """Issue 5: the retrained challenger comes within 5 points of its own offline accuracy on the conditions it
-    meets in production (offline*: a test set rendered under night + motion blur + new packaging).
+    meets in production (offline*: a fully labelled test clip from the same camera under night + motion blur + new
+    packaging).
 
     The demo's check compares point estimates. Here, on the --fast preset (~400 labels on stream 2, a 64 px model
     whose training data depends on which frames the sampler drew), the test asserts what the data support: the
@@ -121,7 +122,6 @@ def test_challenger_closes_the_gap_on_the_same_conditions(summary):
     assert summary["checks"][EXPECTED_CHECKS[2]] == (abs(same - prod) <= 0.05), table(summary)
     assert abs(same - prod) <= 0.05 or lo - 0.05 <= same <= hi + 0.05, table(summary)
     assert same >= inc["offline_same_conditions"] + 0.10, table(summary)
-    assert ch["offline_same_conditions_ci"][0] <= same <= ch["offline_same_conditions_ci"][1]
 
 
 def test_mlflow_store(summary, client):

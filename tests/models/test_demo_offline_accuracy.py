@@ -11,6 +11,7 @@ import pytest
 
 from models.demo import offline_accuracy
 from pipeline.evaluation.stats import wilson_interval
+from pipeline.types import DataError
 from tests.helpers.onnx_models import make_tiny_classifier, red_only_weights
 
 
@@ -39,6 +40,25 @@ def test_offline_accuracy_counts_what_the_served_model_answers(tmp_path: Path) -
     got = offline_accuracy(model, folder, batch_size=4)  # batches of 4: the last one is short
     lo, hi = wilson_interval(9, 10)
     assert got == {"accuracy": 0.9, "low": pytest.approx(lo), "high": pytest.approx(hi), "n": 10}
+
+
+def test_offline_accuracy_reads_a_stream_folder_manifest(tmp_path: Path) -> None:
+    """write_stream(fmt="folder") manifests name images by absolute path (source_ref)."""
+    names = ["red", "other"]
+    W, b = red_only_weights(names)
+    model = make_tiny_classifier(tmp_path / "m.onnx", names, weights=W, bias=b)
+    folder = write_folder(tmp_path / "clip", [("red", "red"), ("blue", "other"), ("blue", "red"), ("red", "other")])
+    rows = list(csv.DictReader((folder / "manifest.csv").open()))
+    manifest = tmp_path / "clip.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source_ref", "label", "camera"])
+        w.writerows([[str(folder / r["path"]), r["label"], "cam"] for r in rows])
+    assert offline_accuracy(model, manifest)["accuracy"] == 0.5
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,class\na.png,red\n")
+    with pytest.raises(DataError, match="bad.csv.*'label'"):
+        offline_accuracy(model, bad)
 
 
 def test_offline_accuracy_names_the_unreadable_file(tmp_path: Path) -> None:
