@@ -134,10 +134,9 @@ def machine_info() -> dict[str, Any]:
     cpu = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.M)
     mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.M)
     osr = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', _read("/etc/os-release"), re.M)
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 0
+    from pipeline.runtime import usable_cores
+
+    usable = usable_cores()
     commit = _git("rev-parse", "--short=12", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     return {

@@ -5,7 +5,8 @@ A *data source* is one of
 * an ImageFolder directory ``DIR/<class>/*.jpg`` (class = sub-folder name; hidden folders skipped);
 * a CSV manifest with columns ``path,label[,split]`` (paths relative to the manifest's folder, or absolute;
   extra columns such as ``camera``/``shift`` are ignored; ``split`` is ``train``, ``val`` or ``test``,
-  empty = assign it here);
+  empty = assign it here); a manifest without ``path`` may name its images in ``source_ref`` instead (what
+  ``models.synthetic.write_stream(fmt="folder")`` writes: a labelled clip is a data source as it is);
 * a directory that contains ``manifest.csv`` (what ``shadowcam synth`` writes): the manifest is used, so the
   data fingerprint is the manifest's hash.
 
@@ -137,7 +138,8 @@ def read_manifest(path: str | Path) -> SourceListing:
         raise DataError(f"{path}: manifest is not UTF-8 text") from None
     reader = csv.DictReader(text.splitlines())
     columns = [c.strip() for c in (reader.fieldnames or [])]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    path_col = "path" if "path" in columns or "source_ref" not in columns else "source_ref"  # stream clips
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns and not (c == "path" and path_col != "path")]
     if missing:
         raise DataError(f"{path}: manifest is missing column(s) {', '.join(missing)} "
                         f"(expected a header path,label[,split]; got {','.join(columns) or 'nothing'})")
@@ -146,7 +148,7 @@ def read_manifest(path: str | Path) -> SourceListing:
     non_images = 0
     for lineno, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        rel, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "") or None
+        rel, label, split = row.get(path_col, ""), row.get("label", ""), row.get("split", "") or None
         if not rel or not label:
             raise DataError(f"{path}:{lineno}: empty path or label")
         if split is not None and split not in SPLITS:

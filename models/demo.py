@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 log = logging.getLogger("shadowcam.demo")
 
@@ -118,6 +117,8 @@ def _true_accuracy(store, run_id: str, manifest: Path) -> dict[str, dict[str, fl
     sampled labels estimate). Returns {role: {"accuracy", "n"}} plus per phase."""
     import csv
 
+    import sqlalchemy as sa
+
     from pipeline import store as st
     from pipeline.labeling.simulate import normalize_ref
 
@@ -147,47 +148,36 @@ def offline_accuracy(model_path: str | Path, manifest: str | Path, batch_size: i
     Wilson 95% interval (which assumes independent images: for a clip, whose consecutive frames show the same
     parcel, it is too narrow).
 
-    ``manifest``: a CSV with ``label`` and either ``path`` (relative to the CSV's folder; what
-    :func:`models.synthetic.generate_dataset` writes) or ``source_ref`` (an absolute image path; what
-    :func:`models.synthetic.write_stream` writes with ``fmt="folder"``); a folder means its ``manifest.csv``.
+    ``manifest``: any data source :func:`models.data.list_source` reads (a manifest CSV, e.g. a labelled clip
+    from :func:`models.synthetic.write_stream` with ``fmt="folder"``, or a folder with ``manifest.csv``).
     """
-    import csv
-
     import cv2
 
+    from models.data import list_source
     from pipeline.batching import INTERPOLATIONS, resize_into
     from pipeline.evaluation.stats import wilson_interval
     from pipeline.runtime import OnnxClassifier
     from pipeline.types import DataError
 
-    manifest = Path(manifest)
-    if manifest.is_dir():
-        manifest = manifest / "manifest.csv"
-    folder = manifest.parent
-    with open(manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "label" not in rows[0] or not ({"path", "source_ref"} & rows[0].keys()):
-        raise DataError(f"{manifest}: expected rows with a 'label' and a 'path' or 'source_ref' column")
-    for r in rows:
-        r["path"] = r.get("path") or r["source_ref"]
+    listing = list_source(manifest)
+    samples = listing.samples
     clf = OnnxClassifier(model_path, warmup_runs=0)
     names = clf.class_names
     interp = INTERPOLATIONS[clf.card.resize_interpolation.lower()]
+    h, w = clf.input_size
     correct = 0
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        images = [cv2.imread(str(folder / r["path"]), cv2.IMREAD_COLOR) for r in chunk]
-        bad = [r["path"] for r, im in zip(chunk, images) if im is None]
-        if bad:
-            raise OSError(f"{manifest}: cannot read {bad[0]}")
-        h, w = clf.input_size
-        batch = np.empty((len(images), h, w, 3), np.uint8)
-        for j, im in enumerate(images):  # the serving path's resize (the card's interpolation)
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        batch = np.empty((len(chunk), h, w, 3), np.uint8)
+        for j, s in enumerate(chunk):  # the serving path's decode and resize (the card's interpolation)
+            im = cv2.imread(str(s.path), cv2.IMREAD_COLOR)
+            if im is None:
+                raise DataError(f"{listing.source}: cannot read {s.path}")
             resize_into(im, batch[j], interp)
         pred = clf.predict(batch).argmax(1)
-        correct += sum(names[k] == r["label"] for k, r in zip(pred, chunk))
-    low, high = wilson_interval(correct, len(rows))
-    return {"accuracy": correct / len(rows), "low": low, "high": high, "n": len(rows)}
+        correct += sum(names[k] == s.label for k, s in zip(pred, chunk))
+    low, high = wilson_interval(correct, len(samples))
+    return {"accuracy": correct / len(samples), "low": low, "high": high, "n": len(samples)}
 
 
 def _evaluate(store, run_id: str, cfg: DemoConfig, name: str, window_s: float | None) -> tuple[Any, list[Any], str]:

@@ -10,6 +10,7 @@ kept (BGR from OpenCV; the classifier converts to what its model card asks for).
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -37,9 +38,8 @@ def resize_into(image: np.ndarray, out: np.ndarray, interpolation: int) -> None:
     An INTER_AREA downscale whose width factor is a whole number but height factor is not (640x480 -> 64x64:
     10 and 7.5) is done in two passes, width first: OpenCV's area resize has a fast path for whole-number
     factors, and area averaging is separable, so the result is the one-pass result up to rounding of the
-    intermediate (at most 1 grey level). For 640x480 -> 64x64 this halves the batcher's time per frame
-    (~1.0-1.3 -> ~0.55-0.7 ms on the bench machine, ~5% of the CPU a frame costs end to end there). Other
-    shapes (both factors whole, or the width factor not) measured no faster in two passes and take one.
+    intermediate (at most 1 grey level; tests/pipeline/test_batching.py), while the wide first pass takes the
+    fast path. Other shapes (both factors whole, or the width factor not) have nothing to gain and take one pass.
     """
     h, w = out.shape[:2]
     H, W = image.shape[:2]
@@ -158,8 +158,6 @@ class PrefetchingBatcher:
     """
 
     def __init__(self, batcher: Batcher, depth: int = 1) -> None:
-        import queue
-
         if depth < 1:
             raise ConfigError(f"prefetch depth must be >= 1, got {depth!r}")
         self.batcher = batcher
@@ -173,8 +171,6 @@ class PrefetchingBatcher:
         return self
 
     def _put(self, item) -> bool:
-        import queue
-
         while not self._stopped.is_set():
             try:
                 self._q.put(item, timeout=0.1)
@@ -194,13 +190,11 @@ class PrefetchingBatcher:
 
     def next_batch(self) -> FrameBatch | None:
         """The next formed batch; None once the sources are finished or :meth:`stop` was called."""
-        import queue
-
         while not self._done:
             try:
                 item = self._q.get(timeout=0.1)
             except queue.Empty:
-                if self._stopped.is_set() or not self._thread.is_alive() and self._q.empty():
+                if self._stopped.is_set() or (not self._thread.is_alive() and self._q.empty()):
                     self._done = True
                 continue
             if item is None:

@@ -48,7 +48,7 @@ import numpy as np
 
 from pipeline.config import RunConfig
 from pipeline.imagestats import STAT_NAMES, image_stats_batch
-from pipeline.runtime import OnnxClassifier
+from pipeline.runtime import OnnxClassifier, usable_cores
 from pipeline.shadow import ServedResult, ShadowOutcome, ShadowPair, ShadowResult, ShadowStatus
 from pipeline.store import FrameRecord, PredictionStore, SampleRecord
 from pipeline.types import ConfigError, FrameBatch, HealthEvent, Prediction, Role, StoreError
@@ -386,15 +386,6 @@ def is_realtime(sources: list[Any]) -> bool:
     return False
 
 
-def _usable_cores() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _redact_url(url: str) -> str:
     if "://" in url and "@" in url.split("://", 1)[1]:
         scheme, rest = url.split("://", 1)
@@ -470,7 +461,7 @@ class Runner:
             return str((wd / url).resolve())
         return url
 
-    def _load_models(self, wd: Path) -> tuple[OnnxClassifier, OnnxClassifier | None]:
+    def _load_models(self, wd: Path, realtime: bool) -> tuple[OnnxClassifier, OnnxClassifier | None]:
         cfg = self.cfg
         cache = wd / ".cache"
         bs = cfg.batching.batch_size
@@ -479,12 +470,12 @@ class Runner:
             if cfg.incumbent is None:
                 raise ConfigError("no incumbent model: give --incumbent MODEL or 'incumbent: {uri: ...}' in the config")
             inc_cfg = cfg.incumbent
-            if inc_cfg.intra_op_threads == 0 and is_realtime(cfg.sources):
-                # Real time: the incumbent gets every core for each batch (lowest latency; measured on 2 cores by
-                # `shadowcam bench`: inference per small batch ~2x faster than on one core); the shadow, at the lowest
-                # priority, only uses what it leaves (pipeline/shadow.py). A replay keeps the CPU default of half
-                # the cores per model, both models at once (highest throughput; pipeline.runtime.default_cpu_threads).
-                inc_cfg = inc_cfg.model_copy(update={"intra_op_threads": _usable_cores()})
+            if inc_cfg.intra_op_threads == 0 and realtime:
+                # Real time: the incumbent gets every core for each batch (lowest latency: the latency runs of
+                # `shadowcam bench`); the shadow, at the lowest priority, only uses what it leaves
+                # (pipeline/shadow.py). A replay keeps the CPU default of half the cores per model, both models at
+                # once (highest throughput; pipeline.runtime.default_cpu_threads).
+                inc_cfg = inc_cfg.model_copy(update={"intra_op_threads": usable_cores()})
             inc = OnnxClassifier.from_config(inc_cfg, Role.INCUMBENT, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
         sh = self._shadow
         if sh is None and cfg.shadow is not None:
@@ -520,13 +511,14 @@ class Runner:
         wd = self._workdir()
 
         # 1. models and their compatibility: before any camera is opened
-        inc, sh = self._load_models(wd)
+        realtime = is_realtime(cfg.sources)
+        inc, sh = self._load_models(wd, realtime)
         metrics = Metrics(self.run_id)
         writer_box: list[StoreWriter] = []
         # real-time sources (streams, or files paced with max_fps): the shadow never takes CPU from the incumbent
         # and is shed when it falls behind; a replay of files at full speed: it catches up at normal priority
         pair = ShadowPair(inc, sh, cfg.shadow_mode, on_shadow=lambda r: writer_box[0].submit_shadow(r),
-                          cpu_twin=self._cpu_twin, metrics=metrics, catch_up=not is_realtime(cfg.sources))
+                          cpu_twin=self._cpu_twin, metrics=metrics, catch_up=not realtime)
         self.pair = pair
 
         # 2. sources (checked, not started), store, sampler

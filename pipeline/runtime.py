@@ -52,7 +52,6 @@ PROVIDER_ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": 
 # (the contract's input layout; the lead measured ResNet-18 at 37k vs 27k img/s on an H100 with prefer_nhwc).
 CUDA_PROVIDER_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE", "prefer_nhwc": "1"}
 
-INTERPOLATION = INTERPOLATIONS  # the card's resize_interpolation names, shared with the batcher
 
 
 class InferenceError(ShadowcamError):
@@ -142,22 +141,25 @@ def _checked_prediction(frame_id: str, camera_id: str, role: Role, model: str, p
     return p
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity on Linux, else the machine's count), >= 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_cpu_threads() -> int:
     """Intra-op threads of a session on the CPU provider when none are configured: half the usable cores, >= 1.
 
     The shadow pair runs the incumbent and the shadow at the same time, each on its own thread. ONNX Runtime's
     default (a pool of one thread per core for *each* session) oversubscribes the cores twice whenever both run,
-    and its pool synchronises every operator, so one preempted pool thread stalls the others. On the 2-core
-    machine of ``docs/benchmarks.md`` (ResNet-18 at 64x64, incumbent + shadow, a replay of a 640x480 video) one
-    thread per model served ~1.2x the frames/s of ONNX Runtime's default on a quiet machine (183-196 -> 223-230),
-    ~1.3-1.5x with other work on the cores. The runner gives a real-time incumbent every core instead (lowest
-    latency; see ``pipeline.runner``). Set ``intra_op_threads`` to override.
+    and its pool synchronises every operator, so one preempted pool thread stalls the others; the raw-bound rows
+    of ``shadowcam bench`` (docs/benchmarks.md) compare the thread layouts on the machine at hand. The runner
+    gives a real-time incumbent every core instead (lowest latency; see ``pipeline.runner``). Set
+    ``intra_op_threads`` to override.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+    return max(1, usable_cores() // 2)
 
 
 def _short_hash(*parts: str) -> str:
@@ -266,7 +268,7 @@ class OnnxClassifier:
         self.device = "cuda" if self.providers and self.providers[0] in GPU_PROVIDERS else "cpu"
         self.device_id = 0
         self.use_io_binding = (self.device == "cuda") if io_binding is None else bool(io_binding)
-        self._interp = INTERPOLATION.get(self.card.resize_interpolation.lower(), cv2.INTER_AREA)
+        self._interp = INTERPOLATIONS.get(self.card.resize_interpolation.lower(), cv2.INTER_AREA)
         self._to_rgb = self.card.input_color == "RGB"
         if self._warmup[1] > 0:
             try:
@@ -301,8 +303,7 @@ class OnnxClassifier:
             # idle shadow threads sleep instead of spinning, so a shadow on the CPU does not burn the cores the
             # incumbent (and the cameras) need while it waits for work; on the CPU the incumbent's threads do not
             # spin either: the shadow runs on the cycles the incumbent leaves (pipeline/shadow.py, "CPU priority"),
-            # and spinning pool threads left it too few (`shadowcam bench`, 2 cores, incumbent on both: shadow
-            # coverage ~0.9 at half the maximum rate with spinning, 1.0 without)
+            # and spinning pool threads leave it none (the shadow coverage of the latency runs of `shadowcam bench`)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options: list[dict[str, str]] = []

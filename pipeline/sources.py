@@ -788,12 +788,11 @@ def apply_ffmpeg_capture_options(health: CameraHealthConfig) -> str | None:
 
 def _decode_thread_params(cfg: SourceConfig) -> list[int]:
     """``CAP_PROP_N_THREADS`` for FFMPEG captures (``decode_threads``; 0 leaves FFMPEG's default)."""
-    n = int(getattr(cfg, "decode_threads", 1))
-    return [cv2.CAP_PROP_N_THREADS, n] if n > 0 else []
+    return [cv2.CAP_PROP_N_THREADS, cfg.decode_threads] if cfg.decode_threads > 0 else []
 
 
-def _open_file_capture(spec: SourceSpec, cfg: SourceConfig | None = None) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(str(spec.path), cv2.CAP_FFMPEG, _decode_thread_params(cfg) if cfg is not None else [])
+def _open_file_capture(spec: SourceSpec, cfg: SourceConfig) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(str(spec.path), cv2.CAP_FFMPEG, _decode_thread_params(cfg))
     if not cap.isOpened():
         cap.release()
         cap = cv2.VideoCapture(str(spec.path))  # another backend may know the format

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from models.demo import DemoConfig, run_demo
 
     kw = {}
-    if args.sample_rate:
+    if args.sample_rate is not None:
         kw["sample_rate"] = args.sample_rate
     if args.sample_strategy:
         kw["sample_strategy"] = args.sample_strategy

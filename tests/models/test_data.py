@@ -176,3 +176,15 @@ def test_bad_input_raises_one_line_error_naming_the_culprit(case, expected, data
     assert "\n" not in msg
     for word in expected:
         assert word.format(data=data, tmp=tmp_path) in msg, msg
+
+
+def test_a_labelled_stream_clip_is_a_data_source(tmp_path):
+    """write_stream(fmt="folder") names its images in source_ref (absolute paths); read as they are."""
+    from models.synthetic import write_stream
+
+    manifest = write_stream(tmp_path / "clip", 6, seed=1, size=(48, 64), dwell=(2, 2), fmt="folder", progress=False)
+    listing = list_source(manifest)
+    rows = manifest.read_text().splitlines()[1:]
+    assert [str(s.path) for s in listing.samples] == [r.split(",")[0] for r in rows]
+    assert [s.label for s in listing.samples] == [r.split(",")[1] for r in rows]
+    assert all(s.path.is_file() and s.split is None for s in listing.samples)
