@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.evaluation.estimate import atc_threshold  # noqa: F401 (the one ATC fitting rule; re-exported)
+
 T_MIN, T_MAX = 0.05, 20.0
 
 
@@ -64,24 +66,3 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def atc_threshold(scores: np.ndarray, accuracy: float) -> float:
-    """Threshold ``t`` with ``mean(scores > t) == accuracy`` (as closely as the ``N`` scores allow).
-
-    With ``k = round(accuracy * N)`` and scores sorted descending ``s_1 >= s_2 >= ...``, ``t`` is the midpoint
-    of ``s_k`` and ``s_{k+1}`` (robust to float rounding between torch and ONNX Runtime); for ``k = N`` it is just
-    below the smallest score, for ``k = 0`` the largest score. Ties at the boundary make the share inexact.
-    """
-    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
-    n = s.size
-    if n == 0:
-        raise ValueError("atc_threshold needs at least one score")
-    if not 0.0 <= accuracy <= 1.0:
-        raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
-    k = int(round(accuracy * n))
-    if k >= n:
-        return float(s[-1] - max(1e-6, 1e-6 * abs(s[-1])))
-    if k <= 0:
-        return float(s[0])
-    return float((s[k - 1] + s[k]) / 2.0)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config import ARCHS
 from pipeline.modelcard import INPUT_NAME, LOGITS_NAME, PROBS_NAME, ModelCard, read_card, write_card
 from pipeline.types import ModelCardError
 
@@ -46,7 +47,6 @@ DEFAULT_OPSET = 17
 TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
 
 
 class ExportError(ModelCardError):

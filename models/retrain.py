@@ -2,8 +2,9 @@
 
 ``shadowcam retrain --db URL --data DIR [--data DIR ...] --register NAME`` (or :func:`retrain`):
 
-1. collect every labelled production frame from the prediction store (its sampled JPEG and the
-   majority of its non-``unsure`` labels; frames with only ``unsure`` or tied labels are left out);
+1. collect every labelled production frame from the prediction store (its sampled JPEG and its truth
+   under the one truth rule, :func:`pipeline.evaluation.truth.majority_truth`: the majority of its
+   non-``unsure`` labels naming a known class; all-unsure, tied and unknown-class frames are left out);
 2. write them as a CSV manifest (``path,label,split,...``) beside the new model, split into
    train/val/test by blocks of time (consecutive frames show the same parcel, so a frame-by-frame
    split would leak), with the training rows repeated so production weighs about as much as the
@@ -25,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from pipeline import store as st
-from pipeline.types import UNSURE, DataError
+from pipeline.evaluation.truth import majority_truth
+from pipeline.types import DataError
 
 log = logging.getLogger("shadowcam.retrain")
 
@@ -42,22 +42,17 @@ class ProductionSet:
 
 
 def majority_labels(store: st.PredictionStore, class_names: list[str]) -> tuple[dict[str, str], int]:
-    """frame_id -> the majority non-unsure label; and how many labelled frames had none (unsure/tie/unknown)."""
-    by_frame: dict[str, Counter] = {}
-    with store.engine.connect() as conn:
-        for fid, lab in conn.execute(sa.select(st.labels.c.frame_id, st.labels.c.label)):
-            by_frame.setdefault(fid, Counter())
-            if lab != UNSURE:
-                by_frame[fid][lab] += 1
+    """frame_id -> its truth under :func:`~pipeline.evaluation.truth.majority_truth` (labels outside
+    ``class_names`` do not vote); and how many labelled frames have none (all unsure, tied, no known class)."""
     known = set(class_names)
     out: dict[str, str] = {}
     excluded = 0
-    for fid, counts in by_frame.items():
-        top = counts.most_common(2)
-        if not top or (len(top) == 2 and top[0][1] == top[1][1]) or top[0][0] not in known:
+    for fid, frame_labels in store.labels_by_frame().items():
+        truth = majority_truth(frame_labels, known)
+        if truth.ok:
+            out[fid] = truth.label
+        else:
             excluded += 1
-            continue
-        out[fid] = top[0][0]
     return out, excluded
 
 
@@ -91,16 +86,13 @@ def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_
     out_csv = Path(out_csv)
     truth, excluded = majority_labels(store, class_names)
     rows = []
-    with store.engine.connect() as conn:
-        q = (sa.select(st.samples.c.frame_id, st.samples.c.image_path, st.samples.c.camera_id, st.frames.c.ts)
-             .join(st.frames, st.frames.c.frame_id == st.samples.c.frame_id))
-        for fid, path, cam, ts in conn.execute(q):
-            if fid not in truth:
-                continue
-            if not path or not Path(path).is_file():
-                excluded += 1
-                continue
-            rows.append((str(Path(path).resolve()), truth[fid], cam, fid, float(ts)))
+    for s in store.sampled_frames():
+        if s.frame_id not in truth:
+            continue
+        if not s.image_path or not Path(s.image_path).is_file():
+            excluded += 1
+            continue
+        rows.append((str(Path(s.image_path).resolve()), truth[s.frame_id], s.camera_id, s.frame_id, s.ts))
     if not rows:
         raise DataError(
             f"store {store.url}: no labelled production frames with images to retrain on "

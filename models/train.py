@@ -22,23 +22,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.config import ARCHS, TRAINING_EXPERIMENT, TrainConfig  # noqa: F401 (re-exported for callers)
+from pipeline import tracking
 from pipeline.modelcard import ModelCard
+from pipeline.tracking import TrackedRun
 from pipeline.types import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
-DEFAULT_EXPERIMENT = "shadowcam-training"
 DEFAULTS_NOTE = """How the defaults were chosen (see also the report in the commit history).
 
 Speed, 2-core CPU, batch 64, channels_last, training images/s: mobilenet_v3_small 64 px ~1000, 96 px ~500;
@@ -53,60 +51,9 @@ scored 35.7% on `--shift night:3 --shift motion_blur:3 --shift new_packaging` (6
 """
 
 
-class TrainConfig(BaseModel):
-    """Everything a training run depends on; recorded with the run (``config.yaml``)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    data: list[str]  # ImageFolder dirs and/or CSV manifests, concatenated (the first one's classes rule)
-    arch: Literal["resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"] = "mobilenet_v3_small"
-    img_size: int = Field(default=64, ge=16, le=1024)
-    epochs: int = Field(default=24, ge=1)
-    batch_size: int = Field(default=64, ge=2)
-    lr: float = Field(default=6e-3, gt=0)  # peak LR of the one-cycle schedule
-    weight_decay: float = Field(default=0.02, ge=0)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    augment: Literal["light", "none"] = "light"
-    seed: int = 0
-    class_names: list[str] | None = None  # fix the label space (e.g. the incumbent's); default: first source's
-    val_fraction: float = Field(default=0.15, ge=0, lt=1)
-    test_fraction: float = Field(default=0.15, ge=0, lt=1)
-    max_bad_fraction: float = Field(default=0.05, ge=0, le=1)  # unreadable images tolerated before DataError
-    weights: str | None = None  # local state dict (torchvision or shadowcam checkpoint); nothing is downloaded
-    out: str | None = None  # output folder; default <workdir>/training/<UTC time>-<arch>
-    workdir: str = "."
-    experiment: str = DEFAULT_EXPERIMENT
-    track: bool = True  # log to MLflow
-    register_name: str | None = None  # registered model name (CLI: --register)
-    alias: str | None = None  # alias set on the registered version (champion / challenger)
-    fp16: bool = False  # also export a float16 variant
-    opset: int = Field(default=17, ge=17)
-    export_tolerance: float | None = None  # default: models.export.TOLERANCE
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None: torch's default
-    progress: bool = True
-
-    @field_validator("data", mode="before")
-    @classmethod
-    def _data_list(cls, v):
-        return [v] if isinstance(v, (str, os.PathLike)) else [str(x) for x in v]
-
-    @field_validator("data")
-    @classmethod
-    def _non_empty(cls, v):
-        if not v:
-            raise ValueError("at least one data source is needed")
-        return v
-
-
 def make_config(**kwargs) -> TrainConfig:
     """Build a :class:`TrainConfig`, turning validation errors into a one-line :class:`ConfigError`."""
-    try:
-        cfg = TrainConfig(**{k: v for k, v in kwargs.items() if v is not None})
-    except ValidationError as e:
-        first = e.errors()[0]
-        field_ = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"training option {field_!r}: {first['msg']} (got {first.get('input')!r})") from None
+    cfg = TrainConfig(**{k: v for k, v in kwargs.items() if v is not None})  # ConfigError names the field
     if cfg.alias and not cfg.register_name:
         raise ConfigError("--alias needs --register NAME (the registered model the alias belongs to)")
     return cfg
@@ -314,8 +261,6 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig) -> TrainResult:
-    import contextlib
-
     import torch
     from tqdm.auto import tqdm
 
@@ -362,27 +307,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
     rng = np.random.default_rng(cfg.seed)
     y_train_t = torch.from_numpy(y_train)
 
-    mlflow = None
-    run_ctx = contextlib.nullcontext()
-    if cfg.track:
-        import mlflow as _mlflow
-
-        from pipeline import tracking
-
-        mlflow = _mlflow
-        tracking.configure(cfg.workdir)
-        exp_id = tracking.get_or_create_experiment(cfg.experiment, cfg.workdir)
-        run_ctx = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.arch}-{cfg.img_size}px")
-
     history: list[dict] = []
-    with run_ctx as run:
-        run_id = run.info.run_id if run is not None else ""
-        if mlflow is not None:
-            mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                               for k, v in cfg.model_dump().items() if k not in ("progress",)})
-            mlflow.log_params({"n_train": n_train, "n_val": ds.size("val"), "n_test": ds.size("test"),
-                               "n_classes": n_classes, "data_fingerprint": ds.fingerprint, "device_used": str(device),
-                               "torch_threads": torch.get_num_threads(), "unreadable_images": len(ds.unreadable)})
+    with TrackedRun(cfg.experiment, f"{cfg.arch}-{cfg.img_size}px", cfg.workdir, enabled=cfg.track) as run:
+        run_id = run.run_id
+        run.log_params({k: v for k, v in cfg.model_dump().items() if k not in ("progress",)})
+        run.log_params({"n_train": n_train, "n_val": ds.size("val"), "n_test": ds.size("test"),
+                        "n_classes": n_classes, "data_fingerprint": ds.fingerprint, "device_used": str(device),
+                        "torch_threads": torch.get_num_threads(), "unreadable_images": len(ds.unreadable)})
 
         best = {"acc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
         epochs = tqdm(range(1, cfg.epochs + 1), desc=f"training {cfg.arch}", unit="epoch", disable=not cfg.progress)
@@ -415,8 +346,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                    "val_accuracy": val_acc, "val_loss": val_loss, "lr": float(sched.get_last_lr()[0]),
                    "epoch_seconds": time.perf_counter() - t_ep}
             history.append(row)
-            if mlflow is not None:
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             if (val_acc, -val_loss) > (best["acc"], -best["loss"]):
                 best.update(acc=val_acc, loss=val_loss, epoch=epoch,
                             state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
@@ -477,21 +407,18 @@ def _train(cfg: TrainConfig) -> TrainResult:
                                                           "confusion": cm.tolist(), "class_names": classes}, indent=2))
 
         version = None
-        if mlflow is not None:
-            from pipeline import tracking
-
-            mlflow.log_metrics(final)
-            mlflow.log_artifact(str(out_dir / "model.onnx"), tracking.model_artifact_dir("model.onnx"))
-            if fp16_path:  # its own folder, so it can be registered as a version of its own
-                mlflow.log_artifact(str(fp16_path), tracking.model_artifact_dir(fp16_path))
-            for name in ("card.json", "confusion_matrix.png", "config.yaml", "metrics.json"):
-                mlflow.log_artifact(str(out_dir / name))
-            mlflow.set_tags({"shadowcam.arch": cfg.arch, "shadowcam.data_fingerprint": ds.fingerprint,
-                             "shadowcam.classes": ",".join(classes)})
-            if cfg.register_name:
-                version = tracking.register_onnx(out_dir / "model.onnx", cfg.register_name, alias=cfg.alias,
-                                                 run_id=run_id, workdir=cfg.workdir)
-                mlflow.set_tags({"shadowcam.registered_model": cfg.register_name, "shadowcam.registered_version": version})
+        run.log_metrics(final)
+        run.log_artifact(out_dir / "model.onnx", tracking.model_artifact_dir("model.onnx"))
+        if fp16_path:  # its own folder, so it can be registered as a version of its own
+            run.log_artifact(fp16_path, tracking.model_artifact_dir(fp16_path))
+        for name in ("card.json", "confusion_matrix.png", "config.yaml", "metrics.json"):
+            run.log_artifact(out_dir / name)
+        run.set_tags({"shadowcam.arch": cfg.arch, "shadowcam.data_fingerprint": ds.fingerprint,
+                      "shadowcam.classes": ",".join(classes)})
+        if cfg.register_name and cfg.track:
+            version = tracking.register_onnx(out_dir / "model.onnx", cfg.register_name, alias=cfg.alias,
+                                             run_id=run_id, workdir=cfg.workdir)
+            run.set_tags({"shadowcam.registered_model": cfg.register_name, "shadowcam.registered_version": version})
 
     result = TrainResult(out_dir=out_dir, onnx_path=out_dir / "model.onnx", checkpoint_path=ckpt, card=card,
                          test_accuracy=test_acc, val_accuracy=val_acc, per_class_accuracy=pca, confusion=cm.tolist(),

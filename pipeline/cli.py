@@ -14,6 +14,9 @@ import sys
 from pipeline import __version__
 from pipeline.types import ShadowcamError
 
+# what `pip install "shadowcam[train]"` adds; a runtime-only install (an edge box) has none of them
+TRAINING_PACKAGES = ("torch", "torchvision", "albumentations")
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     import pipeline.commands as commands
@@ -50,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except ShadowcamError as e:
         print(f"shadowcam {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAINING_PACKAGES:
+            raise
+        print(f"shadowcam {args.command}: error: needs the training extras ({e.name} is not installed): "
+              f"pip install 'shadowcam[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"shadowcam {args.command}: interrupted", file=sys.stderr)

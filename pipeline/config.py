@@ -7,6 +7,8 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,8 +17,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.types import ConfigError
 
 
+def config_error(e: ValidationError, where: str) -> ConfigError:
+    """A pydantic error as the project's one-line :class:`ConfigError` naming where and which field."""
+    first = e.errors()[0]
+    field = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    return ConfigError(f"{where}: field {field!r}: {first['msg']} (got {first.get('input')!r})")
+
+
 class _Strict(BaseModel):
+    """Base of every config: unknown keys are errors, assignments are validated, and a bad value raises the
+    project's one-line :class:`ConfigError` (not pydantic's multi-line ``ValidationError``)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise config_error(e, type(self).__name__) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:
+            raise config_error(e, type(self).__name__) from None
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The declared default of field ``name`` (the CLI reads its option defaults from here)."""
+        f = cls.model_fields[name]
+        return f.get_default(call_default_factory=True)
 
 
 class SourceConfig(_Strict):
@@ -124,6 +154,57 @@ class RunConfig(_Strict):
         return v
 
 
+# --- training ----------------------------------------------------------------------------------------------------
+# Torch-free, so the CLI reads its defaults (and `--help` works) on a runtime-only install.
+ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")  # torchvision backbones
+Arch = Literal["resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"]
+TRAINING_EXPERIMENT = "shadowcam-training"
+
+
+class TrainConfig(_Strict):
+    """Everything a training run depends on; recorded with the run (``config.yaml`` and MLflow params)."""
+
+    data: list[str]  # ImageFolder dirs and/or CSV manifests, concatenated (the first one's classes rule)
+    arch: Arch = "mobilenet_v3_small"
+    img_size: int = Field(default=64, ge=16, le=1024)
+    epochs: int = Field(default=24, ge=1)
+    batch_size: int = Field(default=64, ge=2)
+    lr: float = Field(default=6e-3, gt=0)  # peak LR of the one-cycle schedule
+    weight_decay: float = Field(default=0.02, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    augment: Literal["light", "none"] = "light"
+    seed: int = 0
+    class_names: list[str] | None = None  # fix the label space (e.g. the incumbent's); default: first source's
+    val_fraction: float = Field(default=0.15, ge=0, lt=1)
+    test_fraction: float = Field(default=0.15, ge=0, lt=1)
+    max_bad_fraction: float = Field(default=0.05, ge=0, le=1)  # unreadable images tolerated before DataError
+    weights: str | None = None  # local state dict (torchvision or shadowcam checkpoint); nothing is downloaded
+    out: str | None = None  # output folder; default <workdir>/training/<UTC time>-<arch>
+    workdir: str = "."
+    experiment: str = TRAINING_EXPERIMENT
+    track: bool = True  # log to MLflow
+    register_name: str | None = None  # registered model name (CLI: --register)
+    alias: str | None = None  # alias set on the registered version (champion / challenger)
+    fp16: bool = False  # also export a float16 variant
+    opset: int = Field(default=17, ge=17)
+    export_tolerance: float | None = None  # default: models.export.TOLERANCE
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, ge=1)  # torch intra-op threads; None: torch's default
+    progress: bool = True
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, Path)) else [str(x) for x in v]
+
+    @field_validator("data")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one data source is needed")
+        return v
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a YAML file (optional) and apply overrides (CLI options). Errors name the file and field."""
     import yaml
@@ -148,9 +229,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"{where}: field {field!r}: {first['msg']} (got {first.get('input')!r})") from None
+        raise config_error(e, where) from None
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
@@ -158,3 +237,104 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     for p in parts[:-1]:
         d = d.setdefault(p, {})
     d[parts[-1]] = value
+
+
+# --- evaluation --------------------------------------------------------------------------------------------------
+# (imports of this block sit here so that blocks appended by different authors do not touch each other's lines)
+
+EVALUATION_EXPERIMENT = "shadowcam-deployment"  # MLflow experiment of evaluation runs (pipeline.tracking.log_evaluation)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
+_UNIT_S = {None: 1.0, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int, what: str = "duration") -> float:
+    """``"300s"``, ``"10m"``, ``"1.5h"``, ``"2d"`` or a bare number of seconds -> seconds (> 0)."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise ConfigError(f"{what}: expected a duration like 300s, 10m, 1h or 2d, got {text!r}")
+        value = float(m.group(1)) * _UNIT_S[m.group(2).lower() if m.group(2) else None]
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{what}: must be a positive duration, got {text!r}")
+    return value
+
+
+class ReferenceDuration(_Strict):
+    """Drift reference: the first ``duration_s`` seconds from the scope's first frame."""
+
+    duration_s: float = Field(gt=0, allow_inf_nan=False)
+
+
+class ReferenceRange(_Strict):
+    """Drift reference: frames with ``start <= ts < end`` (Unix seconds)."""
+
+    start: float = Field(allow_inf_nan=False)
+    end: float = Field(allow_inf_nan=False)
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, v: float, info: Any) -> float:
+        start = info.data.get("start")
+        if start is not None and not start < v:
+            raise ValueError(f"reference range must have start < end, got {start} .. {v}")
+        return v
+
+
+# A fraction in (0, 1) of the scope's frames (by time), a duration from the first frame, or explicit timestamps.
+Reference = float | ReferenceDuration | ReferenceRange
+
+
+def parse_reference(text: str | float) -> float | ReferenceDuration:
+    """``--reference``: a fraction in (0, 1) (``"0.2"``) or a duration (``"10m"``) -> 0.2 or ``ReferenceDuration(duration_s=600)``."""
+    s = str(text).strip()
+    try:
+        f = float(s)
+    except ValueError:
+        return ReferenceDuration(duration_s=parse_duration(s, "--reference"))
+    if 0 < f < 1:
+        return f
+    raise ConfigError(f"--reference: a bare number must be a fraction in (0, 1) (or give a duration like 10m), got {text!r}")
+
+
+class EvalConfig(_Strict):
+    """What an evaluation computes and how (``pipeline.evaluation.evaluator.Evaluator``); recorded in every
+    result's ``meta.config`` (``model_dump(mode="json")``). The CLI reads its option defaults from here."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # 1 - confidence level of every interval and the level of every test
+    # Drift reference: a fraction in (0, 1) of the scope's frames (by time), {"duration_s": s} from the first frame,
+    # or {"start": ts, "end": ts}. Also accepted: "0.2" / "10m" (parse_reference) and the older tagged tuples
+    # ("duration", s) / ("range", start, end).
+    reference: Reference = 0.2
+    min_effect: float = 0.0  # smallest accuracy difference worth promoting for (stats.recommend)
+    power: float = Field(default=0.8, gt=0, lt=1)  # power used to size "need more labels"
+    cumulative: bool = False  # evaluate_windows: cumulative results instead of per-window slices
+    incumbent_card: str | None = None  # ONNX file whose card holds the incumbent's offline figures
+    shadow_card: str | None = None
+    cache_dir: str | None = None  # where models:/ URIs are downloaded to (default <workdir>/.cache/models, as the runner)
+    workdir: str | None = None  # MLflow store for models:/ URIs (pipeline.tracking.configure), default cache location
+    run_ids: list[str] | None = None  # None: runs with the newest run's model pair
+    calibration_bins: int = Field(default=10, ge=2)
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _reference_forms(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return parse_reference(v)
+        if isinstance(v, (tuple, list)) and v and v[0] == "duration" and len(v) == 2:
+            return ReferenceDuration(duration_s=parse_duration(v[1], "reference duration"))
+        if isinstance(v, (tuple, list)) and v and v[0] == "range" and len(v) == 3:
+            return ReferenceRange(start=v[1], end=v[2])
+        if isinstance(v, dict):  # pick the form by its keys (a union would report every form's errors)
+            return ReferenceDuration(**v) if "duration_s" in v else ReferenceRange(**v)
+        if isinstance(v, (tuple, list)):
+            raise ValueError(f"expected a fraction, {{'duration_s': s}} or {{'start': ts, 'end': ts}}, got {v!r}")
+        return v
+
+    @field_validator("reference")
+    @classmethod
+    def _fraction_in_range(cls, v: Any) -> Any:
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"a reference fraction must be in (0, 1), got {v}")
+        return v

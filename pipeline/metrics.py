@@ -119,14 +119,14 @@ class Metrics:
         self.events = Counter("shadowcam_health_events", "camera health events", ["camera", "kind"], registry=self.registry)
         self.registry.register(_LiveCollector(self))
 
-    # hooks called by the pair and the runner
+    # hooks called by the incumbent server and the shadow scheduler (pipeline.serving, pipeline.shadow) and the runner
     def observe_batch(self, model: str, role: str, n: int, seconds: float) -> None:
         self.latency.labels(model=model, role=role).observe(seconds)
         if role == "incumbent":
             self.batch_size.observe(n)
 
-    def inc_fallback(self, kind: str, n: int) -> None:  # counted by the pair; kept for a symmetric hook
-        pass
+    def inc_fallback(self, kind: str, n: int) -> None:
+        """No-op: fallbacks are counted by the incumbent server and read at scrape time (``pair.stats()``)."""
 
     def observe_events(self, events: Iterable[Any]) -> None:
         for e in events:

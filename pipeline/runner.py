@@ -1,13 +1,23 @@
 """``shadowcam run``: cameras -> batcher -> incumbent/shadow pair -> sink + store, with metrics and a summary.
 
+Two parts with one job each:
+
+* :class:`PipelineBuilder` opens every stage from the :class:`RunConfig`, in dependency order - models (and
+  their compatibility) before any camera, cameras, metrics server, store, sampler, writer, pair, batcher - each
+  registered for cleanup in a :class:`contextlib.ExitStack` as it is made, so a failure half-way closes what was
+  opened, in reverse order. It returns a :class:`Pipeline` (a context manager that closes them).
+* :class:`Runner` starts the stages, runs the serve loop (:meth:`Runner._serve`), stops the stages in order and
+  writes the :class:`RunSummary`.
+
 Threads of a run::
 
-    camera readers (one each) --queue--> main thread: Batcher.next_batch -> ShadowPair.infer -> on_prediction
-                                                              |                   \\--> shadow worker --+
-                                                              v                                         |
-                                                  StoreWriter (one thread) <---- shadow results --------+
-                                                  joins each batch with its shadow result, samples frames,
-                                                  writes batched transactions (PredictionStore.write_batch)
+    camera readers (one each) --queue--> batcher thread (resizes the next batch ahead)
+        --> main thread: ShadowPair.infer -> on_prediction / on_batch -> StoreWriter.submit_served
+                           |                                   \\--> shadow dispatch thread --+
+                           v                                                                  |
+               StoreWriter thread ("store-writer") <----------- shadow results ---------------+
+               joins each batch with its shadow result, image statistics, sampler,
+               batched transactions (PredictionStore.write_batch, retried) - see pipeline.writer
 
 * The served output (``on_prediction``) is produced on the main thread right after the incumbent answers; it
   never waits for the shadow, the sampler or the store.
@@ -23,7 +33,9 @@ Threads of a run::
 
 Stops at ``max_frames``, when every source has finished, or on SIGINT/SIGTERM (the first one drains: readers
 stop, queued frames are still served, the shadow and the writer finish their queues, the store is flushed and
-the summary printed; a second one interrupts at once).
+the summary printed; a second one interrupts at once). Stages stop in this order: batcher, cameras, shadow
+(drained into the writer), writer (flushed); then the summary is written to the store, and the store and the
+metrics server close.
 
 Exactly one incumbent prediction is stored per frame served; with file/folder sources (which block instead
 of dropping) every frame read is served, unless ``max_frames`` cut the run short.
@@ -34,272 +46,41 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import queue
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from tqdm import tqdm
 
+from pipeline.batching import Batcher, PrefetchingBatcher
 from pipeline.config import RunConfig
-from pipeline.imagestats import STAT_NAMES, image_stats_batch
+from pipeline.metrics import HealthServer, Metrics
+from pipeline.modelcard import check_compatible
 from pipeline.runtime import OnnxClassifier, usable_cores
-from pipeline.shadow import ServedResult, ShadowOutcome, ShadowPair, ShadowResult, ShadowStatus
-from pipeline.store import FrameRecord, PredictionStore, SampleRecord
-from pipeline.types import ConfigError, FrameBatch, HealthEvent, Prediction, Role, StoreError
+from pipeline.sampling import LabelSampler
+from pipeline.shadow import ServedResult, ShadowPair
+from pipeline.sources import LIVE_KINDS, CameraReader, classify_uri, open_sources, stop_all
+from pipeline.store import PredictionStore
+from pipeline.types import ConfigError, FrameBatch, HealthEvent, Prediction, Role
+from pipeline.writer import WRITER_QUEUE_BATCHES, StoreWriter
 
 log = logging.getLogger(__name__)
 
-WRITER_QUEUE_BATCHES = 64  # served batches waiting for the store before the main thread waits
+__all__ = ["DRAIN_TIMEOUT_S", "WRITER_QUEUE_BATCHES", "Pipeline", "PipelineBuilder", "RunSummary", "Runner",
+           "StoreWriter", "is_realtime", "new_run_id"]
+
 DRAIN_TIMEOUT_S = 30.0  # after a stop signal: at most this long serving frames already queued
+EVENTS_EVERY_S = 0.25  # how often the serve loop collects the cameras' health events
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-# --- the store writer ---------------------------------------------------------------------------------------------
-
-_STOP = object()
-
-
-class StoreWriter:
-    """One thread that owns all writes of a run: frames, predictions, health events, samples.
-
-    ``submit_served`` (main thread) may block when ``maxsize`` batches are waiting (back-pressure);
-    ``submit_shadow`` (shadow thread) and ``submit_events`` never block for long.
-    """
-
-    def __init__(
-        self,
-        store: PredictionStore,
-        run_id: str,
-        sampler: Any = None,
-        flush_every: int = 256,
-        flush_interval_s: float = 0.5,
-        join_timeout_s: float = 10.0,
-        maxsize: int = WRITER_QUEUE_BATCHES,
-        compute_stats: bool = True,
-    ):
-        self.store = store
-        self.run_id = run_id
-        self.sampler = sampler
-        self.flush_every = flush_every
-        self.flush_interval_s = flush_interval_s
-        self.join_timeout_s = join_timeout_s
-        self.compute_stats = compute_stats
-        self._in: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._shadow_in: queue.SimpleQueue[ShadowResult] = queue.SimpleQueue()
-        self._parked: dict[int, tuple[ServedResult, float]] = {}
-        self._early: dict[int, ShadowResult] = {}
-        self._expired: set[int] = set()
-        self._frames: list[FrameRecord] = []
-        self._preds: list[Prediction] = []
-        self._events: list[tuple[str, HealthEvent]] = []
-        self._samples: list[SampleRecord] = []
-        self._first_pending: float | None = None
-        self._lock = threading.Lock()
-        self.counts: dict[str, Any] = {
-            "frames_committed": 0, "predictions_committed": 0, "events_committed": 0, "samples_committed": 0,
-            "transactions": 0, "write_errors": 0, "rows_lost": 0, "join_timeouts": 0, "stats_skipped": 0,
-            "sampler_errors": 0,
-        }
-        self.predictions_by_model: collections.Counter[str] = collections.Counter()
-        self._thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
-        self._error: BaseException | None = None
-
-    def start(self) -> "StoreWriter":
-        self._thread.start()
-        return self
-
-    # producers
-    def submit_served(self, served: ServedResult) -> None:
-        self._check()
-        self._in.put(("served", served))
-
-    def submit_shadow(self, res: ShadowResult) -> None:
-        self._shadow_in.put(res)
-
-    def submit_events(self, events: list[HealthEvent]) -> None:
-        if events:
-            self._in.put(("events", events))
-
-    def close(self, timeout: float | None = None) -> None:
-        """Finish everything submitted (waiting for parked shadow joins), flush, stop the thread."""
-        self._in.put(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("store_writer_not_stopped after=%ss", timeout)
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise StoreError(f"store writer failed: {type(self._error).__name__}: {self._error}")
-
-    @property
-    def queue_depth(self) -> int:
-        return self._in.qsize()
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            d = dict(self.counts)
-            d["predictions_by_model"] = dict(self.predictions_by_model)
-        d["queue_depth"] = self._in.qsize()
-        d["parked"] = len(self._parked)
-        return d
-
-    # the thread
-    def _loop(self) -> None:
-        stopping = False
-        try:
-            while True:
-                self._take_shadow_results()
-                now = time.monotonic()
-                timeout = 0.05
-                if self._first_pending is not None:
-                    timeout = max(0.0, min(timeout, self._first_pending + self.flush_interval_s - now))
-                try:
-                    item = self._in.get(timeout=timeout) if not stopping else self._in.get_nowait()
-                except queue.Empty:
-                    item = None
-                    if stopping:
-                        time.sleep(0.01)
-                if item is _STOP:
-                    stopping = True
-                elif item is not None:
-                    kind, payload = item
-                    if kind == "served":
-                        self._on_served(payload)
-                    else:
-                        self._events.extend((self.run_id, e) for e in payload)
-                        self._mark_pending()
-                self._take_shadow_results()
-                self._expire_parked(force=False)
-                n_rows = len(self._frames) + len(self._events)
-                if n_rows >= self.flush_every or (
-                    self._first_pending is not None and time.monotonic() - self._first_pending >= self.flush_interval_s
-                ):
-                    self._flush()
-                if stopping and self._in.empty() and not self._parked:
-                    self._flush()
-                    return
-        except BaseException as e:  # keep the error for the main thread; never die silently
-            self._error = e
-            log.exception("store_writer_failed")
-            # keep draining so the main thread never blocks forever on a full queue
-            while True:
-                item = self._in.get()
-                if item is _STOP:
-                    return
-
-    def _mark_pending(self) -> None:
-        if self._first_pending is None:
-            self._first_pending = time.monotonic()
-
-    def _take_shadow_results(self) -> None:
-        while True:
-            try:
-                res = self._shadow_in.get_nowait()
-            except queue.Empty:
-                return
-            if res.batch_id in self._parked:
-                served, _ = self._parked.pop(res.batch_id)
-                self._finalize(served, res)
-            elif res.batch_id in self._expired:
-                self._expired.discard(res.batch_id)
-            else:
-                self._early[res.batch_id] = res
-
-    def _on_served(self, served: ServedResult) -> None:
-        if served.shadow is ShadowStatus.QUEUED:
-            res = self._early.pop(served.batch_id, None)
-            if res is not None:
-                self._finalize(served, res)
-            else:
-                self._parked[served.batch_id] = (served, time.monotonic() + self.join_timeout_s)
-        else:
-            self._finalize(served, None)
-
-    def _expire_parked(self, force: bool) -> None:
-        now = time.monotonic()
-        for bid, (served, deadline) in list(self._parked.items()):
-            if force or now >= deadline:
-                del self._parked[bid]
-                self._expired.add(bid)
-                with self._lock:
-                    self.counts["join_timeouts"] += 1
-                log.warning("shadow_join_timeout batch=%d after=%.1fs", bid, self.join_timeout_s)
-                self._finalize(served, None)
-        if len(self._expired) > 10_000:
-            self._expired.clear()
-
-    def _finalize(self, served: ServedResult, shadow: ShadowResult | None) -> None:
-        batch = served.batch
-        n = len(batch)
-        stats: dict[str, np.ndarray] | None = None
-        if self.compute_stats:
-            if self._in.qsize() * 2 <= self._in.maxsize:
-                stats = image_stats_batch(batch.images)
-            else:
-                with self._lock:
-                    self.counts["stats_skipped"] += n
-        for i, f in enumerate(batch.frames):
-            s = {k: float(stats[k][i]) for k in STAT_NAMES} if stats is not None else None
-            self._frames.append(FrameRecord.from_frame(f, self.run_id, s))
-        self._preds.extend(served.predictions)
-        shadow_preds: list[Prediction | None] = [None] * n
-        if shadow is not None and shadow.outcome is ShadowOutcome.OK and shadow.predictions is not None:
-            self._preds.extend(shadow.predictions)
-            shadow_preds = list(shadow.predictions)
-        if self.sampler is not None:
-            try:
-                self._samples.extend(self.sampler.offer(batch, served.predictions, shadow_preds))
-            except Exception:
-                with self._lock:
-                    self.counts["sampler_errors"] += 1
-                log.exception("sampler_failed batch=%d", served.batch_id)
-        self._mark_pending()
-
-    def _flush(self) -> None:
-        if not (self._frames or self._preds or self._events or self._samples):
-            self._first_pending = None
-            return
-        frames, preds, events, samples = self._frames, self._preds, self._events, self._samples
-        self._frames, self._preds, self._events, self._samples = [], [], [], []
-        self._first_pending = None
-        delay = 0.1
-        for attempt in range(6):
-            try:
-                self.store.write_batch(frames, preds, events, samples)
-                break
-            except Exception as e:
-                import sqlalchemy as sa
-
-                transient = isinstance(e, sa.exc.OperationalError) and attempt < 5
-                log.error("store_write_failed attempt=%d frames=%d transient=%s error=%s", attempt + 1, len(frames), transient, e)
-                if not transient:
-                    with self._lock:
-                        self.counts["write_errors"] += 1
-                        self.counts["rows_lost"] += len(frames)
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        with self._lock:
-            c = self.counts
-            c["transactions"] += 1
-            c["frames_committed"] += len(frames)
-            c["predictions_committed"] += len(preds)
-            c["events_committed"] += len(events)
-            c["samples_committed"] += len(samples)
-            for p in preds:
-                self.predictions_by_model[f"{p.role.value} {p.model}"] += 1
-            totals = (c["frames_committed"], c["predictions_committed"], c["transactions"])
-        log.debug("store_commit frames=%d predictions=%d samples=%d events=%d committed_frames_total=%d "
-                  "committed_predictions_total=%d transactions=%d", len(frames), len(preds), len(samples), len(events), *totals)
 
 
 # --- the summary ----------------------------------------------------------------------------------------------------
@@ -368,13 +149,11 @@ class RunSummary:
         return "\n".join(lines)
 
 
-# --- the runner -------------------------------------------------------------------------------------------------------
+# --- building the pipeline ------------------------------------------------------------------------------------------
 
 def is_realtime(sources: list[Any]) -> bool:
     """True when any source is a camera stream (RTSP, HTTP, USB) or is paced with ``max_fps``; False for a replay
     (files and folders read as fast as possible). Unresolvable sources are left to :func:`open_sources` to report."""
-    from pipeline.sources import LIVE_KINDS, classify_uri
-
     for s in sources:
         if s.max_fps:
             return True
@@ -395,6 +174,190 @@ def _redact_url(url: str) -> str:
     return url
 
 
+@dataclass
+class Pipeline:
+    """Every stage of one run, opened but not started (:class:`PipelineBuilder`).
+
+    A context manager: leaving it closes what the builder opened, in reverse order (batcher, pair, writer,
+    store, metrics server, cameras); closing a stage twice is harmless.
+    """
+
+    workdir: Path
+    incumbent: OnnxClassifier
+    shadow: OnnxClassifier | None
+    metrics: Metrics
+    readers: list[CameraReader]
+    server: HealthServer | None
+    store: PredictionStore
+    store_url: str
+    sampler: LabelSampler | None
+    writer: StoreWriter
+    pair: ShadowPair
+    batcher: PrefetchingBatcher
+    join_timeout_s: float
+    _resources: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.port if self.server is not None else None
+
+    def close(self) -> None:
+        self._resources.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class PipelineBuilder:
+    """Opens the stages of a run from ``cfg`` (see :meth:`build`).
+
+    Args:
+        cfg: the resolved run config.
+        run_id: the run's id (stored with every row).
+        incumbent, shadow: pre-built classifiers (tests, notebooks); default: built from ``cfg``.
+        cpu_twin: passed to :class:`ShadowPair` (None: ``incumbent.cpu_fallback()``).
+        image_stats: compute per-frame image statistics in the writer.
+        on_readers: called with the camera readers once they are opened, before anything else may fail.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_id: str,
+        incumbent: OnnxClassifier | None = None,
+        shadow: OnnxClassifier | None = None,
+        cpu_twin: Any = None,
+        image_stats: bool = True,
+        on_readers: Callable[[list[CameraReader]], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.run_id = run_id
+        self.incumbent = incumbent
+        self.shadow = shadow
+        self.cpu_twin = cpu_twin
+        self.image_stats = image_stats
+        self.on_readers = on_readers
+
+    def build(self) -> Pipeline:
+        """Open every stage, each registered for cleanup as it is made; a failure closes what was opened.
+
+        Models come first and must answer in the same class list (:class:`ModelCardError` before any camera is
+        opened or the store touched); then cameras (checked, not started), the metrics server, the store (the
+        run is recorded with its resolved config), the sampler, the writer, the pair and the batcher.
+        """
+        cfg = self.cfg
+        if not cfg.sources:
+            raise ConfigError("no sources: give --source SRC (repeatable) or 'sources:' in the config")
+        wd = Path(cfg.workdir)
+        wd.mkdir(parents=True, exist_ok=True)
+        realtime = is_realtime(cfg.sources)
+        inc, sh = self._load_models(wd, realtime)
+        if sh is not None:
+            check_compatible(inc.card, sh.card, f"incumbent {inc.model_id}", f"shadow {sh.model_id}")
+        with ExitStack() as stack:
+            metrics = Metrics(self.run_id)
+            readers = open_sources(cfg.sources, cfg.camera_health, self.run_id)
+            stack.callback(stop_all, readers, timeout=1.0)
+            metrics.readers = readers
+            if self.on_readers is not None:
+                self.on_readers(readers)
+            server = self._metrics_server(metrics)
+            if server is not None:
+                stack.callback(server.stop)
+            store_url = self._store_url(wd)
+            store = PredictionStore(store_url)
+            stack.callback(store.close)
+            sampler = self._sampler(wd, inc)
+            store.begin_run(self.run_id, inc.model_id, sh.model_id if sh is not None else None, inc.class_names,
+                            self._config_doc(store_url, inc, sh))
+            join_timeout = (cfg.shadow_mode.max_pending_batches + 2) * cfg.shadow_mode.timeout_s + 1.0
+            writer = StoreWriter(store, self.run_id, sampler, cfg.store.flush_every, cfg.store.flush_interval_s,
+                                 join_timeout, compute_stats=self.image_stats)
+            stack.callback(writer.close, timeout=join_timeout + 30.0)
+            # real-time sources (streams, or files paced with max_fps): the shadow never takes CPU from the
+            # incumbent and is shed when it falls behind; a replay of files at full speed: it catches up at normal
+            # priority
+            pair = ShadowPair(inc, sh, cfg.shadow_mode, on_shadow=writer.submit_shadow, cpu_twin=self.cpu_twin,
+                              metrics=metrics, catch_up=not realtime)
+            stack.callback(pair.close, drain=True)
+            metrics.pair = pair
+            metrics.writer_stats = writer.stats
+            # the next batch is resized in its own thread while the incumbent serves this one
+            batcher = PrefetchingBatcher(Batcher(readers, cfg.batching, input_size=inc.input_size,
+                                                 interpolation=inc.card.resize_interpolation))
+            stack.callback(batcher.stop)
+            pipeline = Pipeline(wd, inc, sh, metrics, readers, server, store, store_url, sampler, writer, pair,
+                                batcher, join_timeout, stack.pop_all())  # opened: the pipeline closes them now
+        return pipeline
+
+    def _load_models(self, wd: Path, realtime: bool) -> tuple[OnnxClassifier, OnnxClassifier | None]:
+        cfg = self.cfg
+        cache = wd / ".cache"
+        bs = cfg.batching.batch_size
+        inc = self.incumbent
+        if inc is None:
+            if cfg.incumbent is None:
+                raise ConfigError("no incumbent model: give --incumbent MODEL or 'incumbent: {uri: ...}' in the config")
+            inc_cfg = cfg.incumbent
+            if inc_cfg.intra_op_threads == 0 and realtime:
+                # Real time: the incumbent gets every core for each batch (lowest latency: the latency runs of
+                # `shadowcam bench`); the shadow, at the lowest priority, only uses what it leaves
+                # (pipeline/shadow.py). A replay keeps the CPU default of half the cores per model, both models at
+                # once (highest throughput; pipeline.runtime.default_cpu_threads).
+                inc_cfg = inc_cfg.model_copy(update={"intra_op_threads": usable_cores()})
+            inc = OnnxClassifier.from_config(inc_cfg, Role.INCUMBENT, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
+        sh = self.shadow
+        if sh is None and cfg.shadow is not None:
+            sh = OnnxClassifier.from_config(cfg.shadow, Role.SHADOW, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
+        return inc, sh
+
+    def _metrics_server(self, metrics: Metrics) -> HealthServer | None:
+        m = self.cfg.metrics
+        if m.port is None:
+            return None
+        try:
+            return HealthServer(metrics, m.host, m.port).start()
+        except OSError as e:
+            raise ConfigError(f"metrics.port {m.port} on {m.host}: cannot listen ({e.strerror or e})") from None
+
+    def _store_url(self, wd: Path) -> str:
+        url = self.cfg.store.url
+        if "://" not in url and not Path(url).is_absolute():
+            return str((wd / url).resolve())
+        return url
+
+    def _sampler(self, wd: Path, inc: OnnxClassifier) -> LabelSampler | None:
+        if not self.cfg.sampling.enabled:
+            return None
+        image_dir = Path(self.cfg.sampling.image_dir)
+        if not image_dir.is_absolute():
+            image_dir = wd / image_dir
+        return LabelSampler(self.cfg.sampling, inc.class_names, image_dir)
+
+    def _config_doc(self, store_url: str, inc: OnnxClassifier, sh: OnnxClassifier | None) -> dict[str, Any]:
+        """The config recorded with the run: as given, plus what it resolved to (passwords redacted)."""
+        doc = self.cfg.model_dump(mode="json")
+        doc["_resolved"] = {"store_url": _redact_url(store_url), "incumbent": inc.describe(),
+                            "shadow": sh.describe() if sh is not None else None}
+        if self.cfg.store.url != store_url:
+            doc["store"]["url"] = _redact_url(store_url)
+        return doc
+
+
+# --- the runner -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Tally:
+    """What the serve loop counted."""
+
+    frames: int = 0
+    per_camera: collections.Counter[str] = field(default_factory=collections.Counter)
+    sink_errors: int = 0
+
+
 class Runner:
     """Wire and run the pipeline for one :class:`RunConfig`.
 
@@ -409,6 +372,8 @@ class Runner:
         on_readers: called with the camera readers once they are opened, before they start (instrumentation:
             ``shadowcam bench`` attaches a waker to time each frame from read to served).
         image_stats: compute per-frame image statistics for drift (brightness, contrast, sharpness, noise).
+
+    While :meth:`run` runs, ``readers``, ``pair``, ``writer`` and ``metrics_port`` show its stages.
     """
 
     def __init__(
@@ -438,6 +403,7 @@ class Runner:
         self.run_id = run_id or new_run_id()
         self._stop = threading.Event()
         self._stop_reason: str | None = None
+        self._bar: Any = None
         self.metrics_port: int | None = None
         self.readers: list[Any] = []
         self.pair: ShadowPair | None = None
@@ -449,43 +415,112 @@ class Runner:
             self._stop_reason = reason
         self._stop.set()
 
-    # --- setup helpers ---------------------------------------------------------------------------------
-    def _workdir(self) -> Path:
-        wd = Path(self.cfg.workdir)
-        wd.mkdir(parents=True, exist_ok=True)
-        return wd
+    def run(self) -> RunSummary:
+        """Build, start, serve until stopped, stop in order, record and return the summary."""
+        builder = PipelineBuilder(self.cfg, self.run_id, incumbent=self._incumbent, shadow=self._shadow,
+                                  cpu_twin=self._cpu_twin, image_stats=self.image_stats, on_readers=self._readers_opened)
+        with builder.build() as p:
+            self.pair, self.writer, self.metrics_port = p.pair, p.writer, p.metrics_port
+            with ExitStack() as running:  # stops the stages in reverse order of starting
+                self._start(p, running)
+                t_start, t0 = time.time(), time.perf_counter()
+                tally = self._serve(p)
+                t_loop = time.perf_counter() - t0
+            summary = self._summary(p, tally, t_start, t_loop)
+            p.store.end_run(self.run_id, summary.to_dict())
+        log.info("run_finished run_id=%s reason=%r frames=%d fps=%.1f coverage=%.3f", self.run_id, summary.stop_reason,
+                 summary.frames_served, summary.throughput_fps, summary.shadow.get("coverage", 0.0))
+        return summary
 
-    def _store_url(self, wd: Path) -> str:
-        url = self.cfg.store.url
-        if "://" not in url and not Path(url).is_absolute():
-            return str((wd / url).resolve())
-        return url
+    def _readers_opened(self, readers: list[Any]) -> None:
+        self.readers = readers
+        if self.on_readers is not None:
+            self.on_readers(readers)
 
-    def _load_models(self, wd: Path, realtime: bool) -> tuple[OnnxClassifier, OnnxClassifier | None]:
-        cfg = self.cfg
-        cache = wd / ".cache"
-        bs = cfg.batching.batch_size
-        inc = self._incumbent
-        if inc is None:
-            if cfg.incumbent is None:
-                raise ConfigError("no incumbent model: give --incumbent MODEL or 'incumbent: {uri: ...}' in the config")
-            inc_cfg = cfg.incumbent
-            if inc_cfg.intra_op_threads == 0 and realtime:
-                # Real time: the incumbent gets every core for each batch (lowest latency: the latency runs of
-                # `shadowcam bench`); the shadow, at the lowest priority, only uses what it leaves
-                # (pipeline/shadow.py). A replay keeps the CPU default of half the cores per model, both models at
-                # once (highest throughput; pipeline.runtime.default_cpu_threads).
-                inc_cfg = inc_cfg.model_copy(update={"intra_op_threads": usable_cores()})
-            inc = OnnxClassifier.from_config(inc_cfg, Role.INCUMBENT, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
-        sh = self._shadow
-        if sh is None and cfg.shadow is not None:
-            sh = OnnxClassifier.from_config(cfg.shadow, Role.SHADOW, cache_dir=cache, warmup_batch_size=bs, workdir=wd)
-        return inc, sh
+    def _start(self, p: Pipeline, running: ExitStack) -> None:
+        """Start the stages, each registered in ``running`` to stop: writer, pair, signals, cameras, batcher."""
+        if self.progress:
+            self._bar = tqdm(total=self.cfg.max_frames, unit="frame", desc=f"run {self.run_id}", dynamic_ncols=True)
+            running.callback(self._bar.close)
+        log.info("run_started run_id=%s incumbent=%s shadow=%s sources=%d store=%s workdir=%s", self.run_id,
+                 p.incumbent.model_id, p.shadow.model_id if p.shadow is not None else None, len(p.readers),
+                 _redact_url(p.store_url), p.workdir)
+        p.writer.start()
+        running.callback(p.writer.close, timeout=p.join_timeout_s + 30.0)
+        p.pair.start()
+        running.callback(p.pair.close, drain=True)
+        running.enter_context(self._signal_handlers())
+        running.callback(stop_all, p.readers, timeout=1.0)
+        for r in p.readers:
+            r.start()
+        p.batcher.start()
+        running.callback(p.batcher.stop)
 
-    def _install_signals(self) -> dict[int, Any]:
+    def _serve(self, p: Pipeline) -> _Tally:
+        """The serve loop: batches until stopped, sources finished or ``max_frames``; then drain what was read."""
+        max_frames = self.cfg.max_frames
+        tally = _Tally()
+        last_events = 0.0
+        while not self._stop.is_set():
+            batch = p.batcher.next_batch()
+            if batch is None:
+                self.stop("sources finished")
+                break
+            if max_frames is not None and tally.frames + len(batch) > max_frames:
+                k = max_frames - tally.frames
+                batch = FrameBatch(frames=batch.frames[:k], images=batch.images[:k])
+            self._serve_batch(p, batch, tally)
+            if time.monotonic() - last_events >= EVENTS_EVERY_S:
+                self._drain_events(p)
+                last_events = time.monotonic()
+            if max_frames is not None and tally.frames >= max_frames:
+                self.stop("max_frames")
+        # cameras first; then the frames they already queued are still served (unless max_frames was reached)
+        stop_all(p.readers, timeout=5.0)
+        if self._stop_reason != "max_frames":
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while time.monotonic() < deadline and (batch := p.batcher.next_batch()) is not None:
+                self._serve_batch(p, batch, tally)
+        p.batcher.stop()
+        self._drain_events(p)
+        return tally
+
+    def _serve_batch(self, p: Pipeline, batch: FrameBatch, tally: _Tally) -> None:
+        """Serve one batch: the pair answers, the sink and ``on_batch`` see it, the writer gets it."""
+        served = p.pair.infer(batch)
+        if self.on_prediction is not None:
+            for pred in served.predictions:
+                try:
+                    self.on_prediction(pred)
+                except Exception:
+                    tally.sink_errors += 1
+                    if tally.sink_errors <= 5:
+                        log.exception("on_prediction_failed frame=%s", pred.frame_id)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(served)
+            except Exception:
+                log.exception("on_batch_failed batch=%d", served.batch_id)
+        p.writer.submit_served(served)
+        tally.frames += len(batch)
+        tally.per_camera.update(f.camera_id for f in batch.frames)
+        if self._bar is not None:
+            self._bar.update(len(batch))
+
+    def _drain_events(self, p: Pipeline) -> None:
+        events: list[HealthEvent] = []
+        for r in p.readers:
+            events.extend(r.drain_events())
+        if events:
+            p.metrics.observe_events(events)
+            p.writer.submit_events(events)
+
+    @contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: the first drains and stops the run, a second interrupts at once (main thread only)."""
         if not self.install_signal_handlers or threading.current_thread() is not threading.main_thread():
-            return {}
-        old: dict[int, Any] = {}
+            yield
+            return
 
         def handler(signum: int, _frame: Any) -> None:
             name = signal.Signals(signum).name
@@ -495,200 +530,36 @@ class Runner:
             log.warning("signal_received signal=%s: draining queues and flushing the store (again to abort)", name)
             self.stop(f"{name}")
 
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, handler)
-        return old
-
-    # --- the run -----------------------------------------------------------------------------------------
-    def run(self) -> RunSummary:
-        from pipeline.batching import Batcher, PrefetchingBatcher
-        from pipeline.metrics import HealthServer, Metrics
-        from pipeline.sources import open_sources, stop_all
-
-        cfg = self.cfg
-        if not cfg.sources:
-            raise ConfigError("no sources: give --source SRC (repeatable) or 'sources:' in the config")
-        wd = self._workdir()
-
-        # 1. models and their compatibility: before any camera is opened
-        realtime = is_realtime(cfg.sources)
-        inc, sh = self._load_models(wd, realtime)
-        metrics = Metrics(self.run_id)
-        writer_box: list[StoreWriter] = []
-        # real-time sources (streams, or files paced with max_fps): the shadow never takes CPU from the incumbent
-        # and is shed when it falls behind; a replay of files at full speed: it catches up at normal priority
-        pair = ShadowPair(inc, sh, cfg.shadow_mode, on_shadow=lambda r: writer_box[0].submit_shadow(r),
-                          cpu_twin=self._cpu_twin, metrics=metrics, catch_up=not realtime)
-        self.pair = pair
-
-        # 2. sources (checked, not started), store, sampler
-        readers = open_sources(cfg.sources, cfg.camera_health, self.run_id)
-        self.readers = readers
-        metrics.readers = readers
-        if self.on_readers is not None:
-            self.on_readers(readers)
-        server = None
-        if cfg.metrics.port is not None:
-            try:
-                server = HealthServer(metrics, cfg.metrics.host, cfg.metrics.port).start()
-            except OSError as e:
-                raise ConfigError(f"metrics.port {cfg.metrics.port} on {cfg.metrics.host}: cannot listen ({e.strerror or e})") from None
-            self.metrics_port = server.port
-        store_url = self._store_url(wd)
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            store = PredictionStore(store_url)
-        except BaseException:
-            if server is not None:
-                server.stop()
-            raise
-        sampler = None
-        if cfg.sampling.enabled:
-            from pipeline.sampling import LabelSampler
-
-            image_dir = Path(cfg.sampling.image_dir)
-            if not image_dir.is_absolute():
-                image_dir = wd / image_dir
-            sampler = LabelSampler(cfg.sampling, inc.class_names, image_dir)
-        config_doc = cfg.model_dump(mode="json")
-        config_doc["_resolved"] = {"store_url": _redact_url(store_url), "incumbent": inc.describe(),
-                                   "shadow": sh.describe() if sh is not None else None}
-        if cfg.store.url != store_url:
-            config_doc["store"]["url"] = _redact_url(store_url)
-        store.begin_run(self.run_id, inc.model_id, sh.model_id if sh is not None else None, inc.class_names, config_doc)
-
-        join_timeout = (cfg.shadow_mode.max_pending_batches + 2) * cfg.shadow_mode.timeout_s + 1.0
-        writer = StoreWriter(store, self.run_id, sampler, cfg.store.flush_every, cfg.store.flush_interval_s, join_timeout,
-                             compute_stats=self.image_stats)
-        writer_box.append(writer)
-        self.writer = writer
-        metrics.pair = pair
-        metrics.writer_stats = writer.stats
-
-        # the next batch is resized in its own thread while the incumbent serves this one
-        batcher = PrefetchingBatcher(Batcher(readers, cfg.batching, input_size=inc.input_size,
-                                             interpolation=inc.card.resize_interpolation))
-        served_per_cam: collections.Counter[str] = collections.Counter()
-        sink_errors = 0
-        old_signals = self._install_signals()
-        log.info("run_started run_id=%s incumbent=%s shadow=%s sources=%d store=%s workdir=%s", self.run_id, inc.model_id,
-                 sh.model_id if sh is not None else None, len(readers), _redact_url(store_url), wd)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.max_frames, unit="frame", desc=f"run {self.run_id}", dynamic_ncols=True)
-
-        writer.start()
-        pair.start()
-        t_start = time.time()
-        t0 = time.perf_counter()
-        frames_served = 0
-        last_events = 0.0
-
-        def drain_events() -> None:
-            evs: list[HealthEvent] = []
-            for r in readers:
-                evs.extend(r.drain_events())
-            if evs:
-                metrics.observe_events(evs)
-                writer.submit_events(evs)
-
-        def serve(batch: FrameBatch) -> None:
-            nonlocal frames_served, sink_errors
-            served = pair.infer(batch)
-            if self.on_prediction is not None:
-                for p in served.predictions:
-                    try:
-                        self.on_prediction(p)
-                    except Exception:
-                        sink_errors += 1
-                        if sink_errors <= 5:
-                            log.exception("on_prediction_failed frame=%s", p.frame_id)
-            if self.on_batch is not None:
-                try:
-                    self.on_batch(served)
-                except Exception:
-                    log.exception("on_batch_failed batch=%d", served.batch_id)
-            writer.submit_served(served)
-            frames_served += len(batch)
-            served_per_cam.update(f.camera_id for f in batch.frames)
-            if bar is not None:
-                bar.update(len(batch))
-
-        try:
-            for r in readers:
-                r.start()
-            batcher.start()
-            while not self._stop.is_set():
-                batch = batcher.next_batch()
-                if batch is None:
-                    if not self._stop.is_set():
-                        self.stop("sources finished")
-                    break
-                if cfg.max_frames is not None and frames_served + len(batch) > cfg.max_frames:
-                    k = cfg.max_frames - frames_served
-                    batch = FrameBatch(frames=batch.frames[:k], images=batch.images[:k])
-                serve(batch)
-                now = time.monotonic()
-                if now - last_events >= 0.25:
-                    drain_events()
-                    last_events = now
-                if cfg.max_frames is not None and frames_served >= cfg.max_frames:
-                    self.stop("max_frames")
-            # 3. shut down in order: cameras, queued frames, shadow, writer
-            stop_all(readers, timeout=5.0)
-            if self._stop_reason not in ("max_frames",):
-                deadline = time.monotonic() + DRAIN_TIMEOUT_S
-                while time.monotonic() < deadline:
-                    batch = batcher.next_batch()
-                    if batch is None:
-                        break
-                    serve(batch)
-            batcher.stop()
-            drain_events()
+            yield
         finally:
-            t_loop = time.perf_counter() - t0
-            batcher.stop()
-            for s, h in old_signals.items():
+            for s, h in old.items():
                 signal.signal(s, h)
-            stop_all(readers, timeout=1.0)
-            pair.close(drain=True)
-            writer.close(timeout=join_timeout + 30.0)
-            if bar is not None:
-                bar.close()
 
-        summary = self._summary(t_start, t_loop, frames_served, served_per_cam, store_url, pair, writer, sink_errors)
-        if sampler is not None and isinstance(getattr(sampler, "counts", None), dict):
-            summary.extra["sampling"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in sampler.counts.items()}
-        try:
-            store.end_run(self.run_id, summary.to_dict())
-        finally:
-            store.close()
-            if server is not None:
-                server.stop()
-        log.info("run_finished run_id=%s reason=%r frames=%d fps=%.1f coverage=%.3f", self.run_id, summary.stop_reason,
-                 frames_served, summary.throughput_fps, summary.shadow.get("coverage", 0.0))
-        return summary
-
-    def _summary(self, t_start: float, t_loop: float, frames_served: int, served_per_cam: collections.Counter,
-                 store_url: str, pair: ShadowPair, writer: StoreWriter, sink_errors: int) -> RunSummary:
-        ps = pair.stats()
-        ws = writer.stats()
+    def _summary(self, p: Pipeline, tally: _Tally, t_start: float, t_loop: float) -> RunSummary:
+        ps = p.pair.stats()
+        ws = p.writer.stats()
         cams = {}
-        for r in self.readers:
+        for r in p.readers:
             d = r.stats.as_dict() if hasattr(r.stats, "as_dict") else dict(vars(r.stats))
-            d["frames_served"] = served_per_cam.get(r.camera_id, 0)
+            d["frames_served"] = tally.per_camera.get(r.camera_id, 0)
             cams[r.camera_id] = d
         store_doc = {k: v for k, v in ws.items() if k not in ("predictions_by_model", "queue_depth", "parked")}
-        store_doc["url"] = _redact_url(store_url)
+        store_doc["url"] = _redact_url(p.store_url)
+        extra: dict[str, Any] = {"sink_errors": tally.sink_errors, "last_fallback": ps["last_fallback"],
+                                 "batches_served": ps["batches_served"]}
+        counts = getattr(p.sampler, "counts", None)
+        if isinstance(counts, dict):
+            extra["sampling"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in counts.items()}
         return RunSummary(
             run_id=self.run_id,
             stop_reason=self._stop_reason or "stopped",
             started_at=t_start,
             ended_at=time.time(),
             duration_s=round(t_loop, 3),
-            frames_served=frames_served,
-            throughput_fps=round(frames_served / t_loop, 2) if t_loop > 0 else 0.0,
+            frames_served=tally.frames,
+            throughput_fps=round(tally.frames / t_loop, 2) if t_loop > 0 else 0.0,
             cameras=cams,
             predictions_per_model=ws["predictions_by_model"],
             incumbent=ps["incumbent"],
@@ -696,5 +567,5 @@ class Runner:
             fallbacks=ps["fallbacks"],
             store=store_doc,
             metrics_port=self.metrics_port,
-            extra={"sink_errors": sink_errors, "last_fallback": ps["last_fallback"], "batches_served": ps["batches_served"]},
+            extra=extra,
         )

@@ -5,6 +5,10 @@ versioned in ``schema_meta``; :data:`MIGRATIONS` moves an older store forward wh
 
 Writes are transactions: a call that returned has committed. The runner funnels all writes of a run
 through one writer thread (:class:`pipeline.runner` does that), so SQLite sees a single writer.
+
+This module is the only place with SQL on these tables: the label queue, label import/export, the simulated
+annotator, retraining and the evaluator call :class:`PredictionStore` methods that return plain dataclasses,
+dicts and tuples.
 """
 
 from __future__ import annotations
@@ -218,6 +222,53 @@ class SampleRecord:
             raise ValueError(f"inclusion_prob must be in (0, 1], got {self.inclusion_prob} for frame {self.frame_id}")
 
 
+@dataclass(frozen=True)
+class QueuedSample:
+    """A sampled frame as the label queue sees it: the sample, its frame's ``source_ref`` and ``ts``, how many
+    labels it has and how many it needs (2 for ``double_label`` samples, else 1)."""
+
+    frame_id: str
+    camera_id: str
+    strategy: str
+    inclusion_prob: float
+    image_path: str
+    sampled_at: float
+    double_label: bool
+    status: str  # pending | labeled | skipped
+    source_ref: str
+    ts: float
+    n_labels: int
+    labels_needed: int
+
+    @property
+    def labels_missing(self) -> int:
+        return max(0, self.labels_needed - self.n_labels)
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    """One stored prediction with its frame's ``source_ref`` (``degraded`` is None for a normal answer)."""
+
+    frame_id: str
+    source_ref: str
+    role: str  # incumbent | shadow
+    model_name: str
+    model_version: str
+    label: str
+    confidence: float
+    degraded: str | None
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    """A sampled frame's JPEG, camera and capture time (what retraining needs of it)."""
+
+    frame_id: str
+    camera_id: str
+    image_path: str
+    ts: float
+
+
 class PredictionStore:
     """Open (and create or migrate) a store by SQLAlchemy URL or SQLite path."""
 
@@ -311,10 +362,10 @@ class PredictionStore:
                         conn.execute(labels.delete().where((labels.c.frame_id == r["frame_id"]) & (labels.c.annotator == r["annotator"])))
                 conn.execute(labels.insert(), rows)
                 ids = sorted({r["frame_id"] for r in rows})
-                n_labels = sa.select(sa.func.count()).select_from(labels).where(labels.c.frame_id == samples.c.frame_id).scalar_subquery()
-                needed = sa.case((samples.c.double_label, 2), else_=1)
                 for chunk in _chunks(ids, 500):
-                    conn.execute(samples.update().where(samples.c.frame_id.in_(chunk) & (n_labels >= needed)).values(status="labeled"))
+                    conn.execute(
+                        samples.update().where(samples.c.frame_id.in_(chunk) & (_n_labels() >= _labels_needed())).values(status="labeled")
+                    )
         except sa.exc.IntegrityError as e:
             raise LabelImportError(f"labels not imported (nothing was written): {e.orig}") from None
         return len(rows)
@@ -332,6 +383,130 @@ class PredictionStore:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs.c.class_names).order_by(runs.c.started_at.desc()).limit(1)).first()
         return json.loads(row[0]) if row and row[0] else []
+
+    # --- labeling queries -----------------------------------------------------------------------------
+    # The queue rules (pipeline.labeling.queue documents them): a sample needs two labels when double_label,
+    # else one ("unsure" counts); operator-skipped samples are out; an annotator never gets a frame they
+    # labeled or skipped; oldest sample first.
+    def samples_awaiting_labels(self, limit: int | None = None) -> list[QueuedSample]:
+        """Samples that still need labels, oldest first."""
+        q = _queue_select().where(_awaiting_where())
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [_queued(r) for r in conn.execute(q)]
+
+    def count_samples_awaiting_labels(self) -> int:
+        """How many samples still need at least one more label."""
+        return self.count(samples, _awaiting_where())
+
+    def next_frames_to_label(self, annotator: str, limit: int | None = 50, exclude: Sequence[str] = ()) -> list[QueuedSample]:
+        """The samples ``annotator`` may label next, oldest first: still awaiting labels, not labeled or skipped
+        by this annotator, and not in ``exclude``."""
+        q = _queue_select().where(_annotator_where(annotator))
+        if exclude:
+            q = q.where(samples.c.frame_id.not_in(list(exclude)))
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [_queued(r) for r in conn.execute(q)]
+
+    def count_frames_to_label(self, annotator: str) -> int:
+        """How many samples are in ``annotator``'s queue (see :meth:`next_frames_to_label`)."""
+        return self.count(samples, _annotator_where(annotator))
+
+    def count_labels_by(self, annotator: str) -> int:
+        """How many labels ``annotator`` has given."""
+        return self.count(labels, labels.c.annotator == annotator)
+
+    def queued_sample(self, frame_id: str) -> QueuedSample | None:
+        """The sample of ``frame_id`` (whatever its status), or None if the frame was never sampled."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_queue_select().where(samples.c.frame_id == frame_id)).first()
+        return _queued(row) if row else None
+
+    def add_label_skip(self, frame_id: str, annotator: str) -> bool:
+        """Hide ``frame_id`` from ``annotator``'s queue; False if they had already skipped it."""
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(label_skips.c.frame_id).where((label_skips.c.frame_id == frame_id) & (label_skips.c.annotator == annotator))
+            ).first()
+            if exists:
+                return False
+            conn.execute(label_skips.insert().values(frame_id=frame_id, annotator=annotator, ts=time.time()))
+        return True
+
+    def labels_by(self, frame_ids: Iterable[str], annotators: Iterable[str]) -> dict[tuple[str, str], str]:
+        """``{(frame_id, annotator): label}`` for the labels that these annotators gave these frames."""
+        ids, who = sorted(set(frame_ids)), sorted(set(annotators))
+        out: dict[tuple[str, str], str] = {}
+        if not who:
+            return out
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids, 500):
+                q = sa.select(labels.c.frame_id, labels.c.annotator, labels.c.label).where(
+                    labels.c.frame_id.in_(chunk) & labels.c.annotator.in_(who)
+                )
+                out.update({(f, a): lab for f, a, lab in conn.execute(q)})
+        return out
+
+    def double_label_pairs(self) -> list[tuple[str, str, str]]:
+        """``(frame_id, first_label, second_label)`` for every double-label sample with two labels (the two
+        earliest by time), in frame_id order."""
+        q = (
+            sa.select(labels.c.frame_id, labels.c.label)
+            .join(samples, samples.c.frame_id == labels.c.frame_id)
+            .where(samples.c.double_label)
+            .order_by(labels.c.frame_id, labels.c.ts, labels.c.id)
+        )
+        by_frame: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for fid, lab in conn.execute(q):
+                by_frame.setdefault(fid, []).append(lab)
+        return [(fid, labs[0], labs[1]) for fid, labs in by_frame.items() if len(labs) >= 2]
+
+    def predictions_for_frame(self, frame_id: str) -> list[StoredPrediction]:
+        """The models' predictions for one frame, ordered by role (incumbent before shadow)."""
+        return self._predictions(frames.c.frame_id == frame_id)
+
+    # --- retraining & demo queries --------------------------------------------------------------------
+    def labels_by_frame(self) -> dict[str, list[str]]:
+        """Every labelled frame -> its labels (``unsure`` included), oldest first."""
+        q = sa.select(labels.c.frame_id, labels.c.label).order_by(labels.c.frame_id, labels.c.ts, labels.c.id)
+        out: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for fid, lab in conn.execute(q):
+                out.setdefault(fid, []).append(lab)
+        return out
+
+    def sampled_frames(self) -> list[SampledFrame]:
+        """Every sampled frame (any status) with its JPEG path, camera and capture time, in frame_id order."""
+        q = (
+            sa.select(samples.c.frame_id, samples.c.camera_id, samples.c.image_path, frames.c.ts)
+            .join(frames, frames.c.frame_id == samples.c.frame_id)
+            .order_by(samples.c.frame_id)
+        )
+        with self.engine.connect() as conn:
+            return [SampledFrame(fid, cam, path or "", float(ts)) for fid, cam, path, ts in conn.execute(q)]
+
+    def run_predictions(self, run_id: str) -> list[StoredPrediction]:
+        """Every prediction on the frames of ``run_id`` (both roles), with each frame's ``source_ref``;
+        ordered by frame time, frame id and role."""
+        return self._predictions(frames.c.run_id == run_id)
+
+    def _predictions(self, where: Any) -> list[StoredPrediction]:
+        p = predictions
+        q = (
+            sa.select(p.c.frame_id, frames.c.source_ref, p.c.role, p.c.model_name, p.c.model_version, p.c.label, p.c.confidence, p.c.degraded)
+            .join(frames, frames.c.frame_id == p.c.frame_id)
+            .where(where)
+            .order_by(frames.c.ts, p.c.frame_id, p.c.role)
+        )
+        with self.engine.connect() as conn:
+            return [
+                StoredPrediction(fid, ref or "", role, name, ver or "", label, float(conf), deg)
+                for fid, ref, role, name, ver, label, conf, deg in conn.execute(q)
+            ]
 
     # --- reads for labeling and evaluation ------------------------------------------------------------
     def pending_samples(self, limit: int = 100, camera_id: str | None = None) -> list[dict]:
@@ -363,6 +538,44 @@ class PredictionStore:
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
+    # --- evaluator queries ----------------------------------------------------------------------------
+    def evaluation_rows(
+        self, run_ids: Sequence[str], image_stats: Sequence[str] = ()
+    ) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+        """What the evaluator reads of runs ``run_ids``: ``(frames, predictions, samples, labels)``, plain tuples.
+
+        * frames: ``(frame_id, camera_id, ts, *image_stats)`` ordered by ``(ts, frame_id)``; ``image_stats`` names
+          columns of the frames table (``pipeline.imagestats.STAT_NAMES``), None where a frame has no value;
+        * predictions on those frames: ``(frame_id, role, model_name, model_version, probs, label, degraded)`` in
+          the order they were written, ``probs`` a float32 array, ``degraded`` None for a normal answer;
+        * samples of those frames: ``(frame_id, inclusion_prob, strategy)``;
+        * labels of those frames: ``(frame_id, label, annotator, ts)``, oldest first.
+        """
+        unknown = [k for k in image_stats if k not in frames.c]
+        if unknown:
+            raise StoreError(f"frames table has no column(s) {unknown} (its columns: {', '.join(frames.c.keys())})")
+        f, p, s, lb = frames, predictions, samples, labels
+        in_scope = f.c.run_id.in_(list(run_ids))
+        with self.engine.connect() as conn:
+            frame_rows = [tuple(r) for r in conn.execute(
+                sa.select(f.c.frame_id, f.c.camera_id, f.c.ts, *[f.c[k] for k in image_stats]).where(in_scope).order_by(f.c.ts, f.c.frame_id)
+            )]
+            pred_rows = [
+                (fid, role, name, version, probs_from_json(probs), label, degraded)
+                for fid, role, name, version, probs, label, degraded in conn.execute(
+                    sa.select(p.c.frame_id, p.c.role, p.c.model_name, p.c.model_version, p.c.probs, p.c.label, p.c.degraded)
+                    .join(f, f.c.frame_id == p.c.frame_id).where(in_scope).order_by(p.c.id)
+                )
+            ]
+            sample_rows = [tuple(r) for r in conn.execute(
+                sa.select(s.c.frame_id, s.c.inclusion_prob, s.c.strategy).join(f, f.c.frame_id == s.c.frame_id).where(in_scope)
+            )]
+            label_rows = [tuple(r) for r in conn.execute(
+                sa.select(lb.c.frame_id, lb.c.label, lb.c.annotator, lb.c.ts).join(f, f.c.frame_id == lb.c.frame_id)
+                .where(in_scope).order_by(lb.c.ts, lb.c.id)
+            )]
+        return frame_rows, pred_rows, sample_rows, label_rows
+
 
 def probs_from_json(text: str) -> np.ndarray:
     return np.asarray(json.loads(text), dtype=np.float32)
@@ -379,3 +592,45 @@ def _pred_row(p: Prediction, now: float) -> dict:
 def _chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
+
+
+# --- the label queue's rules as SQL (used by the labeling queries above) -------------------------------
+def _labels_needed() -> Any:
+    """How many labels a sample needs: 2 when ``double_label``, else 1."""
+    return sa.case((samples.c.double_label, 2), else_=1)
+
+
+def _n_labels() -> Any:
+    """How many labels the sample's frame has (correlated subquery on ``samples``)."""
+    return sa.select(sa.func.count()).select_from(labels).where(labels.c.frame_id == samples.c.frame_id).scalar_subquery()
+
+
+def _awaiting_where() -> Any:
+    return (samples.c.status != "skipped") & (_n_labels() < _labels_needed())
+
+
+def _annotator_where(annotator: str) -> Any:
+    mine = sa.select(labels.c.frame_id).where(labels.c.annotator == annotator)
+    skipped = sa.select(label_skips.c.frame_id).where(label_skips.c.annotator == annotator)
+    return _awaiting_where() & samples.c.frame_id.not_in(mine) & samples.c.frame_id.not_in(skipped)
+
+
+def _queue_select() -> sa.Select:
+    return (
+        sa.select(
+            samples.c.frame_id, samples.c.camera_id, samples.c.strategy, samples.c.inclusion_prob, samples.c.image_path,
+            samples.c.sampled_at, samples.c.double_label, samples.c.status, frames.c.source_ref, frames.c.ts,
+            _n_labels().label("n_labels"), _labels_needed().label("labels_needed"),
+        )
+        .join(frames, frames.c.frame_id == samples.c.frame_id)
+        .order_by(samples.c.sampled_at, samples.c.frame_id)
+    )
+
+
+def _queued(row: Any) -> QueuedSample:
+    m = row._mapping
+    return QueuedSample(
+        frame_id=m["frame_id"], camera_id=m["camera_id"], strategy=m["strategy"], inclusion_prob=float(m["inclusion_prob"]),
+        image_path=m["image_path"], sampled_at=float(m["sampled_at"]), double_label=bool(m["double_label"]), status=m["status"],
+        source_ref=m["source_ref"] or "", ts=float(m["ts"]), n_labels=int(m["n_labels"]), labels_needed=int(m["labels_needed"]),
+    )

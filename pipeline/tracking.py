@@ -22,11 +22,18 @@ with itself would only cost compute. :func:`rollback` undoes one promotion: ``ch
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from pipeline.config import EVALUATION_EXPERIMENT
+from pipeline.evaluation.result import ROLES, Alert, EvaluationResult
 from pipeline.types import ShadowcamError
 
 log = logging.getLogger(__name__)
@@ -109,6 +116,61 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "experiment"
 
 
+# --- training runs -----------------------------------------------------------------------------------------------
+class TrackedRun:
+    """One MLflow run as training code sees it: params, per-step metrics, artifacts, tags, and its id.
+
+    ``TrackedRun(experiment, run_name, workdir, enabled=False)`` does nothing (``shadowcam train --no-mlflow``), so
+    the training loop logs unconditionally. Use as a context manager; the run ends (FINISHED, or FAILED on an
+    exception) when the block does.
+    """
+
+    def __init__(self, experiment: str, run_name: str, workdir: str | Path | None = None, enabled: bool = True) -> None:
+        self.experiment, self.run_name, self.workdir, self.enabled = experiment, run_name, workdir, enabled
+        self.run_id = ""
+        self._ctx = None
+
+    def __enter__(self) -> "TrackedRun":
+        if self.enabled:
+            import mlflow
+
+            configure(self.workdir)
+            exp_id = get_or_create_experiment(self.experiment, self.workdir)
+            self._ctx = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
+            self.run_id = self._ctx.__enter__().info.run_id
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+            self._ctx = None
+
+    def log_params(self, params: dict) -> None:
+        """Lists and dicts are logged as JSON text (MLflow params are strings)."""
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_metrics(metrics, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tags(tags)
+
+
 # --- registry ----------------------------------------------------------------------------------------------------
 def _client():
     from mlflow import MlflowClient
@@ -125,7 +187,6 @@ def register_onnx(onnx_path: str | Path, name: str, alias: str | None = None, ru
     run already has it there; that folder, holding only this file, is the version's source. Without ``run_id`` a small run in the ``shadowcam-registry`` experiment is created to carry it.
     ``alias`` (e.g. ``challenger``) is then pointed at the new version. Call :func:`configure` first.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     onnx_path = Path(onnx_path)
@@ -322,3 +383,132 @@ def _find_onnx(folder: Path) -> Path | None:
         return None
     preferred = [f for f in files if f.name == "model.onnx"]
     return preferred[0] if preferred else files[0]
+
+
+# --- evaluation runs ---------------------------------------------------------------------------------------------
+# One MLflow run per evaluation: per-window figures as metric time series (step = window index), the overall figures
+# as overall/<key>, the report's files as artifacts. notebooks/compare_experiments.ipynb reads these metric keys and
+# tags: do not rename them. (The imports of this block sit here so that blocks of different authors do not touch
+# each other's lines.)
+
+_KEY_BAD = re.compile(r"[^\w.\- ]")
+
+
+def metric_key_part(name: str) -> str:
+    """A camera id or stat name made safe for an MLflow metric key (letters, digits, _ - . space)."""
+    return _KEY_BAD.sub("_", str(name)).strip(" .") or "_"
+
+
+def flat_metrics(result: EvaluationResult) -> dict[str, float]:
+    """The result's headline figures under their MLflow keys (missing and non-finite figures are left out)."""
+    out: dict[str, float] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
+            out[key] = float(value)
+
+    for role in ROLES:
+        m = result.models.get(role)
+        if m is None:
+            continue
+        if m.accuracy is not None:
+            put(f"prod_accuracy/{role}", m.accuracy.value)
+            put(f"prod_accuracy/{role}_ci_low", m.accuracy.low)
+            put(f"prod_accuracy/{role}_ci_high", m.accuracy.high)
+        put(f"prod_labels/{role}", m.n_labeled)
+        if m.gap is not None:
+            put(f"train_to_prod_gap/{role}", m.gap.value)
+            put(f"train_to_prod_gap/{role}_ci_low", m.gap.low)
+            put(f"train_to_prod_gap/{role}_ci_high", m.gap.high)
+        if m.estimated_accuracy is not None:
+            put(f"estimated_accuracy/{role}", m.estimated_accuracy.value)
+        if m.calibration is not None:
+            put(f"calibration_ece/{role}", m.calibration.ece)
+        for cam, e in m.per_camera.items():
+            put(f"prod_accuracy_camera/{metric_key_part(cam)}/{role}", e.value)
+    for t in result.drift.p_values():
+        if t.test == "softmax":
+            put(f"drift/softmax_p/{t.subject}", t.p)
+        elif t.test == "class_distribution":
+            put("drift/class_dist_p", t.p)
+        else:
+            put(f"drift/image/{metric_key_part(t.subject)}/{metric_key_part(t.stat)}", t.p)
+    c = result.counts
+    put("labels", c.labels)
+    put("labels_used", c.frames_with_truth)
+    put("frames", c.frames)
+    put("shadow_coverage", c.shadow_coverage)
+    put("excluded_labels", c.excluded.total)
+    for role in ROLES:
+        put(f"degraded/{role}", c.degraded.get(role))
+    if result.paired is not None:
+        p = result.paired
+        put("paired/mcnemar_p", p.p_mcnemar)
+        put("paired/p_value", p.p_value)
+        put("paired/diff", p.diff.value)
+        put("paired/n", p.n)
+    if result.agreement is not None:
+        put("annotator_agreement", result.agreement.agreement)
+        put("annotator_kappa", result.agreement.kappa)
+    return out
+
+
+def log_evaluation(
+    results: Sequence[EvaluationResult],
+    overall: EvaluationResult,
+    experiment: str = EVALUATION_EXPERIMENT,
+    workdir: str | Path | None = None,
+    run_name: str | None = None,
+    artifacts_dir: str | Path | None = None,
+    alerts: Sequence[Alert] = (),
+    max_gap: float | None = None,
+    write_report: Callable[..., Any] | None = None,
+) -> str:
+    """Log one evaluation as one MLflow run; returns its run id.
+
+    ``results``: the per-window results (or ``[overall]``), logged as metric time series (step = window index,
+    timestamp = window end); ``overall``'s figures are logged as ``overall/<key>`` (:func:`flat_metrics` keys).
+    Artifacts: what ``write_report(results, overall, folder, alerts=alerts, max_gap=max_gap)`` writes
+    (``pipeline.evaluation.report.write_report``: plots, evaluation.json, report.html) plus ``eval_config.json``,
+    written into ``artifacts_dir`` (kept) or a temporary folder. Without ``write_report``, whatever
+    ``artifacts_dir`` already holds is logged.
+    """
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    configure(workdir)
+    exp_id = get_or_create_experiment(experiment, workdir)
+    meta = overall.meta
+    inc, sh = meta.models.get("incumbent"), meta.models.get("shadow")
+    tags = {
+        "incumbent_model": inc or "",
+        "shadow_model": sh or "",
+        "window": f"{meta.window.start_iso}..{meta.window.end_iso}",
+        "window_s": str(results[0].meta.window.length_s if results else ""),
+        "decision": overall.decision.action if overall.decision is not None else "",
+        "alerts": str(len(alerts)),
+        "shadowcam.kind": "evaluation",
+        "runs": ",".join(meta.runs),
+    }
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or f"evaluate {inc} vs {sh}", tags=tags) as run:
+        client = MlflowClient()
+        mlflow.log_params({"alpha": meta.alpha, "reference": json.dumps(meta.reference.spec), "windows": len(results),
+                           "cumulative": meta.window.cumulative})
+        batch: list[Metric] = []
+        for res in results:
+            step = int(res.meta.window.index)
+            stamp = int(1000 * (res.meta.window.end or res.meta.evaluated_at))
+            batch += [Metric(k, v, stamp, step) for k, v in flat_metrics(res).items()]
+        stamp = int(1000 * meta.evaluated_at)
+        batch += [Metric(f"overall/{k}", v, stamp, 0) for k, v in flat_metrics(overall).items()]
+        for i in range(0, len(batch), 900):  # MLflow accepts at most 1000 metrics per batch
+            client.log_batch(run.info.run_id, metrics=batch[i : i + 900])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(artifacts_dir) if artifacts_dir else Path(tmp)
+            out.mkdir(parents=True, exist_ok=True)
+            if write_report is not None:
+                write_report(results, overall, out, alerts=alerts, max_gap=max_gap)
+            (out / "eval_config.json").write_text(json.dumps(meta.config, indent=2))
+            mlflow.log_artifacts(str(out))
+        return run.info.run_id

@@ -37,6 +37,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
       || .venv/bin/python -m pip install -q "torch>=2.4" "torchvision>=0.19"
   fi
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # the runtime, the training stack, MLflow's full package (ui/server) and the test tools
+  .venv/bin/python -m pip install -q -e ".[train,server,dev]"
   echo "$want" >"$stamp"
 fi

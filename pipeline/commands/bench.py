@@ -6,13 +6,16 @@ Examples::
     shadowcam bench --quick --out /tmp/bench.md      # tiny sizes: checks that everything runs (seconds)
     shadowcam bench --arch mobilenet_v3_small --img-size 96 --frames 2000 --out docs/benchmarks_mnv3.md
 
-See :mod:`models.bench` for what is measured and how. Needs the training extras (torch, torchvision):
+See :mod:`apps.bench` for what is measured and how. Needs the training extras (torch, torchvision):
 the naive baseline runs PyTorch eager and the models are exported from torchvision.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from apps.config import BenchConfig
+from pipeline.config import ARCHS
 
 NAME = "bench"
 HELP = "benchmark end-to-end throughput and latency against a naive loop and the raw ONNX Runtime bound"
@@ -32,21 +35,29 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated pixel sizes like 64,128, got {text!r}") from None
 
 
+def _both(name: str) -> str:
+    """'default X; --quick Y' for a help text, from BenchConfig (defaults are declared once, there)."""
+    fmt = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    return f"default {fmt(BenchConfig.default(name))}; --quick {fmt(BenchConfig.QUICK[name])}"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="docs/benchmarks.md", help="markdown report to write")
-    p.add_argument("--frames", type=int, default=argparse.SUPPRESS, help="frames of the generated video (default 1500; --quick 96)")
-    p.add_argument("--arch", default="resnet18", help="torchvision architecture of both models (models.export.ARCHS)")
+    d = BenchConfig.default
+    p.add_argument("--out", default=str(d("out")), help="markdown report to write")
+    p.add_argument("--frames", type=int, default=argparse.SUPPRESS, help=f"frames of the generated video ({_both('frames')})")
+    p.add_argument("--arch", default=d("arch"), help=f"torchvision architecture of both models ({', '.join(ARCHS)})")
     p.add_argument("--img-size", type=int, default=argparse.SUPPRESS,
-                   help="model input size in pixels, square; the targets are judged at it (default 96; --quick 32)")
+                   help=f"model input size in pixels, square; the targets are judged at it ({_both('img_size')})")
     p.add_argument("--other-sizes", type=_sizes, default=argparse.SUPPRESS,
-                   help="comma-separated input sizes also measured (raw bound + end-to-end only); '' for none (default 64,128; --quick 24)")
-    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="pipeline and raw-bound batch size (default 32; --quick 16)")
+                   help=f"comma-separated input sizes also measured (raw bound + end-to-end only); '' for none ({_both('other_sizes')})")
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help=f"pipeline and raw-bound batch size ({_both('batch_size')})")
     p.add_argument("--repeats", type=int, default=argparse.SUPPRESS,
-                   help="alternating rounds of raw bound, naive loop and end-to-end; the best of each is reported (default 2; --quick 1)")
-    p.add_argument("--latency-frames", type=int, default=argparse.SUPPRESS, help="frames per latency run (default 600; --quick 48)")
-    p.add_argument("--latency-repeats", type=int, default=argparse.SUPPRESS, help="latency runs per variant, alternating (default 5; --quick 1)")
-    p.add_argument("--workdir", default="runs/bench", help="models, video, stores and bench_results.json go here")
-    p.add_argument("--seed", type=int, default=0, help="seed of the video and the model weights")
+                   help=f"alternating rounds of raw bound, naive loop and end-to-end; the best of each is reported ({_both('repeats')})")
+    p.add_argument("--latency-frames", type=int, default=argparse.SUPPRESS, help=f"frames per latency run ({_both('latency_frames')})")
+    p.add_argument("--latency-repeats", type=int, default=argparse.SUPPRESS,
+                   help=f"latency runs per variant, alternating ({_both('latency_repeats')})")
+    p.add_argument("--workdir", default=str(d("workdir")), help="models, video, stores and bench_results.json go here")
+    p.add_argument("--seed", type=int, default=d("seed"), help="seed of the video and the model weights")
     p.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds; numbers are not meaningful")
     p.add_argument("--no-progress", action="store_true", help="no progress messages")
 
@@ -54,8 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import shlex
 
-    from models.bench import BenchConfig, run_bench
-    from models.export import ARCHS
+    from apps.bench import run_bench  # torch and the runtime: imported only when the command runs
     from pipeline.types import ConfigError
 
     if args.arch not in ARCHS:
@@ -65,8 +75,9 @@ def main(args: argparse.Namespace) -> int:
                                                   "latency_repeats")}
     # the command line as it reproduces this run (parsed options, not sys.argv: also right when called from code)
     parts = ["shadowcam bench"]
-    for opt, val, default in (("--out", args.out, "docs/benchmarks.md"), ("--workdir", args.workdir, "runs/bench"),
-                              ("--arch", args.arch, "resnet18"), ("--seed", args.seed, 0)):
+    d = BenchConfig.default
+    for opt, val, default in (("--out", args.out, str(d("out"))), ("--workdir", args.workdir, str(d("workdir"))),
+                              ("--arch", args.arch, d("arch")), ("--seed", args.seed, d("seed"))):
         if val != default:
             parts.append(f"{opt} {shlex.quote(str(val))}")
     parts += [f"--{k.replace('_', '-')} " + (shlex.quote(",".join(map(str, v))) if isinstance(v, tuple) else str(v))

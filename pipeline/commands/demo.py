@@ -1,8 +1,11 @@
-"""``shadowcam demo``: the whole story in one command (see models/demo.py)."""
+"""``shadowcam demo``: the whole story in one command (see apps/demo.py)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from apps.config import DemoConfig
 
 NAME = "demo"
 HELP = "run the whole story on synthetic data: train, shadow-run, label, evaluate, retrain, promote"
@@ -16,15 +19,14 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", default="work/demo", help="where everything goes (data, models, store, mlflow.db, reports)")
+    d = DemoConfig.default
+    p.add_argument("--workdir", default=str(d("workdir")), help="where everything goes (data, models, store, mlflow.db, reports)")
     p.add_argument("--fast", action="store_true", help="smaller data and streams (about 3 minutes; what the tests run)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every generator and training run")
-    p.add_argument("--model-name", default="conveyor-classifier", help="registered model name in MLflow")
-    p.add_argument("--annotator-error", type=float, default=0.0, help="error rate of the simulated annotator")
+    p.add_argument("--seed", type=int, default=d("seed"), help="seed of every generator and training run")
+    p.add_argument("--model-name", default=d("model_name"), help="registered model name in MLflow")
+    p.add_argument("--annotator-error", type=float, default=d("annotator_error"), help="error rate of the simulated annotator")
     p.add_argument("--sample-strategy", default=None, choices=("uniform", "stratified", "disagreement", "uncertainty"),
-                   help="label sampling strategy (default uncertainty with a uniform floor)")
-    from models.demo import DemoConfig
-
+                   help=f"label sampling strategy (default {d('sample_strategy')} with a uniform floor)")
     full, fast = DemoConfig.preset(False), DemoConfig.preset(True)
     p.add_argument("--sample-rate", type=float, default=None,
                    help=f"share of production frames sent for labels (default {full.sample_rate:g}, --fast {fast.sample_rate:g})")
@@ -33,9 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from models.demo import DemoConfig, run_demo
+    from apps.demo import run_demo  # training and the runtime: imported only when the command runs
 
     kw = {}
     if args.sample_rate is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.config import EVALUATION_EXPERIMENT, EvalConfig
+
 NAME = "evaluate"
 HELP = "measure both models' production accuracy, gap, paired decision and drift; log to MLflow"
 DESCRIPTION = (
@@ -27,14 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=".", help="work directory: default store, mlflow.db, metrics/evaluation.prom")
     p.add_argument("--window", default=None, metavar="DURATION", help="also evaluate consecutive windows of this length (300s, 10m, 1h); MLflow step = window index")
     p.add_argument("--cumulative", action="store_true", help="windows accumulate from the first frame instead of being separate slices")
-    p.add_argument("--reference", default="0.2", metavar="FRACTION|DURATION", help="drift reference: the first fraction of the frames (0.2) or the first DURATION (30m)")
+    p.add_argument("--reference", default=str(EvalConfig.default("reference")), metavar="FRACTION|DURATION",
+                   help="drift reference: the first fraction of the frames (0.2) or the first DURATION (30m)")
     p.add_argument("--run", dest="runs", action="append", default=None, metavar="RUN_ID", help="evaluate these runs only (repeatable); when omitted, the runs with the newest run's model pair")
     p.add_argument("--incumbent-card", default=None, metavar="FILE.onnx", help="ONNX file whose model card holds the incumbent's offline accuracy; when omitted, found from the stored run config")
     p.add_argument("--shadow-card", default=None, metavar="FILE.onnx", help="same for the shadow model")
     p.add_argument("--cache-dir", default=None, help="where models:/ URIs are downloaded to when resolving cards; when omitted, WORKDIR/.cache/models (as `shadowcam run`)")
-    p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level of the intervals, level of the tests")
-    p.add_argument("--min-effect", type=float, default=0.0, help="smallest accuracy gain worth promoting the shadow for")
-    p.add_argument("--experiment", default="shadowcam-deployment", help="MLflow experiment")
+    p.add_argument("--alpha", type=float, default=EvalConfig.default("alpha"), help="1 - confidence level of the intervals, level of the tests")
+    p.add_argument("--min-effect", type=float, default=EvalConfig.default("min_effect"), help="smallest accuracy gain worth promoting the shadow for")
+    p.add_argument("--experiment", default=EVALUATION_EXPERIMENT, help="MLflow experiment")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full result (overall, windows, alerts) as JSON")
     p.add_argument("--html", default=None, metavar="FILE", help="write the self-contained HTML report")
@@ -71,9 +74,11 @@ def main(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
+    from pipeline import tracking
+    from pipeline.config import parse_duration, parse_reference
     from pipeline.evaluation import alerts as alerts_mod
     from pipeline.evaluation import report
-    from pipeline.evaluation.evaluator import EvalConfig, Evaluator, log_to_mlflow, parse_duration, parse_reference
+    from pipeline.evaluation.evaluator import Evaluator
     from pipeline.store import PredictionStore, default_sqlite_url
 
     log = logging.getLogger("shadowcam.evaluate")
@@ -92,10 +97,12 @@ def main(args: argparse.Namespace) -> int:
     finally:
         store.close()
 
-    # alerts look at the newest state: the last window when windows are evaluated, else the whole scope
-    current = windows[-1] if windows else overall
-    fired = alerts_mod.dispatch(current, alert_cfg, workdir=workdir)
-    overall.data["alerts"] = [a.to_dict() for a in fired]
+    # alerts look at the newest state: the last window when windows are evaluated, else the whole scope;
+    # they are kept with that result and with the overall one
+    fired = alerts_mod.dispatch(windows[-1] if windows else overall, alert_cfg, workdir=workdir)
+    if windows:
+        windows[-1] = windows[-1].with_alerts(fired)
+    overall = overall.with_alerts(fired)
 
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
     run_id = None
     if not args.no_mlflow:
         try:
-            run_id = log_to_mlflow(windows or [overall], overall, experiment=args.experiment, workdir=workdir, alerts=fired, max_gap=alert_cfg.max_gap)
+            run_id = tracking.log_evaluation(windows or [overall], overall, experiment=args.experiment, workdir=workdir, alerts=fired,
+                                             max_gap=alert_cfg.max_gap, write_report=report.write_report)
         except Exception as e:  # MLflow's own exception types: the figures are still printed and written
             log.error("MLflow logging failed: %s: %s", e.__class__.__name__, e)
             status = 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.config import ARCHS, TrainConfig
+
 NAME = "retrain"
 HELP = "retrain with production labels (store) + original data; verified ONNX registered as challenger"
 DESCRIPTION = (
@@ -23,8 +25,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.commands.train import ARCHS, DEFAULTS
-
+    d = TrainConfig.default
     p.add_argument("--db", required=True, help="prediction store URL or SQLite path (labels + sampled frames)")
     p.add_argument("--data", required=True, action="extend", nargs="+", metavar="DIR|CSV",
                    help="the original training data (ImageFolder dir or manifest CSV); repeatable")
@@ -32,13 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alias", default="challenger", help="alias for the new version")
     p.add_argument("--base-model", default=None, metavar="URI",
                    help="model whose label space to keep (models:/NAME@champion or .onnx); default: the store's newest run")
-    p.add_argument("--arch", choices=ARCHS, default=DEFAULTS["arch"], help="torchvision architecture")
-    p.add_argument("--img-size", type=int, default=DEFAULTS["img_size"], help="model input size in pixels")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed")
+    p.add_argument("--arch", choices=ARCHS, default=d("arch"), help="torchvision architecture")
+    p.add_argument("--img-size", type=int, default=d("img_size"), help="model input size in pixels")
+    p.add_argument("--epochs", type=int, default=d("epochs"), help="training epochs")
+    p.add_argument("--seed", type=int, default=d("seed"), help="seed")
     p.add_argument("--out", default=None, help="output folder (default WORKDIR/retrain)")
     p.add_argument("--workdir", default=".", help="work directory (mlflow.db, mlartifacts/)")
-    p.add_argument("--experiment", default=DEFAULTS["experiment"], help="MLflow experiment")
+    p.add_argument("--experiment", default=d("experiment"), help="MLflow experiment")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

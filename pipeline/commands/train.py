@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.config import ARCHS, TrainConfig
+
 NAME = "train"
 HELP = "train a classifier on ImageFolders/manifests, export verified ONNX + model card, log to MLflow"
 DESCRIPTION = (
@@ -22,47 +24,33 @@ DESCRIPTION = (
     "metadata, logs an MLflow run and optionally registers the model under an alias."
 )
 
-# Mirrors models.train.TrainConfig's defaults (kept here so `--help` does not import the training stack;
-# tests/models/test_train.py checks that they agree).
-DEFAULTS = {
-    "arch": "mobilenet_v3_small",
-    "img_size": 64,
-    "epochs": 24,
-    "batch_size": 64,
-    "lr": 6e-3,
-    "seed": 0,
-    "experiment": "shadowcam-training",
-}
-ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = DEFAULTS
+    d = TrainConfig.default  # every default is declared once, on the config model
     p.add_argument("--data", required=True, action="extend", nargs="+", metavar="DIR|CSV",
                    help="ImageFolder dir (DIR/<class>/*.jpg), dir with manifest.csv, or manifest CSV; repeat to concatenate "
                         "(the first source's classes are the label space)")
-    p.add_argument("--arch", choices=ARCHS, default=d["arch"], help="torchvision architecture")
-    p.add_argument("--img-size", type=int, default=d["img_size"], help="square model input size in pixels")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="batch size")
-    p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (AdamW, one-cycle schedule)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed for split, init, shuffling and augmentation")
+    p.add_argument("--arch", choices=ARCHS, default=d("arch"), help="torchvision architecture")
+    p.add_argument("--img-size", type=int, default=d("img_size"), help="square model input size in pixels")
+    p.add_argument("--epochs", type=int, default=d("epochs"), help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d("batch_size"), help="batch size")
+    p.add_argument("--lr", type=float, default=d("lr"), help="peak learning rate (AdamW, one-cycle schedule)")
+    p.add_argument("--seed", type=int, default=d("seed"), help="seed for split, init, shuffling and augmentation")
     p.add_argument("--out", default=None, help="output folder (ONNX, checkpoint, card, plots); default WORKDIR/training/<time>-<arch>")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="local initial weights: a torchvision state dict or a shadowcam best.pt (nothing is downloaded)")
     p.add_argument("--classes", default=None, metavar="A,B,...",
                    help="fix the class list and its order (e.g. the incumbent's); default: the first source's")
-    p.add_argument("--augment", choices=("light", "none"), default="light", help="training augmentation preset")
+    p.add_argument("--augment", choices=("light", "none"), default=d("augment"), help="training augmentation preset")
     p.add_argument("--fp16", action="store_true", help="also export a float16 ONNX variant (model_fp16.onnx)")
-    p.add_argument("--max-bad-fraction", type=float, default=0.05,
+    p.add_argument("--max-bad-fraction", type=float, default=d("max_bad_fraction"),
                    help="share of unreadable images skipped with a warning before the run fails")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d("device"), help="training device")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--experiment", default=d["experiment"], help="MLflow experiment")
+    p.add_argument("--experiment", default=d("experiment"), help="MLflow experiment")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (no --register then)")
     p.add_argument("--register", default=None, metavar="NAME", help="register the ONNX as a new version of this model")
     p.add_argument("--alias", default=None, metavar="ALIAS", help="alias for the new version (champion, challenger)")
-    p.add_argument("--workdir", default=".", help="work directory: mlflow.db, mlartifacts/, default output folder")
+    p.add_argument("--workdir", default=d("workdir"), help="work directory: mlflow.db, mlartifacts/, default output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the result (metrics, paths, card) as JSON")
 
@@ -70,9 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.types import ConfigError
-
     from models.train import make_config, result_dict, train
+    from pipeline.types import ConfigError
 
     if args.no_mlflow and args.register:
         raise ConfigError("--register needs MLflow; drop --no-mlflow")

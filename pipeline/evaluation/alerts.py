@@ -3,7 +3,9 @@
 Three outlets, all best effort (an outlet failing is logged, never raised, so an evaluation is not lost):
 
 * a structured WARNING log line per alert (``shadowcam.alert kind=... role=... value=... threshold=...``);
-* an optional webhook: one JSON POST (urllib, short timeout) with all alerts of the evaluation;
+* an optional webhook: one JSON POST (urllib, short timeout) with all alerts of the evaluation, retried with
+  exponential backoff (tenacity) when the receiver is unreachable, times out or answers 5xx; a 4xx answer is
+  final (the request itself is wrong);
 * Prometheus gauges written to a textfile (``<workdir>/metrics/evaluation.prom``) with
   ``prometheus_client.write_to_textfile``, for node_exporter's textfile collector or the runner's
   ``/metrics`` endpoint. The gauges are written on every evaluation, alert or not.
@@ -20,108 +22,120 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from pipeline.config import AlertConfig
+from pipeline.evaluation.result import ROLES, Alert, EvaluationResult
+
+__all__ = ["Alert", "PROM_FILE", "check_alerts", "dispatch", "log_alerts", "post_webhook", "write_prometheus"]
 
 log = logging.getLogger("shadowcam.alerts")
 
-ROLES = ("incumbent", "shadow")
 PROM_FILE = Path("metrics") / "evaluation.prom"
+WEBHOOK_ATTEMPTS = 3  # POSTs at most, the first included
+WEBHOOK_BACKOFF_S = (0.5, 4.0)  # first wait, longest wait (doubling in between)
 
 
-@dataclass(frozen=True)
-class Alert:
-    kind: str  # "gap" | "drift"
-    subject: str  # role ("incumbent"), "incumbent softmax", "class_distribution", "<camera>/<stat>"
-    value: float  # the gap's CI lower bound, or the p-value
-    threshold: float
-    message: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _get(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, dict) or d.get(p) is None:
-            return None
-        d = d[p]
-    return d
-
-
-def check_alerts(result: Any, config: AlertConfig) -> list[Alert]:
-    """Alerts for one :class:`EvaluationResult` (or its ``to_dict()``)."""
-    from pipeline.evaluation.evaluator import drift_p_value, image_stat_p_values
-
-    data = result.data if hasattr(result, "data") else result["data"]
-    meta = result.meta if hasattr(result, "meta") else result["meta"]
+def check_alerts(result: EvaluationResult, config: AlertConfig) -> list[Alert]:
+    """Alerts for one :class:`EvaluationResult`: gaps per role, then drift tests in :meth:`DriftFigures.p_values` order."""
     out: list[Alert] = []
     for role in ROLES:
-        gap = _get(data, "models", role, "gap")
-        if gap and gap.get("low") is not None and gap["low"] > config.max_gap:
-            model = meta["models"].get(role)
+        m = result.models.get(role)
+        gap = m.gap if m is not None else None
+        if gap is not None and math.isfinite(gap.low) and gap.low > config.max_gap:
+            model = result.meta.models.get(role)
             out.append(Alert(
-                "gap", role, float(gap["low"]), config.max_gap,
-                f"{role} {model}: train-to-production gap {100 * gap['value']:.1f} points, CI lower bound "
-                f"{100 * gap['low']:.1f} > tolerated {100 * config.max_gap:.1f}",
+                "gap", role, float(gap.low), config.max_gap,
+                f"{role} {model}: train-to-production gap {100 * gap.value:.1f} points, CI lower bound "
+                f"{100 * gap.low:.1f} > tolerated {100 * config.max_gap:.1f}",
             ))
-    for role, res in (_get(data, "drift", "softmax") or {}).items():
-        p = drift_p_value(res)
-        if p is not None and p < config.drift_p:
-            out.append(Alert("drift", f"{role} softmax", p, config.drift_p, f"{role} softmax outputs drifted from the reference period (corrected p={p:.2e} < {config.drift_p:g})"))
-    p = drift_p_value(_get(data, "drift", "class_distribution"))
-    if p is not None and p < config.drift_p:
-        out.append(Alert("drift", "class_distribution", p, config.drift_p, f"predicted-class distribution shifted from the reference period (p={p:.2e} < {config.drift_p:g})"))
-    for cam, res in (_get(data, "drift", "image") or {}).items():
-        for stat, p in image_stat_p_values(res).items():
-            if p < config.drift_p:
-                out.append(Alert("drift", f"{cam}/{stat}", p, config.drift_p, f"camera {cam}: image {stat} drifted from the reference period (p={p:.2e} < {config.drift_p:g})"))
+    for t in result.drift.p_values():
+        if not t.p < config.drift_p:
+            continue
+        if t.test == "softmax":
+            out.append(Alert("drift", f"{t.subject} softmax", t.p, config.drift_p,
+                             f"{t.subject} softmax outputs drifted from the reference period (corrected p={t.p:.2e} < {config.drift_p:g})"))
+        elif t.test == "class_distribution":
+            out.append(Alert("drift", "class_distribution", t.p, config.drift_p,
+                             f"predicted-class distribution shifted from the reference period (p={t.p:.2e} < {config.drift_p:g})"))
+        else:
+            out.append(Alert("drift", f"{t.subject}/{t.stat}", t.p, config.drift_p,
+                             f"camera {t.subject}: image {t.stat} drifted from the reference period (p={t.p:.2e} < {config.drift_p:g})"))
     return out
 
 
-def log_alerts(alerts: Sequence[Alert], result: Any = None) -> None:
+def log_alerts(alerts: Sequence[Alert], result: EvaluationResult | None = None) -> None:
     """One structured WARNING line per alert."""
     window = ""
     if result is not None:
-        meta = result.meta if hasattr(result, "meta") else result["meta"]
-        window = f" window={meta['window'].get('start_iso')}..{meta['window'].get('end_iso')}"
+        window = f" window={result.meta.window.start_iso}..{result.meta.window.end_iso}"
     for a in alerts:
         log.warning("shadowcam.alert kind=%s subject=%s value=%.6g threshold=%.6g%s message=%s", a.kind, json.dumps(a.subject), a.value, a.threshold, window, json.dumps(a.message))
 
 
-def post_webhook(url: str, alerts: Sequence[Alert], result: Any = None, timeout_s: float = 5.0) -> bool:
-    """POST ``{"source": "shadowcam", "alerts": [...], ...}`` as JSON. Returns success; failures are logged."""
+def _retryable(e: BaseException) -> bool:
+    """Worth another try: the receiver answered 5xx, or could not be reached / timed out (URLError, OSError)."""
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code >= 500
+    return isinstance(e, OSError)  # URLError (refused, DNS), TimeoutError, connection reset
+
+
+def _log_retry(url: str):
+    def before_sleep(state: RetryCallState) -> None:
+        e = state.outcome.exception() if state.outcome is not None else None
+        log.warning("alert webhook %s failed (attempt %d of %d: %s); retrying in %.1f s", url, state.attempt_number,
+                    WEBHOOK_ATTEMPTS, e, state.next_action.sleep if state.next_action else 0.0)
+    return before_sleep
+
+
+def post_webhook(url: str, alerts: Sequence[Alert], result: EvaluationResult | None = None, timeout_s: float = 5.0,
+                 attempts: int = WEBHOOK_ATTEMPTS) -> bool:
+    """POST ``{"source": "shadowcam", "alerts": [...], ...}`` as JSON. Returns success; failures are logged.
+
+    Up to ``attempts`` POSTs, waiting 0.5 s, 1 s, 2 s ... (at most 4 s) in between, while the receiver is
+    unreachable, times out or answers 5xx; a 4xx answer or a malformed URL is not retried.
+    """
     payload: dict[str, Any] = {"source": "shadowcam", "kind": "evaluation_alerts", "sent_at": time.time(), "alerts": [a.to_dict() for a in alerts]}
     if result is not None:
-        meta = result.meta if hasattr(result, "meta") else result["meta"]
-        payload.update(models=meta.get("models"), window={k: meta["window"].get(k) for k in ("start_iso", "end_iso", "index")}, runs=meta.get("runs"))
+        w = result.meta.window
+        payload.update(models=result.meta.models, window={"start_iso": w.start_iso, "end_iso": w.end_iso, "index": w.index},
+                       runs=list(result.meta.runs))
     body = json.dumps(payload).encode("utf-8")
-    try:
+
+    def post() -> int:
         req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "shadowcam"})
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            if not (200 <= resp.status < 300):
-                log.error("alert webhook %s answered HTTP %s", url, resp.status)
-                return False
-        return True
+            return resp.status
+
+    retrying = Retrying(
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_exponential(multiplier=WEBHOOK_BACKOFF_S[0], min=WEBHOOK_BACKOFF_S[0], max=WEBHOOK_BACKOFF_S[1]),
+        retry=retry_if_exception(_retryable),
+        before_sleep=_log_retry(url),
+        reraise=True,
+    )
+    try:
+        status = retrying(post)
     except (urllib.error.URLError, OSError, ValueError) as e:  # HTTPError is a URLError; ValueError: bad URL
         log.error("alert webhook %s failed: %s", url, e)
         return False
+    if not (200 <= status < 300):
+        log.error("alert webhook %s answered HTTP %s", url, status)
+        return False
+    return True
 
 
-def write_prometheus(result: Any, alerts: Sequence[Alert], path: str | Path) -> Path | None:
+def write_prometheus(result: EvaluationResult, alerts: Sequence[Alert], path: str | Path) -> Path | None:
     """Write the evaluation's gauges to a Prometheus textfile (atomic). Returns the path, None on failure."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-    from pipeline.evaluation.evaluator import drift_p_value, image_stat_p_values
-
-    data = result.data if hasattr(result, "data") else result["data"]
-    meta = result.meta if hasattr(result, "meta") else result["meta"]
+    meta = result.meta
     reg = CollectorRegistry()
     labels = ["role", "model"]
     g_acc = Gauge("shadowcam_eval_prod_accuracy", "Production accuracy from human labels", labels, registry=reg)
@@ -136,33 +150,30 @@ def write_prometheus(result: Any, alerts: Sequence[Alert], path: str | Path) -> 
     g_alert = Gauge("shadowcam_eval_alert", "1 when an alert of this kind is active", ["kind"], registry=reg)
     g_n_alert = Gauge("shadowcam_eval_alerts", "Number of active alerts", registry=reg)
     g_ts = Gauge("shadowcam_eval_last_timestamp_seconds", "When the evaluation ran", registry=reg)
-    for role in ROLES:
-        m = _get(data, "models", role)
-        if not m:
-            continue
-        lv = (role, str(meta["models"].get(role)))
-        for g, val in ((g_acc, _get(m, "accuracy", "value")), (g_lo, _get(m, "accuracy", "low")), (g_hi, _get(m, "accuracy", "high")),
-                       (g_gap, _get(m, "gap", "value")), (g_gap_lo, _get(m, "gap", "low")), (g_est, _get(m, "estimated_accuracy", "value"))):
-            if val is not None:
+    for role in result.roles:
+        m = result.models[role]
+        lv = (role, str(meta.models.get(role)))
+        acc, gap, est = m.accuracy, m.gap, m.estimated_accuracy
+        for g, fig, attr in ((g_acc, acc, "value"), (g_lo, acc, "low"), (g_hi, acc, "high"),
+                             (g_gap, gap, "value"), (g_gap_lo, gap, "low"), (g_est, est, "value")):
+            val = None if fig is None else getattr(fig, attr)
+            if val is not None and math.isfinite(val):  # NaN: no figure
                 g.labels(*lv).set(float(val))
-    g_lab.set(data["counts"]["frames_with_truth"])
-    if data["counts"].get("shadow_coverage") is not None:
-        g_cov.set(data["counts"]["shadow_coverage"])
-    for role, res in (_get(data, "drift", "softmax") or {}).items():
-        p = drift_p_value(res)
-        if p is not None:
-            g_drift.labels(f"softmax_{role}").set(p)
-    p = drift_p_value(_get(data, "drift", "class_distribution"))
-    if p is not None:
-        g_drift.labels("class_distribution").set(p)
-    for cam, res in (_get(data, "drift", "image") or {}).items():
-        for stat, p in image_stat_p_values(res).items():
-            g_drift.labels(f"image_{cam}_{stat}").set(p)
+    g_lab.set(result.counts.frames_with_truth)
+    if result.counts.shadow_coverage is not None:
+        g_cov.set(result.counts.shadow_coverage)
+    for t in result.drift.p_values():
+        if t.test == "softmax":
+            g_drift.labels(f"softmax_{t.subject}").set(t.p)
+        elif t.test == "class_distribution":
+            g_drift.labels("class_distribution").set(t.p)
+        else:
+            g_drift.labels(f"image_{t.subject}_{t.stat}").set(t.p)
     kinds = {a.kind for a in alerts}
     for kind in ("gap", "drift"):
         g_alert.labels(kind).set(1 if kind in kinds else 0)
     g_n_alert.set(len(alerts))
-    g_ts.set(meta.get("evaluated_at") or time.time())
+    g_ts.set(meta.evaluated_at or time.time())
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,10 +184,10 @@ def write_prometheus(result: Any, alerts: Sequence[Alert], path: str | Path) -> 
         return None
 
 
-def dispatch(result: Any, config: AlertConfig, workdir: str | Path | None = ".", prom_path: str | Path | None = None) -> list[Alert]:
+def dispatch(result: EvaluationResult, config: AlertConfig, workdir: str | Path | None = ".", prom_path: str | Path | None = None) -> list[Alert]:
     """Check, log, post (if ``config.webhook``) and write the Prometheus textfile. Returns the alerts.
 
-    The alerts are also put into ``result.data["alerts"]`` (as dicts) when ``result`` has a ``data`` dict.
+    The result is not changed (it is frozen): keep the alerts with it by ``result.with_alerts(alerts)``.
     """
     alerts = check_alerts(result, config)
     log_alerts(alerts, result)
@@ -186,7 +197,4 @@ def dispatch(result: Any, config: AlertConfig, workdir: str | Path | None = ".",
         prom_path = Path(workdir) / PROM_FILE
     if prom_path is not None:
         write_prometheus(result, alerts, prom_path)
-    data = result.data if hasattr(result, "data") else result.get("data")
-    if isinstance(data, dict):
-        data["alerts"] = [a.to_dict() for a in alerts]
     return alerts

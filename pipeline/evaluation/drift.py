@@ -32,8 +32,9 @@ statistic is divided by the Rao-Scott first-order design effect built from the s
 ``tau`` is estimated per series, per camera (``groups``), after sorting by ``ts``, on the
 *reference* window and applied to both windows (see :func:`_current_n_eff`).
 
-Every function returns a plain dict (JSON-ready) with ``drift`` (bool), the corrected p-value, the
-statistics and the raw and effective sample sizes.
+Every function returns a frozen dataclass of :mod:`pipeline.evaluation.result` (:class:`SoftmaxDrift`,
+:class:`ClassDistributionDrift`, :class:`ImageStatDrift`) with ``drift`` (bool), the corrected p-value, the
+statistics and the raw and effective sample sizes; a test skipped for too few frames says why in ``skipped``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as _st
+
+from pipeline.evaluation.result import ClassDistributionDrift, ImageStat, ImageStatDrift, SoftmaxDrift
 
 SOKAL_C = 5.0
 
@@ -159,10 +162,6 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
 
 
-def _skipped(reason: str, **extra: Any) -> dict[str, Any]:
-    return {"drift": False, "p_min_corrected": 1.0, "skipped": reason, **extra}
-
-
 def ks_softmax_drift(
     ref_probs: np.ndarray,
     cur_probs: np.ndarray,
@@ -173,15 +172,13 @@ def ks_softmax_drift(
     cur_groups: Any = None,
     classes: Sequence[str] | None = None,
     min_frames: int = 20,
-) -> dict[str, Any]:
+) -> SoftmaxDrift:
     """Per-class KS tests of softmax outputs, reference vs current window, Bonferroni over classes.
 
     ``ref_probs``/``cur_probs``: (n, n_classes) probabilities of one model; ``*_ts``: frame timestamps
     and ``*_groups``: camera ids (for the autocorrelation estimate, see the module docstring).
-    Returns ``{"drift", "p_min_corrected", "p_values", "statistics", "n_ref", "n_cur", "n_ref_eff",
-    "n_cur_eff", "classes", "method"}``; ``p_values`` are per class before the Bonferroni factor,
-    ``n_*_eff`` the smallest effective size over classes. Fewer than ``min_frames`` frames in either
-    window: no test (``skipped`` says why).
+    ``p_values`` are per class before the Bonferroni factor, ``n_*_eff`` the smallest effective size over
+    classes. Fewer than ``min_frames`` frames in either window: no test (``skipped`` says why).
     """
     _check_alpha(alpha)
     ref = np.asarray(ref_probs, dtype=np.float64)
@@ -194,22 +191,23 @@ def ks_softmax_drift(
         raise ValueError(f"classes has {len(names)} names for {k} probability columns")
     method = "ks-per-class-neff-bonferroni"
     if min(ref.shape[0], cur.shape[0]) < min_frames:
-        return _skipped(f"need >= {min_frames} frames per window, got {ref.shape[0]} and {cur.shape[0]}", n_ref=ref.shape[0], n_cur=cur.shape[0], method=method)
+        return SoftmaxDrift(drift=False, p_min_corrected=1.0, n_ref=int(ref.shape[0]), n_cur=int(cur.shape[0]), method=method,
+                            skipped=f"need >= {min_frames} frames per window, got {ref.shape[0]} and {cur.shape[0]}")
     r = _ks_columns(ref, cur, ref_ts, cur_ts, ref_groups, cur_groups)
     p_corr = min(1.0, float(r["p"].min()) * k)
-    return {
-        "drift": bool(p_corr < alpha),
-        "p_min_corrected": p_corr,
-        "p_values": r["p"].tolist(),
-        "statistics": r["d"].tolist(),
-        "classes": names,
-        "n_ref": int(ref.shape[0]),
-        "n_cur": int(cur.shape[0]),
-        "n_ref_eff": float(r["n1e"].min()),
-        "n_cur_eff": float(r["n2e"].min()),
-        "alpha": alpha,
-        "method": method,
-    }
+    return SoftmaxDrift(
+        drift=bool(p_corr < alpha),
+        p_min_corrected=p_corr,
+        n_ref=int(ref.shape[0]),
+        n_cur=int(cur.shape[0]),
+        method=method,
+        p_values=tuple(r["p"].tolist()),
+        statistics=tuple(r["d"].tolist()),
+        classes=tuple(names),
+        n_ref_eff=float(r["n1e"].min()),
+        n_cur_eff=float(r["n2e"].min()),
+        alpha=alpha,
+    )
 
 
 def class_distribution_drift(
@@ -222,7 +220,7 @@ def class_distribution_drift(
     ref_groups: Any = None,
     cur_groups: Any = None,
     min_frames: int = 20,
-) -> dict[str, Any]:
+) -> ClassDistributionDrift:
     """Chi-square test of the predicted-class distribution, reference vs current window.
 
     Labels outside ``classes`` (e.g. ``unknown`` for degraded predictions) count in an ``(other)`` bucket.
@@ -246,21 +244,16 @@ def class_distribution_drift(
     n1, n2 = a.shape[0], b.shape[0]
     method = "chi2-rao-scott-neff"
     c1, c2 = a.sum(axis=0), b.sum(axis=0)
-    base = {
-        "categories": cats,
-        "ref_counts": c1.astype(int).tolist(),
-        "cur_counts": c2.astype(int).tolist(),
-        "n_ref": n1,
-        "n_cur": n2,
-        "alpha": alpha,
-        "method": method,
-    }
+    base: dict[str, Any] = dict(
+        categories=tuple(cats), ref_counts=tuple(c1.astype(int).tolist()), cur_counts=tuple(c2.astype(int).tolist()),
+        n_ref=int(n1), n_cur=int(n2), alpha=alpha, method=method,
+    )
     if min(n1, n2) < min_frames:
-        return _skipped(f"need >= {min_frames} frames per window, got {n1} and {n2}", **base)
+        return ClassDistributionDrift(**base, drift=False, p_min_corrected=1.0, skipped=f"need >= {min_frames} frames per window, got {n1} and {n2}")
     used = (c1 + c2) > 0
     base["tv_distance"] = float(0.5 * np.abs(c1 / n1 - c2 / n2).sum())
     if used.sum() < 2:
-        return {**base, "drift": False, "p_min_corrected": 1.0, "p_value": 1.0, "chi2": 0.0, "chi2_adjusted": 0.0, "dof": 0, "design_effect": 1.0}
+        return ClassDistributionDrift(**base, drift=False, p_min_corrected=1.0, p_value=1.0, chi2=0.0, chi2_adjusted=0.0, dof=0, design_effect=1.0)
     table = np.vstack([c1[used], c2[used]])
     chi2 = float(_st.chi2_contingency(table, correction=False).statistic)
     n1e, tau_ref = effective_sample_size(a[:, used], ref_ts, ref_groups)
@@ -272,18 +265,18 @@ def class_distribution_drift(
     dof = int(used.sum()) - 1
     deff = max(1.0, float(((1.0 - share) * deff_c).sum() / dof))
     p = float(_st.chi2.sf(chi2 / deff, dof))
-    return {
+    return ClassDistributionDrift(
         **base,
-        "drift": bool(p < alpha),
-        "p_value": p,
-        "p_min_corrected": p,
-        "chi2": chi2,
-        "chi2_adjusted": chi2 / deff,
-        "dof": dof,
-        "design_effect": deff,
-        "n_ref_eff": float(n1 / deff),
-        "n_cur_eff": float(n2 / deff),
-    }
+        drift=bool(p < alpha),
+        p_value=p,
+        p_min_corrected=p,
+        chi2=chi2,
+        chi2_adjusted=chi2 / deff,
+        dof=dof,
+        design_effect=deff,
+        n_ref_eff=float(n1 / deff),
+        n_cur_eff=float(n2 / deff),
+    )
 
 
 def image_stat_drift(
@@ -295,7 +288,7 @@ def image_stat_drift(
     ref_groups: Any = None,
     cur_groups: Any = None,
     min_frames: int = 20,
-) -> dict[str, Any]:
+) -> ImageStatDrift:
     """Per-statistic drift of image statistics (call it per camera), Bonferroni over statistics.
 
     ``ref``/``cur``: ``{stat_name: (n,) values}`` (as :func:`pipeline.imagestats.image_stats_batch` returns,
@@ -313,11 +306,12 @@ def image_stat_drift(
     c = np.column_stack([np.asarray(cur[k], dtype=np.float64).ravel() for k in names]) if len(cur[names[0]]) else np.zeros((0, len(names)))
     method = "ks-neff-bonferroni+smd"
     if min(r.shape[0], c.shape[0]) < min_frames:
-        return _skipped(f"need >= {min_frames} frames per window, got {r.shape[0]} and {c.shape[0]}", n_ref=r.shape[0], n_cur=c.shape[0], method=method)
+        return ImageStatDrift(drift=False, p_min_corrected=1.0, n_ref=int(r.shape[0]), n_cur=int(c.shape[0]), method=method,
+                              skipped=f"need >= {min_frames} frames per window, got {r.shape[0]} and {c.shape[0]}")
     if not (np.all(np.isfinite(r)) and np.all(np.isfinite(c))):
         raise ValueError("image statistics contain NaN or infinite values")
     res = _ks_columns(r, c, ref_ts, cur_ts, ref_groups, cur_groups)
-    out_stats: dict[str, dict[str, float]] = {}
+    out_stats: dict[str, ImageStat] = {}
     for j, name in enumerate(names):
         mr, mc = float(r[:, j].mean()), float(c[:, j].mean())
         sr, sc = float(r[:, j].std(ddof=1)), float(c[:, j].std(ddof=1))
@@ -325,25 +319,25 @@ def image_stat_drift(
         smd = (mc - mr) / scale if scale > 0 else 0.0
         se = math.sqrt(sr * sr / res["n1e"][j] + sc * sc / res["n2e"][j])
         p_mean = float(2 * _st.norm.sf(abs(mc - mr) / se)) if se > 0 else (1.0 if mc == mr else 0.0)
-        out_stats[name] = {
-            "ks": float(res["d"][j]),
-            "p_value": float(res["p"][j]),
-            "smd": smd,
-            "mean_p_value": p_mean,
-            "ref_mean": mr,
-            "cur_mean": mc,
-            "n_ref_eff": float(res["n1e"][j]),
-            "n_cur_eff": float(res["n2e"][j]),
-        }
+        out_stats[name] = ImageStat(
+            ks=float(res["d"][j]),
+            p_value=float(res["p"][j]),
+            smd=smd,
+            mean_p_value=p_mean,
+            ref_mean=mr,
+            cur_mean=mc,
+            n_ref_eff=float(res["n1e"][j]),
+            n_cur_eff=float(res["n2e"][j]),
+        )
     jmin = int(np.argmin(res["p"]))
     p_corr = min(1.0, float(res["p"][jmin]) * len(names))
-    return {
-        "drift": bool(p_corr < alpha),
-        "p_min_corrected": p_corr,
-        "worst": names[jmin],
-        "stats": out_stats,
-        "n_ref": int(r.shape[0]),
-        "n_cur": int(c.shape[0]),
-        "alpha": alpha,
-        "method": method,
-    }
+    return ImageStatDrift(
+        drift=bool(p_corr < alpha),
+        p_min_corrected=p_corr,
+        n_ref=int(r.shape[0]),
+        n_cur=int(c.shape[0]),
+        method=method,
+        worst=names[jmin],
+        stats=out_stats,
+        alpha=alpha,
+    )

@@ -16,6 +16,8 @@ Usage (training side, once per model)::
     t = fit_atc_threshold(val_probs, val_pred == val_true, score="neg_entropy")
     card.atc_threshold, card.atc_score = t, "neg_entropy"
 
+or, from scores already computed, ``atc_threshold(val_scores, val_accuracy)`` (the one fitting rule);
+
 and in the evaluator: ``atc_estimate(prod_probs, card.atc_threshold, card.atc_score)``.
 """
 
@@ -46,26 +48,43 @@ def confidence_score(probs: np.ndarray, score: str = "max_confidence") -> np.nda
     raise ValueError(f"unknown ATC score {score!r}; expected one of {', '.join(SCORES)}")
 
 
+def atc_threshold(scores: np.ndarray, accuracy: float) -> float:
+    """The ATC threshold ``t`` with ``mean(scores > t) == accuracy``, as closely as the ``n`` scores allow.
+
+    The one place this rule lives (training fits the model card's threshold with it). With
+    ``k = round(accuracy * n)`` and the scores sorted descending ``s_1 >= s_2 >= ...``, ``t`` is the midpoint
+    of ``s_k`` and ``s_{k+1}`` (robust to float rounding between torch and ONNX Runtime); for ``k = n`` it is
+    just below the smallest score (by ``max(1e-6, 1e-6 |s_n|)``, for the same reason), for ``k = 0`` the
+    largest score (nothing scores strictly above it). Ties at the boundary make the share inexact.
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+    n = s.size
+    if n == 0:
+        raise ValueError("atc_threshold needs at least one score")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("ATC scores contain NaN or infinite values")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
+    k = int(round(accuracy * n))
+    if k >= n:
+        return float(s[-1] - max(1e-6, 1e-6 * abs(s[-1])))
+    if k <= 0:
+        return float(s[0])
+    return float((s[k - 1] + s[k]) / 2.0)
+
+
 def fit_atc_threshold(probs: np.ndarray, correct: np.ndarray, score: str = "max_confidence") -> float:
     """Fit the ATC threshold ``t`` with ``mean(score > t) == mean(correct)`` on validation data.
 
     ``probs``: (n, n_classes) calibrated probabilities; ``correct``: (n,) booleans (prediction == truth).
-    ``t`` lies midway between the k-th and (k+1)-th largest scores with ``k = round(n * accuracy)``, so
-    the identity holds exactly (up to ties) on the fitting data. Returns a float.
+    :func:`atc_threshold` on :func:`confidence_score`, so the identity holds exactly (up to ties) on the
+    fitting data. Returns a float.
     """
     s = confidence_score(probs, score)
     c = np.asarray(correct).astype(bool).ravel()
     if c.shape[0] != s.shape[0]:
         raise ValueError(f"correct has {c.shape[0]} entries but probs has {s.shape[0]} rows")
-    n = s.shape[0]
-    k = int(round(float(c.mean()) * n))
-    desc = np.sort(s)[::-1]
-    if k <= 0:
-        return float(desc[0])  # nothing scores strictly above the maximum
-    if k >= n:
-        return float(np.nextafter(desc[-1], -np.inf))  # everything scores above
-    hi, lo = desc[k - 1], desc[k]
-    return float((hi + lo) / 2.0) if hi > lo else float(lo)
+    return atc_threshold(s, float(c.mean()))
 
 
 def atc_estimate(probs: np.ndarray, threshold: float, score: str = "max_confidence") -> float:

@@ -1,13 +1,14 @@
 """Plots, the self-contained HTML report and the terminal summary of an evaluation.
 
-Inputs are :class:`~pipeline.evaluation.evaluator.EvaluationResult` objects (their JSON-ready ``data`` and
-``meta``), so a report can be rebuilt from a saved ``evaluation.json`` alone. matplotlib is imported
-lazily with the Agg backend (no display needed).
+Inputs are :class:`~pipeline.evaluation.result.EvaluationResult` objects; a report can be rebuilt from a saved
+``evaluation.json`` alone (``EvaluationResult.from_dict(doc["overall"])``). matplotlib is imported lazily
+with the Agg backend (no display needed).
 
 * :func:`make_plots` -- PNGs: gap and accuracy over time with CI bands, confusion matrices, reliability
   diagram, per-camera accuracy bars, drift p-values over time.
 * :func:`render_html` -- one HTML file, images inlined as base64, tables of every figure and the decision.
-* :func:`write_report` -- both, plus ``evaluation.json``, into a folder.
+* :func:`write_report` -- both, plus ``evaluation.json``, into a folder (``pipeline.tracking.log_evaluation``
+  takes it as its ``write_report``).
 * :func:`format_summary` -- the plain-text table ``shadowcam evaluate`` prints.
 """
 
@@ -20,7 +21,11 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-ROLES = ("incumbent", "shadow")
+import jinja2
+import numpy as np
+
+from pipeline.evaluation.result import ROLES, Alert, Estimate, EvaluationResult
+
 COLORS = {"incumbent": "#1f77b4", "shadow": "#d62728"}
 PLOT_FILES = {
     "gap_over_time": "gap_over_time.png",
@@ -34,68 +39,53 @@ PLOT_FILES = {
 # --------------------------------------------------------------------------------------------------
 # small formatting helpers
 # --------------------------------------------------------------------------------------------------
-def _get(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, dict) or d.get(p) is None:
-            return None
-        d = d[p]
-    return d
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and not math.isfinite(x))
 
 
-def _data(r: Any) -> dict:
-    return r.data if hasattr(r, "data") else r["data"]
+def fmt_pct(x: float | None, digits: int = 1) -> str:
+    return "–" if _missing(x) else f"{100 * float(x):.{digits}f}%"
 
 
-def _meta(r: Any) -> dict:
-    return r.meta if hasattr(r, "meta") else r["meta"]
-
-
-def fmt_pct(x: Any, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * float(x):.{digits}f}%"
-
-
-def fmt_est(e: dict | None, digits: int = 1, signed: bool = False) -> str:
-    """``83.4% [79.0, 87.1]`` from an Estimate dict."""
-    if not e or e.get("value") is None:
+def fmt_est(e: Estimate | None, digits: int = 1, signed: bool = False) -> str:
+    """``83.4% [79.0, 87.1]`` from an :class:`Estimate` (``–`` when there is none or its value is NaN)."""
+    if e is None or _missing(e.value):
         return "–"
     sign = "+" if signed else ""
-    v = f"{100 * e['value']:{sign}.{digits}f}%"
-    if e.get("low") is None or e.get("high") is None:
+    v = f"{100 * e.value:{sign}.{digits}f}%"
+    if _missing(e.low) or _missing(e.high):
         return v
-    return f"{v} [{100 * e['low']:{sign}.{digits}f}, {100 * e['high']:{sign}.{digits}f}]"
+    return f"{v} [{100 * e.low:{sign}.{digits}f}, {100 * e.high:{sign}.{digits}f}]"
 
 
-def fmt_p(p: Any) -> str:
-    if p is None:
+def fmt_p(p: float | None) -> str:
+    if _missing(p):
         return "–"
     p = float(p)
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def _drift_p(res: Any) -> float | None:
-    from pipeline.evaluation.evaluator import drift_p_value
-
-    return drift_p_value(res) if isinstance(res, dict) else None
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else float(x)
 
 
-def _image_ps(res: Any) -> dict[str, float]:
-    from pipeline.evaluation.evaluator import image_stat_p_values
-
-    return image_stat_p_values(res) if isinstance(res, dict) else {}
+def _role_figure(r: EvaluationResult, role: str, name: str) -> Any:
+    """``r.models[role].<name>``, None when the role has no figures in ``r``."""
+    m = r.models.get(role)
+    return None if m is None else getattr(m, name)
 
 
 def _time(t: float | None) -> dt.datetime | None:
     return None if t is None else dt.datetime.fromtimestamp(float(t), tz=dt.timezone.utc)
 
 
-def _mid(r: Any) -> dt.datetime | None:
-    w = _meta(r)["window"]
-    lo, hi = w.get("start"), w.get("end")
-    if lo is None or hi is None:
+def _mid(r: EvaluationResult) -> dt.datetime | None:
+    w = r.meta.window
+    if w.start is None or w.end is None:
         return None
-    if w.get("cumulative"):
-        return _time(hi)
-    return _time((float(lo) + float(hi)) / 2)
+    if w.cumulative:
+        return _time(w.end)
+    return _time((w.start + w.end) / 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,14 +100,15 @@ def _plt():
     return plt
 
 
-def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_gap: float | None = None) -> dict[str, Path]:
+def make_plots(results: Sequence[EvaluationResult], overall: EvaluationResult, out_dir: str | Path, max_gap: float | None = None) -> dict[str, Path]:
     """Write the PNGs into ``out_dir``; returns {plot name: path} for those that had data."""
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     made: dict[str, Path] = {}
     results = list(results) or [overall]
-    roles = [r for r in ROLES if _get(_data(overall), "models", r)]
+    meta = overall.meta
+    roles = overall.roles
 
     # 1. accuracy and gap over time, CI bands
     fig, (ax_acc, ax_gap) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
@@ -128,34 +119,33 @@ def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_ga
             x = _mid(r)
             if x is None:
                 continue
-            m = _get(_data(r), "models", role) or {}
-            a, g = m.get("accuracy") or {}, m.get("gap") or {}
+            a, g, e = (_role_figure(r, role, k) for k in ("accuracy", "gap", "estimated_accuracy"))
             xs.append(x)
-            acc.append(_nan(a.get("value")))
-            alo.append(_nan(a.get("low")))
-            ahi.append(_nan(a.get("high")))
-            est.append(_nan((m.get("estimated_accuracy") or {}).get("value")))
-            gap.append(_nan(g.get("value")))
-            glo.append(_nan(g.get("low")))
-            ghi.append(_nan(g.get("high")))
+            acc.append(_nan(a.value) if a else math.nan)
+            alo.append(_nan(a.low) if a else math.nan)
+            ahi.append(_nan(a.high) if a else math.nan)
+            est.append(_nan(e.value) if e else math.nan)
+            gap.append(_nan(g.value) if g else math.nan)
+            glo.append(_nan(g.low) if g else math.nan)
+            ghi.append(_nan(g.high) if g else math.nan)
         if not xs:
             continue
         any_point = True
         c = COLORS[role]
-        model = _meta(overall)["models"].get(role)
+        model = meta.models.get(role)
         ax_acc.plot(xs, acc, "o-", color=c, label=f"{role} ({model}) production")
         ax_acc.fill_between(xs, alo, ahi, color=c, alpha=0.18)
         ax_acc.plot(xs, est, "x--", color=c, alpha=0.7, label=f"{role} label-free estimate")
-        off = _get(_meta(overall), "cards", role, "test_accuracy")
-        if off is not None:
-            ax_acc.axhline(off, color=c, ls=":", lw=1, label=f"{role} offline test accuracy")
+        card = meta.cards.get(role)
+        if card is not None and card.test_accuracy is not None:
+            ax_acc.axhline(card.test_accuracy, color=c, ls=":", lw=1, label=f"{role} offline test accuracy")
         ax_gap.plot(xs, gap, "o-", color=c, label=f"{role} gap")
         ax_gap.fill_between(xs, glo, ghi, color=c, alpha=0.18)
     ax_gap.axhline(0, color="grey", lw=0.8)
     if max_gap is not None:
         ax_gap.axhline(max_gap, color="orange", ls="--", lw=1, label=f"alert threshold {max_gap:g}")
     ax_acc.set_ylabel("accuracy")
-    ax_acc.set_title(f"Production accuracy ({100 * (1 - _meta(overall)['alpha']):.0f}% CI bands)")
+    ax_acc.set_title(f"Production accuracy ({100 * (1 - meta.alpha):.0f}% CI bands)")
     ax_gap.set_ylabel("offline − production")
     ax_gap.set_title("Train-to-production gap")
     ax_gap.set_xlabel("window (UTC)")
@@ -168,12 +158,10 @@ def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_ga
     made["gap_over_time"] = _save(fig, out / PLOT_FILES["gap_over_time"], plt)
 
     # 2. confusion matrices (row-normalised colour, counts written in)
-    classes = _meta(overall)["classes"]
-    mats = [(role, _get(_data(overall), "models", role, "confusion", "matrix")) for role in roles]
+    classes = list(meta.classes)
+    mats = [(role, overall.models[role].confusion.matrix) for role in roles]
     mats = [(r, m) for r, m in mats if m]
     if mats:
-        import numpy as np
-
         fig, axes = plt.subplots(1, len(mats), figsize=(4.8 * len(mats), 4.4), squeeze=False)
         for ax, (role, m) in zip(axes[0], mats):
             m = np.asarray(m, dtype=float)
@@ -188,7 +176,7 @@ def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_ga
                     ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
             ax.set_xlabel("predicted")
             ax.set_ylabel("human label")
-            ax.set_title(f"{role}: {_meta(overall)['models'].get(role)}", fontsize=9)
+            ax.set_title(f"{role}: {meta.models.get(role)}", fontsize=9)
         fig.tight_layout()
         made["confusion"] = _save(fig, out / PLOT_FILES["confusion"], plt)
 
@@ -196,12 +184,12 @@ def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_ga
     fig, ax = plt.subplots(figsize=(5.2, 5))
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
     for role in roles:
-        cal = _get(_data(overall), "models", role, "calibration")
-        if not cal:
+        cal = overall.models[role].calibration
+        if cal is None:
             continue
-        pts = [(b["confidence"], b["accuracy"], b["n"]) for b in cal["bins"] if b["n"]]
+        pts = [(b.confidence, b.accuracy, b.n) for b in cal.bins if b.n]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[role], label=f"{role} (ECE {fmt_pct(cal.get('ece'))})")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[role], label=f"{role} (ECE {fmt_pct(cal.ece)})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (max probability)")
@@ -213,21 +201,21 @@ def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_ga
     made["reliability"] = _save(fig, out / PLOT_FILES["reliability"], plt)
 
     # 4. per-camera accuracy bars with CI whiskers
-    cams = sorted({c for role in roles for c in (_get(_data(overall), "models", role, "per_camera") or {})})
+    cams = sorted({c for role in roles for c in overall.models[role].per_camera})
     if cams:
         fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(cams) + 2), 4))
         width = 0.8 / max(1, len(roles))
         for k, role in enumerate(roles):
-            pc = _get(_data(overall), "models", role, "per_camera") or {}
+            pc = overall.models[role].per_camera
             xs, vals, lo, hi = [], [], [], []
             for i, cam in enumerate(cams):
                 e = pc.get(cam)
-                if not e or e.get("value") is None:
+                if e is None or _missing(e.value):
                     continue
                 xs.append(i + (k - (len(roles) - 1) / 2) * width)
-                vals.append(e["value"])
-                lo.append(max(0.0, e["value"] - (e.get("low") if e.get("low") is not None else e["value"])))
-                hi.append(max(0.0, (e.get("high") if e.get("high") is not None else e["value"]) - e["value"]))
+                vals.append(e.value)
+                lo.append(max(0.0, e.value - (e.value if _missing(e.low) else e.low)))
+                hi.append(max(0.0, (e.value if _missing(e.high) else e.high) - e.value))
             ax.bar(xs, vals, width, yerr=[lo, hi], capsize=3, color=COLORS[role], alpha=0.8, label=role)
         ax.set_xticks(range(len(cams)), cams, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
@@ -238,29 +226,28 @@ def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_ga
         fig.tight_layout()
         made["per_camera"] = _save(fig, out / PLOT_FILES["per_camera"], plt)
 
-    # 5. drift p-values over time
+    # 5. drift p-values over time (image statistics: the smallest of each camera's)
     series: dict[str, list[tuple[Any, float]]] = {}
     for r in results:
         x = _mid(r)
         if x is None:
             continue
-        for role, res in (_get(_data(r), "drift", "softmax") or {}).items():
-            p = _drift_p(res)
-            if p is not None:
-                series.setdefault(f"softmax ({role})", []).append((x, p))
-        p = _drift_p(_get(_data(r), "drift", "class_distribution"))
-        if p is not None:
-            series.setdefault("predicted classes", []).append((x, p))
-        for cam, res in (_get(_data(r), "drift", "image") or {}).items():
-            ps = _image_ps(res)
-            if ps:
-                series.setdefault(f"image stats {cam} (min)", []).append((x, min(ps.values())))
+        image_min: dict[str, float] = {}
+        for t in r.drift.p_values():
+            if t.test == "softmax":
+                series.setdefault(f"softmax ({t.subject})", []).append((x, t.p))
+            elif t.test == "class_distribution":
+                series.setdefault("predicted classes", []).append((x, t.p))
+            else:
+                image_min[t.subject] = min(t.p, image_min.get(t.subject, math.inf))
+        for cam, p in image_min.items():
+            series.setdefault(f"image stats {cam} (min)", []).append((x, p))
     if series:
         fig, ax = plt.subplots(figsize=(9, 3.8))
         styles = ["o-", "s--", "^-.", "v:", "D-", "x--", "*-."]
         for k, (name, pts) in enumerate(series.items()):
             ax.plot([p[0] for p in pts], [max(p[1], 1e-16) for p in pts], styles[k % len(styles)], ms=4, label=name)
-        ax.axhline(_meta(overall)["alpha"], color="orange", ls="--", lw=1, label=f"alpha {_meta(overall)['alpha']:g}")
+        ax.axhline(meta.alpha, color="orange", ls="--", lw=1, label=f"alpha {meta.alpha:g}")
         ax.set_yscale("log")
         ax.set_ylabel("p-value (corrected)")
         ax.set_title("Drift tests vs the reference period")
@@ -270,10 +257,6 @@ def make_plots(results: Sequence[Any], overall: Any, out_dir: str | Path, max_ga
         fig.tight_layout()
         made["drift"] = _save(fig, out / PLOT_FILES["drift"], plt)
     return made
-
-
-def _nan(x: Any) -> float:
-    return math.nan if x is None else float(x)
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
@@ -322,20 +305,20 @@ _TEMPLATE = r"""<!doctype html>
 
 {% if windows|length > 1 %}<h2>Windows</h2>
 <table><tr><th>#</th><th class="l">from (UTC)</th><th>frames</th><th>labels</th>{% for role, m in models %}<th>{{ role }} accuracy</th><th>{{ role }} gap</th>{% endfor %}<th>paired p</th><th>decision</th></tr>
-{% for w in windows %}<tr><td>{{ w.meta.window.index }}</td><td class="l">{{ w.meta.window.start_iso }}</td><td>{{ w.data.counts.frames }}</td><td>{{ w.data.counts.frames_with_truth }}</td>
-{% for role, m in models %}<td>{{ est(get(w.data, "models", role, "accuracy")) }}</td><td>{{ est(get(w.data, "models", role, "gap"), signed=True) }}</td>{% endfor %}
-<td>{{ p(get(w.data, "paired", "p_value")) }}</td><td>{{ (get(w.data, "decision", "action") or "–")|replace("_", " ") }}</td></tr>{% endfor %}
+{% for w in windows %}<tr><td>{{ w.meta.window.index }}</td><td class="l">{{ w.meta.window.start_iso }}</td><td>{{ w.counts.frames }}</td><td>{{ w.counts.frames_with_truth }}</td>
+{% for role, m in models %}<td>{{ est(role_figure(w, role, "accuracy")) }}</td><td>{{ est(role_figure(w, role, "gap"), signed=True) }}</td>{% endfor %}
+<td>{{ p(w.paired.p_value if w.paired else none) }}</td><td>{{ (w.decision.action if w.decision else "–")|replace("_", " ") }}</td></tr>{% endfor %}
 </table>{% endif %}
 
 <h2>Per-class recall</h2>
 <table><tr><th class="l">class</th>{% for role, m in models %}<th>{{ role }}</th>{% endfor %}{% for role, m in models %}<th>{{ role }} offline</th>{% endfor %}</tr>
-{% for c in meta.classes %}<tr><td class="l">{{ c }}</td>{% for role, m in models %}<td>{{ est(get(m, "per_class_recall", c)) }} <span class="muted">n={{ get(m, "per_class_recall", c, "n") or 0 }}</span></td>{% endfor %}
-{% for role, m in models %}<td>{{ pct(get(m, "offline", "per_class_accuracy", c)) }}</td>{% endfor %}</tr>{% endfor %}
+{% for c in meta.classes %}<tr><td class="l">{{ c }}</td>{% for role, m in models %}{% set e = m.per_class_recall.get(c) %}<td>{{ est(e) }} <span class="muted">n={{ e.n if e else 0 }}</span></td>{% endfor %}
+{% for role, m in models %}<td>{{ pct(m.offline.per_class_accuracy.get(c) if m.offline and m.offline.per_class_accuracy else none) }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 
 <h2>Per camera</h2>
 <table><tr><th class="l">camera</th>{% for role, m in models %}<th>{{ role }} accuracy</th>{% endfor %}</tr>
-{% for cam in cameras %}<tr><td class="l">{{ cam }}</td>{% for role, m in models %}<td>{{ est(get(m, "per_camera", cam)) }} <span class="muted">n={{ get(m, "per_camera", cam, "n") or 0 }}</span></td>{% endfor %}</tr>{% endfor %}
+{% for cam in cameras %}<tr><td class="l">{{ cam }}</td>{% for role, m in models %}{% set e = m.per_camera.get(cam) %}<td>{{ est(e) }} <span class="muted">n={{ e.n if e else 0 }}</span></td>{% endfor %}</tr>{% endfor %}
 </table>
 {% if images.per_camera %}<img alt="per-camera accuracy" src="data:image/png;base64,{{ images.per_camera }}">{% endif %}
 
@@ -356,7 +339,7 @@ _TEMPLATE = r"""<!doctype html>
 {% if images.drift %}<img alt="drift over time" src="data:image/png;base64,{{ images.drift }}">{% endif %}
 
 <h2>Annotators</h2>
-{% if data.agreement %}<table>{% for k, v in data.agreement.items() %}<tr><th class="l">{{ k }}</th><td>{{ num(v) }}</td></tr>{% endfor %}</table>
+{% if data.agreement %}<table>{% for k, v in data.agreement.to_dict().items() %}<tr><th class="l">{{ k }}</th><td>{{ num(v) }}</td></tr>{% endfor %}</table>
 {% else %}<p>No frame has two labels yet.</p>{% endif %}
 
 <h2>Counts</h2>
@@ -369,6 +352,7 @@ _TEMPLATE = r"""<!doctype html>
 """
 
 
+
 def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -377,82 +361,76 @@ def _num(v: Any) -> str:
     return str(v)
 
 
-def drift_rows(result: Any) -> list[tuple[str, float | None]]:
-    """(test name, corrected p-value) for every drift test of a result."""
-    d = _data(result)
+def drift_rows(result: EvaluationResult) -> list[tuple[str, float | None]]:
+    """(test name, corrected p-value) for every drift test of a result; None for a test skipped for too few frames."""
     rows: list[tuple[str, float | None]] = []
-    for role, res in (_get(d, "drift", "softmax") or {}).items():
-        rows.append((f"softmax outputs ({role})", _drift_p(res)))
-    if _get(d, "drift", "class_distribution"):
-        rows.append(("predicted-class distribution (incumbent)", _drift_p(_get(d, "drift", "class_distribution"))))
-    for cam, res in (_get(d, "drift", "image") or {}).items():
-        for stat, p in _image_ps(res).items():
-            rows.append((f"{cam}: {stat}", p))
+    for t in result.drift.p_values(include_skipped=True):
+        if t.test == "softmax":
+            rows.append((f"softmax outputs ({t.subject})", t.p))
+        elif t.test == "class_distribution":
+            rows.append(("predicted-class distribution (incumbent)", t.p))
+        else:
+            rows.append((f"{t.subject}: {t.stat}", t.p))
     return rows
 
 
-def render_html(results: Sequence[Any], overall: Any, images: dict[str, Path] | None = None, alerts: Sequence[Any] = ()) -> str:
+def render_html(results: Sequence[EvaluationResult], overall: EvaluationResult, images: dict[str, Path] | None = None,
+                alerts: Sequence[Alert] = ()) -> str:
     """The whole report as one HTML string (PNG files in ``images`` are inlined as base64)."""
-    import jinja2
-
-    data, meta = _data(overall), _meta(overall)
-    models = [(r, data["models"][r]) for r in ROLES if _get(data, "models", r)]
+    meta = overall.meta
+    models = [(r, overall.models[r]) for r in overall.roles]
     b64 = {k: base64.b64encode(Path(p).read_bytes()).decode("ascii") for k, p in (images or {}).items()}
-    paired = data.get("paired") or {}
-    diff = paired.get("diff")
     paired_rows = []
-    if paired:
+    if overall.paired is not None:
+        paired = overall.paired.to_dict()
         paired_rows = [
-            ("frames labelled with both predictions", paired.get("n")),
-            ("incumbent right, shadow wrong (n10)", paired.get("n10")),
-            ("incumbent wrong, shadow right (n01)", paired.get("n01")),
-            ("McNemar exact p-value", fmt_p(paired.get("p_value"))),
-            ("accuracy difference (shadow − incumbent)", fmt_est(diff, signed=True) if isinstance(diff, dict) else _num(diff)),
+            ("frames labelled with both predictions", paired["n"]),
+            ("incumbent right, shadow wrong (n10)", paired["n10"]),
+            ("incumbent wrong, shadow right (n01)", paired["n01"]),
+            ("McNemar exact p-value", fmt_p(paired["p_value"])),
+            ("accuracy difference (shadow − incumbent)", fmt_est(overall.paired.diff, signed=True)),
         ]
         for k, v in paired.items():
             if k not in ("n", "n10", "n01", "p_value", "diff") and not isinstance(v, (dict, list)):
                 paired_rows.append((k, _num(v)))
-    c = data["counts"]
+    c = overall.counts
     count_rows = [
-        ("frames", c["frames"]), ("cameras", c["cameras"]),
-        *[(f"predictions ({r})", c["predictions"][r]) for r in ROLES],
-        *[(f"degraded predictions ({r}, excluded)", c["degraded"][r]) for r in ROLES],
-        ("shadow coverage", fmt_pct(c["shadow_coverage"])), ("sampled frames", c["samples"]), ("labels", c["labels"]),
-        ("labelled frames", c["labeled_frames"]), ("frames with a usable label", c["frames_with_truth"]),
-        ("double-labelled frames", c["double_labeled_frames"]),
-        *[(f"excluded: {k}", v) for k, v in c["excluded"].items()],
-        ("labels without a sample row (weight 1)", c["labels_without_sample"]), ("reference-period frames", c["reference_frames"]),
+        ("frames", c.frames), ("cameras", c.cameras),
+        *[(f"predictions ({r})", c.predictions[r]) for r in ROLES],
+        *[(f"degraded predictions ({r}, excluded)", c.degraded[r]) for r in ROLES],
+        ("shadow coverage", fmt_pct(c.shadow_coverage)), ("sampled frames", c.samples), ("labels", c.labels),
+        ("labelled frames", c.labeled_frames), ("frames with a usable label", c.frames_with_truth),
+        ("double-labelled frames", c.double_labeled_frames),
+        *[(f"excluded: {k}", v) for k, v in c.excluded.to_dict().items()],
+        ("labels without a sample row (weight 1)", c.labels_without_sample), ("reference-period frames", c.reference_frames),
     ]
-    cameras = sorted({cam for _, m in models for cam in (m.get("per_camera") or {})})
-    alert_dicts = [a.to_dict() if hasattr(a, "to_dict") else a for a in alerts] or data.get("alerts") or []
+    cameras = sorted({cam for _, m in models for cam in m.per_camera})
 
-    def confusion_cols(m: dict) -> list[str]:
-        ncol = len(m["confusion"]["matrix"][0]) if m["confusion"]["matrix"] else 0
-        return meta["classes"] + (["other"] if ncol > len(meta["classes"]) else [])
+    def confusion_cols(m: Any) -> list[str]:
+        ncol = len(m.confusion.matrix[0]) if m.confusion.matrix else 0
+        return list(meta.classes) + (["other"] if ncol > len(meta.classes) else [])
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     tpl = env.from_string(_TEMPLATE)
     return tpl.render(
-        data=data, meta=meta, models=models, images=b64, windows=list(results), paired_rows=paired_rows, count_rows=count_rows,
-        cameras=cameras, drift_rows=drift_rows(overall), alerts=alert_dicts,
-        evaluated_iso=dt.datetime.fromtimestamp(meta["evaluated_at"], tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
-        est=fmt_est, pct=fmt_pct, p=fmt_p, num=_num, get=_get, confusion_cols=confusion_cols,
+        data=overall, meta=meta, models=models, images=b64, windows=list(results), paired_rows=paired_rows, count_rows=count_rows,
+        cameras=cameras, drift_rows=drift_rows(overall), alerts=list(alerts) or list(overall.alerts),
+        evaluated_iso=dt.datetime.fromtimestamp(meta.evaluated_at, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+        est=fmt_est, pct=fmt_pct, p=fmt_p, num=_num, role_figure=_role_figure, confusion_cols=confusion_cols,
     )
 
 
-def result_json(results: Sequence[Any], overall: Any, alerts: Sequence[Any] = ()) -> dict:
+def result_json(results: Sequence[EvaluationResult], overall: EvaluationResult, alerts: Sequence[Alert] = ()) -> dict:
     """The JSON document written as ``evaluation.json`` / ``--json``: overall result, windows, alerts."""
-    def d(r: Any) -> dict:
-        return r.to_dict() if hasattr(r, "to_dict") else r
-
     return {
-        "overall": d(overall),
-        "windows": [d(r) for r in results],
-        "alerts": [a.to_dict() if hasattr(a, "to_dict") else a for a in alerts],
+        "overall": overall.to_dict(),
+        "windows": [r.to_dict() for r in results],
+        "alerts": [a.to_dict() for a in alerts],
     }
 
 
-def write_report(results: Sequence[Any], overall: Any, out_dir: str | Path, alerts: Sequence[Any] = (), max_gap: float | None = None) -> dict[str, Path]:
+def write_report(results: Sequence[EvaluationResult], overall: EvaluationResult, out_dir: str | Path, alerts: Sequence[Alert] = (),
+                 max_gap: float | None = None) -> dict[str, Path]:
     """PNGs + ``evaluation.json`` + ``report.html`` into ``out_dir``; returns {name: path}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -467,28 +445,26 @@ def write_report(results: Sequence[Any], overall: Any, out_dir: str | Path, aler
 # --------------------------------------------------------------------------------------------------
 # terminal summary
 # --------------------------------------------------------------------------------------------------
-def format_summary(overall: Any, results: Sequence[Any] = (), alerts: Sequence[Any] = ()) -> str:
+def format_summary(overall: EvaluationResult, results: Sequence[EvaluationResult] = (), alerts: Sequence[Alert] = ()) -> str:
     """The readable table ``shadowcam evaluate`` prints."""
-    data, meta = _data(overall), _meta(overall)
-    c = data["counts"]
-    level = f"{100 * meta['confidence_level']:.0f}%"
+    meta = overall.meta
+    c = overall.counts
+    level = f"{100 * meta.confidence_level:.0f}%"
     lines = [
-        f"shadowcam evaluation  {meta['window'].get('start_iso')} -> {meta['window'].get('end_iso')}  ({len(meta['runs'])} run(s), {level} CIs)",
-        f"frames {c['frames']}  cameras {c['cameras']}  labels {c['labels']} on {c['labeled_frames']} frames  "
-        f"usable {c['frames_with_truth']}  excluded {c['excluded']['total']} (unsure {c['excluded']['unsure']}, tie {c['excluded']['tie']})  "
-        f"shadow coverage {fmt_pct(c['shadow_coverage'])}",
+        f"shadowcam evaluation  {meta.window.start_iso} -> {meta.window.end_iso}  ({len(meta.runs)} run(s), {level} CIs)",
+        f"frames {c.frames}  cameras {c.cameras}  labels {c.labels} on {c.labeled_frames} frames  "
+        f"usable {c.frames_with_truth}  excluded {c.excluded.total} (unsure {c.excluded.unsure}, tie {c.excluded.tie})  "
+        f"shadow coverage {fmt_pct(c.shadow_coverage)}",
         "",
     ]
     header = ("role", "model", "labels", f"prod accuracy [{level} CI]", "offline", f"gap [{level} CI]", "label-free est.", "degraded")
     rows = [header]
-    for role in ROLES:
-        m = _get(data, "models", role)
-        if not m:
-            continue
+    for role in overall.roles:
+        m = overall.models[role]
         rows.append((
-            role, str(m.get("model")), str(m.get("n_labeled")), fmt_est(m.get("accuracy")),
-            fmt_pct(_get(m, "offline", "test_accuracy")), fmt_est(m.get("gap"), signed=True),
-            fmt_pct(_get(m, "estimated_accuracy", "value")), str(c["degraded"].get(role, 0)),
+            role, str(m.model), str(m.n_labeled), fmt_est(m.accuracy),
+            fmt_pct(m.offline.test_accuracy if m.offline else None), fmt_est(m.gap, signed=True),
+            fmt_pct(m.estimated_accuracy.value if m.estimated_accuracy else None), str(c.degraded.get(role, 0)),
         ))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     for k, r in enumerate(rows):
@@ -496,36 +472,33 @@ def format_summary(overall: Any, results: Sequence[Any] = (), alerts: Sequence[A
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
-    paired = data.get("paired")
-    if paired:
-        diff = paired.get("diff")
+    paired = overall.paired
+    if paired is not None:
         lines.append(
-            f"paired test: n={paired.get('n')}  incumbent-only right {paired.get('n10')}  shadow-only right {paired.get('n01')}  "
-            f"McNemar p={fmt_p(paired.get('p_value'))}  shadow − incumbent {fmt_est(diff, signed=True) if isinstance(diff, dict) else _num(diff)}"
+            f"paired test: n={paired.n}  incumbent-only right {paired.n10}  shadow-only right {paired.n01}  "
+            f"McNemar p={fmt_p(paired.p_value)}  shadow − incumbent {fmt_est(paired.diff, signed=True)}"
         )
-    dec = data.get("decision")
-    if dec:
-        more = f" (~{dec['more_labels']} more labelled frames)" if dec.get("more_labels") else ""
-        lines.append(f"DECISION: {str(dec.get('action')).replace('_', ' ').upper()}{more}: {dec.get('reason')}")
+    dec = overall.decision
+    if dec is not None:
+        more = f" (~{dec.more_labels} more labelled frames)" if dec.more_labels else ""
+        lines.append(f"DECISION: {dec.action.replace('_', ' ').upper()}{more}: {dec.reason}")
     rows_d = drift_rows(overall)
-    flagged = [f"{n} p={fmt_p(p)}" for n, p in rows_d if p is not None and p < meta["alpha"]]
-    if data["drift"].get("skipped"):
-        lines.append(f"drift: {data['drift']['skipped']}")
+    flagged = [f"{n} p={fmt_p(p)}" for n, p in rows_d if p is not None and p < meta.alpha]
+    if overall.drift.skipped:
+        lines.append(f"drift: {overall.drift.skipped}")
     elif rows_d:
         lines.append(f"drift ({len(rows_d)} tests vs reference): " + ("; ".join(flagged) if flagged else "none detected"))
     if len(results) > 1:
         lines.append("")
         lines.append(f"{len(results)} windows:")
         for r in results:
-            d = _data(r)
-            parts = [f"  #{_meta(r)['window']['index']:<3} {_meta(r)['window'].get('start_iso')}  labels {d['counts']['frames_with_truth']:<5}"]
+            parts = [f"  #{r.meta.window.index:<3} {r.meta.window.start_iso}  labels {r.counts.frames_with_truth:<5}"]
             for role in ROLES:
-                if _get(d, "models", role):
-                    parts.append(f"{role} {fmt_est(_get(d, 'models', role, 'accuracy'))} gap {fmt_est(_get(d, 'models', role, 'gap'), signed=True)}")
+                if r.models.get(role) is not None:
+                    parts.append(f"{role} {fmt_est(_role_figure(r, role, 'accuracy'))} gap {fmt_est(_role_figure(r, role, 'gap'), signed=True)}")
             lines.append("  ".join(parts))
     for a in alerts:
-        a = a.to_dict() if hasattr(a, "to_dict") else a
-        lines.append(f"ALERT {a['kind']}: {a['message']}")
-    for n in meta.get("notes") or []:
+        lines.append(f"ALERT {a.kind}: {a.message}")
+    for n in meta.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)

@@ -29,81 +29,21 @@ intervals are slightly conservative (by a factor ``1 - rate`` on the variance).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats as _st
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.inter_rater import cohens_kappa
+from statsmodels.stats.proportion import proportion_confint
 
-ACTIONS = ("promote", "keep", "need_more_labels")
+from pipeline.evaluation.result import ACTIONS, Agreement, Decision, Estimate, PairedResult
 
-
-@dataclass(frozen=True)
-class Estimate:
-    """A proportion (or difference of proportions) with its confidence interval.
-
-    ``n``: labeled frames used; ``n_eff``: the sample size an equal-probability sample would need for
-    the same precision (equals ``n`` for uniform samples); ``method`` names the estimator/interval.
-    """
-
-    value: float
-    low: float
-    high: float
-    se: float
-    n: int
-    n_eff: float
-    method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
-
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
-
-
-@dataclass(frozen=True)
-class PairedResult:
-    """Frames labeled and predicted by both models.
-
-    Counts use (incumbent correct, shadow correct): ``n11`` both right, ``n00`` both wrong,
-    ``n01`` incumbent wrong and shadow right (shadow wins), ``n10`` incumbent right and shadow wrong.
-    ``diff`` is shadow accuracy minus incumbent accuracy. ``p_mcnemar`` is McNemar's exact p on the
-    raw counts; ``p_value`` is the one decisions use: ``p_mcnemar`` for equal weights, otherwise a
-    Wald test of the weighted difference (raw counts are biased when the sampling probability depends
-    on which model was right, e.g. uncertainty sampling on the incumbent's margin).
-    """
-
-    n: int
-    n00: int
-    n01: int
-    n10: int
-    n11: int
-    p_mcnemar: float
-    p_value: float
-    diff: Estimate
-    acc_incumbent: float
-    acc_shadow: float
-    discordant_rate: float  # (weighted) share of pairs where exactly one model is right
-    weighted: bool
-    method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["diff"] = self.diff.to_dict()
-        return d
-
-
-@dataclass(frozen=True)
-class Decision:
-    """``action`` in ``promote`` | ``keep`` | ``need_more_labels``; ``more_labels``: extra paired labels
-    estimated to reach a decision (None when no estimate is possible)."""
-
-    action: str
-    more_labels: int | None
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = [
+    "ACTIONS", "Agreement", "Decision", "Estimate", "PairedResult", "accuracy_estimate", "annotator_agreement", "confusion",
+    "gap_estimate", "mcnemar_exact_p", "mcnemar_sample_size", "paired_test", "per_class_recall", "recommend",
+    "weighted_accuracy", "wilson_interval",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,14 +98,17 @@ def _empty(method: str) -> Estimate:
 def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for ``k`` successes in ``n`` trials; ``(0, 1)`` when ``n == 0``.
 
-    Equals ``statsmodels.stats.proportion.proportion_confint(k, n, alpha, method="wilson")``.
+    ``statsmodels.stats.proportion.proportion_confint(k, n, alpha, method="wilson")``, clipped to [0, 1].
+    (:func:`weighted_accuracy` needs the interval at a fractional effective size, which statsmodels does
+    not take: that one is ``_wilson_at``.)
     """
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
-    z = _z(alpha)
+    _z(alpha)  # validates alpha
     if n == 0:
         return 0.0, 1.0
-    return _wilson_at(k / n, float(n), z)
+    lo, hi = proportion_confint(int(k), int(n), alpha=alpha, method="wilson")
+    return max(0.0, float(lo)), min(1.0, float(hi))
 
 
 def weighted_accuracy(
@@ -275,8 +218,6 @@ def mcnemar_exact_p(n01: int, n10: int) -> float:
     """Two-sided exact McNemar p-value (statsmodels ``mcnemar(table, exact=True)``); 1.0 with no discordant pairs."""
     if n01 + n10 == 0:
         return 1.0
-    from statsmodels.stats.contingency_tables import mcnemar
-
     return float(mcnemar([[0, int(n01)], [int(n10), 0]], exact=True).pvalue)
 
 
@@ -492,7 +433,7 @@ def per_class_recall(
     return out
 
 
-def annotator_agreement(labels_a: Sequence[str], labels_b: Sequence[str], alpha: float = 0.05) -> dict[str, Any]:
+def annotator_agreement(labels_a: Sequence[str], labels_b: Sequence[str], alpha: float = 0.05) -> Agreement:
     """Agreement of two annotators on the same frames (pairs in order).
 
     Returns ``n``, ``agreement`` (share of identical labels) with a Wilson interval, and Cohen's kappa
@@ -504,25 +445,21 @@ def annotator_agreement(labels_a: Sequence[str], labels_b: Sequence[str], alpha:
     if a.shape != b.shape:
         raise ValueError(f"labels_a and labels_b differ in length: {a.shape[0]} vs {b.shape[0]}")
     n = int(a.shape[0])
-    out: dict[str, Any] = {"n": n, "agreement": None, "agreement_low": 0.0, "agreement_high": 1.0, "kappa": None, "kappa_low": None, "kappa_high": None}
     if n == 0:
-        return out
+        return Agreement(0)
     k = int((a == b).sum())
-    out["agreement"] = k / n
-    out["agreement_low"], out["agreement_high"] = wilson_interval(k, n, alpha)
+    low, high = wilson_interval(k, n, alpha)
+    kappa = kappa_low = kappa_high = None
     cats = sorted(set(a.tolist()) | set(b.tolist()), key=str)
     if n >= 2 and len(cats) >= 2:
-        from statsmodels.stats.inter_rater import cohens_kappa
-
         idx = {c: i for i, c in enumerate(cats)}
         table = np.zeros((len(cats), len(cats)))
         for x, y in zip(a, b):
             table[idx[x], idx[y]] += 1
         res = cohens_kappa(table)
         kappa = float(res.kappa)
-        out["kappa"] = kappa
         se = float(res.std_kappa)
         if math.isfinite(se):
             z = _z(alpha)
-            out["kappa_low"], out["kappa_high"] = max(-1.0, kappa - z * se), min(1.0, kappa + z * se)
-    return out
+            kappa_low, kappa_high = max(-1.0, kappa - z * se), min(1.0, kappa + z * se)
+    return Agreement(n, k / n, low, high, kappa, kappa_low, kappa_high)

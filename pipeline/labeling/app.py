@@ -13,16 +13,15 @@ away; the frame then goes to the next annotator).
 Model predictions are never rendered unless the app was created with ``show_predictions=True``;
 then they sit collapsed behind a "reveal" toggle, so they do not anchor the annotator.
 
-Auth: each annotator has a token (``tokens={token: annotator}``). Logging in sets an HMAC-signed,
-HttpOnly, SameSite=Strict cookie naming the annotator; the signing key is random per process
-unless ``secret_key`` is given, so restarting the server logs everyone out.
+Auth: each annotator has a token (``tokens={token: annotator}``). Logging in sets an HttpOnly,
+SameSite=Strict cookie naming the annotator, signed and timestamped with itsdangerous
+(:class:`~itsdangerous.URLSafeTimedSerializer`); a cookie whose signature does not match, or that is
+older than :data:`SESSION_MAX_AGE_S`, is no login. The signing key is random per process unless
+``secret_key`` is given, so restarting the server logs everyone out.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import mimetypes
 import secrets
@@ -34,33 +33,34 @@ from pathlib import Path
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from itsdangerous import BadData, URLSafeTimedSerializer
 
 from pipeline.labeling import queue
-from pipeline.store import PredictionStore, predictions
+from pipeline.store import PredictionStore, QueuedSample, StoredPrediction
 from pipeline.types import UNSURE, ConfigError, Label, LabelImportError
 
 log = logging.getLogger(__name__)
 
 COOKIE = "shadowcam_annotator"
+COOKIE_SALT = "shadowcam.labeling.annotator"  # itsdangerous salt: this key signs nothing else with this salt
+SESSION_MAX_AGE_S = 7 * 24 * 3600  # the cookie's lifetime in the browser, and the oldest signature accepted
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def _sign(secret: bytes, annotator: str) -> str:
-    name = base64.urlsafe_b64encode(annotator.encode()).decode().rstrip("=")
-    sig = hmac.new(secret, name.encode(), hashlib.sha256).hexdigest()
-    return f"{name}.{sig}"
+def session_serializer(secret_key: str | bytes) -> URLSafeTimedSerializer:
+    """The signer of the annotator cookie (HMAC with a key derived from ``secret_key`` and :data:`COOKIE_SALT`)."""
+    return URLSafeTimedSerializer(secret_key, salt=COOKIE_SALT)
 
 
-def _unsign(secret: bytes, value: str | None) -> str | None:
-    if not value or "." not in value:
-        return None
-    name, sig = value.rsplit(".", 1)
-    if not hmac.compare_digest(sig, hmac.new(secret, name.encode(), hashlib.sha256).hexdigest()):
+def _annotator_from_cookie(serializer: URLSafeTimedSerializer, value: str | None) -> str | None:
+    """The annotator a cookie names, or None when it is missing, tampered with, signed with another key or expired."""
+    if not value:
         return None
     try:
-        return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
-    except ValueError:
+        name = serializer.loads(value, max_age=SESSION_MAX_AGE_S)
+    except BadData:  # BadSignature, SignatureExpired (a BadSignature), BadPayload
         return None
+    return name if isinstance(name, str) else None
 
 
 class _Leases:
@@ -137,7 +137,7 @@ def create_app(
         if not tok or not who:
             raise ConfigError(f"empty token or annotator name in tokens: {tok!r} -> {who!r}")
     annotators = set(tokens.values())
-    secret = secret_key.encode() if isinstance(secret_key, str) else (secret_key or secrets.token_bytes(32))
+    signer = session_serializer(secret_key or secrets.token_bytes(32))
     root = Path(image_root).resolve() if image_root is not None else None
     leases = _Leases(lease_s)
     templates = Jinja2Templates(directory=str(TEMPLATES))
@@ -152,7 +152,7 @@ def create_app(
     app.state.class_names = classes
 
     def who(request: Request) -> str | None:
-        name = _unsign(secret, request.cookies.get(COOKIE))
+        name = _annotator_from_cookie(signer, request.cookies.get(COOKIE))
         return name if name in annotators else None
 
     def page(request: Request, name: str, status: int = 200, **ctx: object) -> HTMLResponse:
@@ -169,15 +169,15 @@ def create_app(
             awaiting=queue.count_awaiting(store),
         )
 
-    def next_frame(annotator: str) -> dict | None:
+    def next_frame(annotator: str) -> QueuedSample | None:
         held = leases.held_by_others(annotator)
         cands = queue.queue_for(store, annotator, limit=len(held) + 50)
         # a frame already shown to this annotator comes first (a reload shows the same frame)
         mine = set(leases.mine(annotator))
-        cands.sort(key=lambda c: c["frame_id"] not in mine)
+        cands.sort(key=lambda c: c.frame_id not in mine)
         for c in cands:
-            if c["n_labels"] + held.get(c["frame_id"], 0) < c["labels_needed"]:
-                leases.take(c["frame_id"], annotator)
+            if c.n_labels + held.get(c.frame_id, 0) < c.labels_needed:
+                leases.take(c.frame_id, annotator)
                 return c
         return None
 
@@ -200,7 +200,7 @@ def create_app(
 
     @app.post("/login", response_class=HTMLResponse)
     def login(request: Request, token: str = Form("")) -> Response:
-        annotator = next((a for t, a in tokens.items() if hmac.compare_digest(t.encode(), token.strip().encode())), None)
+        annotator = next((a for t, a in tokens.items() if secrets.compare_digest(t.encode(), token.strip().encode())), None)
         if annotator is None:
             msg = ("No token given." if not token.strip() else "That token is not valid.") + (
                 " Ask the person who started `shadowcam label serve` for your annotator token"
@@ -208,7 +208,7 @@ def create_app(
             )
             return page(request, "login.html", 401, message=msg)
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(COOKIE, _sign(secret, annotator), httponly=True, samesite="strict", max_age=7 * 24 * 3600)
+        resp.set_cookie(COOKIE, signer.dumps(annotator), httponly=True, samesite="strict", max_age=SESSION_MAX_AGE_S)
         log.info("annotator %s logged in", annotator)
         return resp
 
@@ -228,9 +228,9 @@ def create_app(
         if annotator is None:
             return RedirectResponse("/login", status_code=303)
         frame = next_frame(annotator)
-        preds: list[dict] = []
+        preds: list[StoredPrediction] = []
         if frame is not None and show_predictions:
-            preds = store.table_rows(predictions, predictions.c.frame_id == frame["frame_id"], predictions.c.role)
+            preds = store.predictions_for_frame(frame.frame_id)
         return page(
             request, "label.html", annotator=annotator, frame=frame, buttons=buttons, progress=progress(annotator),
             show_predictions=show_predictions, preds=preds,
@@ -268,7 +268,7 @@ def create_app(
         row = queue.sample_row(store, frame_id)
         if row is None:
             return Response(f"no sampled frame {frame_id!r}", status_code=404, media_type="text/plain")
-        path = resolve_image(row["image_path"])
+        path = resolve_image(row.image_path)
         if path is None:
             return Response("image outside the image root", status_code=403, media_type="text/plain")
         if not path.is_file():
@@ -323,4 +323,4 @@ def read_tokens_file(path: str | Path) -> dict[str, str]:
     return out
 
 
-__all__ = ["create_app", "parse_token_specs", "read_tokens_file", "COOKIE"]
+__all__ = ["create_app", "parse_token_specs", "read_tokens_file", "session_serializer", "COOKIE", "COOKIE_SALT", "SESSION_MAX_AGE_S"]

@@ -38,10 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import sqlalchemy as sa
-
 from pipeline.labeling import queue
-from pipeline.store import PredictionStore, labels
+from pipeline.store import PredictionStore
 from pipeline.types import UNSURE, Label, LabelImportError
 
 EXPORT_FORMATS = ("csv", "jsonl", "labelstudio")
@@ -57,10 +55,7 @@ MAX_REPORTED = 20
 def pending_rows(store: PredictionStore) -> list[dict]:
     """The samples awaiting labels, as export rows (oldest first)."""
     return [
-        dict(
-            frame_id=r["frame_id"], camera_id=r["camera_id"], source_ref=r["source_ref"] or "", image_path=r["image_path"],
-            labels_missing=int(r["labels_needed"]) - int(r["n_labels"]),
-        )
+        dict(frame_id=r.frame_id, camera_id=r.camera_id, source_ref=r.source_ref, image_path=r.image_path, labels_missing=r.labels_missing)
         for r in queue.awaiting_samples(store)
     ]
 
@@ -289,7 +284,7 @@ def validate_rows(
     known = store.existing_frame_ids({r.frame_id for r in rows})
     default = annotator or DEFAULT_ANNOTATOR
     resolved = [(r, r.annotator or default) for r in rows]
-    existing = _existing_labels(store, {a for _, a in resolved}, {r.frame_id for r in rows})
+    existing = store.labels_by({r.frame_id for r in rows}, {a for _, a in resolved})
     seen: dict[tuple[str, str], int] = {}
     out: list[Label] = []
     problems: list[str] = []
@@ -322,18 +317,6 @@ def validate_rows(
         if ok:
             out.append(Label(frame_id=r.frame_id, label=r.label, annotator=who, timestamp=now, source="import"))
     return out, problems
-
-
-def _existing_labels(store: PredictionStore, annotators: set[str], frame_ids: set[str]) -> dict[tuple[str, str], str]:
-    out: dict[tuple[str, str], str] = {}
-    ids = sorted(frame_ids)
-    with store.engine.connect() as conn:
-        for k in range(0, len(ids), 500):
-            q = sa.select(labels.c.frame_id, labels.c.annotator, labels.c.label).where(
-                labels.c.frame_id.in_(ids[k : k + 500]) & labels.c.annotator.in_(sorted(annotators))
-            )
-            out.update({(f, a): lab for f, a, lab in conn.execute(q)})
-    return out
 
 
 def import_labels(

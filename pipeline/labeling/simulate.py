@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.labeling import queue
-from pipeline.store import PredictionStore, labels
+from pipeline.store import PredictionStore
 from pipeline.types import DataError, Label
 
 log = logging.getLogger(__name__)
@@ -109,30 +109,30 @@ def simulate_labels(
         space = store.run_class_names() or sorted(set(truth.values()))
     rng = np.random.default_rng(seed)
     annotators = [annotator, f"{annotator}-2"]
-    pending = sorted(queue.awaiting_samples(store), key=lambda r: r["frame_id"])
-    existing = _labels_by(store, annotators, [r["frame_id"] for r in pending])
+    pending = sorted(queue.awaiting_samples(store), key=lambda r: r.frame_id)
+    existing = store.labels_by([r.frame_id for r in pending], annotators)
     new: list[Label] = []
     unmatched: list[str] = []
     for r in pending:
-        true = truth_for(truth, r["source_ref"] or "")
+        true = truth_for(truth, r.source_ref)
         if true is None:
-            unmatched.append(r["frame_id"])
+            unmatched.append(r.frame_id)
             continue
         if true not in space:
             raise DataError(
-                f"frame {r['frame_id']} ({r['source_ref']}): manifest label {true!r} is not a class of this deployment {space}"
+                f"frame {r.frame_id} ({r.source_ref}): manifest label {true!r} is not a class of this deployment {space}"
             )
-        missing = int(r["labels_needed"]) - int(r["n_labels"])
+        missing = r.labels_missing
         for who in annotators:
             if missing <= 0:
                 break
-            if (r["frame_id"], who) in existing:
+            if (r.frame_id, who) in existing:
                 continue
             lab = true
             if error_rate > 0 and len(space) > 1 and rng.random() < error_rate:
                 others = [c for c in space if c != true]
                 lab = others[int(rng.integers(len(others)))]
-            new.append(Label(frame_id=r["frame_id"], label=lab, annotator=who, source="simulated"))
+            new.append(Label(frame_id=r.frame_id, label=lab, annotator=who, source="simulated"))
             missing -= 1
     if unmatched:
         log.warning(
@@ -140,18 +140,10 @@ def simulate_labels(
             len(unmatched), len(pending), unmatched[0],
         )
         if len(unmatched) == len(pending):
-            ex = next((r["source_ref"] for r in pending if r["frame_id"] == unmatched[0]), "")
+            ex = next((r.source_ref for r in pending if r.frame_id == unmatched[0]), "")
             raise DataError(
                 f"none of the {len(pending)} pending frames has ground truth in {[str(m) for m in manifests]} "
                 f"(e.g. frame {unmatched[0]} with source_ref {ex!r}); expected manifests listing the frames' source files"
             )
     return store.add_labels(new)
 
-
-def _labels_by(store: PredictionStore, annotators: Sequence[str], frame_ids: Sequence[str]) -> set[tuple[str, str]]:
-    out: set[tuple[str, str]] = set()
-    ids = list(frame_ids)
-    for k in range(0, len(ids), 500):
-        rows = store.table_rows(labels, labels.c.frame_id.in_(ids[k : k + 500]) & labels.c.annotator.in_(list(annotators)))
-        out.update((r["frame_id"], r["annotator"]) for r in rows)
-    return out

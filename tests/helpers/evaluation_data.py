@@ -4,7 +4,7 @@ Frame ``i`` (``0 <= i < n``), one second apart from ``T0``, on camera ``camA`` (
 
 * truth: ``CLASSES[i % 3]``;
 * incumbent ``inc:1`` is wrong when ``i % 5 == 0``, its predictions on frames in ``degraded`` are degraded (stale);
-* shadow ``sh:2`` is wrong when ``i % 7 == 0`` and absent when ``i % 10 == 9``;
+* shadow ``sh:2`` is wrong when ``i % 7 == 0`` and absent when ``i % 10 == 9`` (absent everywhere with ``shadow=False``);
 * a right prediction has confidence 0.9, a wrong one 0.6 (so an ATC threshold of 0.75 counts the right ones);
   with ``shift_after`` set, the incumbent's probabilities after that frame are flatter (0.5) and ``camA``'s
   brightness jumps — a drift the tests must see;
@@ -90,6 +90,7 @@ class StoreSpec:
     shadow_uri: str | None = None
     alerts: AlertConfig | None = None
     resolved: dict | None = None  # the runner's ``_resolved`` section of the stored config: {role: {"path": ...}}
+    shadow: bool = True  # False: the run records a shadow model but no shadow predictions
 
 
 def labels_for(i: int, spec: StoreSpec) -> list[tuple[str, str]]:
@@ -131,7 +132,7 @@ def build_store(url: str, spec: StoreSpec | None = None) -> PredictionStore:
         t = CLASSES.index(truth(i))
         p, lab = _probs(t, inc_correct(i), flat=shifted)
         preds.append(Prediction(fid, cam, "incumbent", "inc:1", p, lab, 1.0, "stale" if i in spec.degraded else None))
-        if has_shadow(i):
+        if spec.shadow and has_shadow(i):
             p, lab = _probs(t, sh_correct(i))
             preds.append(Prediction(fid, cam, "shadow", "sh:2", p, lab, 2.0))
         if sampled(i):
@@ -173,7 +174,7 @@ def expected(spec: StoreSpec | None = None, lo: int = 0, hi: int | None = None) 
         rows.append(Row(
             i, "camA" if i % 2 == 0 else "camB", t,
             None if i in spec.degraded else inc_correct(i),
-            sh_correct(i) if has_shadow(i) else None,
+            sh_correct(i) if spec.shadow and has_shadow(i) else None,
             spec.pi(i) if sampled(i) else 1.0,
         ))
     return {"rows": rows, "excluded": excluded}

@@ -67,13 +67,19 @@ def test_training_is_seeded(shapes_data, tmp_path):
     assert runs[0].card.data_fingerprint == runs[1].card.data_fingerprint
 
 
-def test_cli_defaults_match_train_config():
-    from models.train import TrainConfig
-    from pipeline.commands.train import DEFAULTS
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_cli_defaults_come_from_train_config(command):
+    """The CLI declares no training default of its own: every option's default is TrainConfig's."""
+    from pipeline.cli import get_args_parser
+    from pipeline.config import TrainConfig
 
-    fields = TrainConfig.model_fields
-    for k, v in DEFAULTS.items():
-        assert fields[k].default == v, k
+    argv = [command, "--data", "d"] + (["--db", "x.db"] if command == "retrain" else [])
+    args = vars(get_args_parser().parse_args(argv))
+    # retrain registers its model as the challenger by design; every other shared option keeps train's default
+    shared = [k for k in args if k in TrainConfig.model_fields and k != "data" and not (command == "retrain" and k == "alias")]
+    assert {"arch", "img_size", "epochs", "seed", "experiment"} <= set(shared)
+    for k in shared:
+        assert args[k] == TrainConfig.default(k), k
 
 
 def test_train_help(capsys):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import pipeline.runner as runner_mod
 import pipeline.sources as sources_mod
 from pipeline.config import load_config
 from pipeline.runner import Runner
@@ -114,13 +115,40 @@ def test_end_to_end_one_incumbent_prediction_per_frame(media, tmp_path):
 
 def test_mismatched_class_lists_fail_before_any_frame_is_read(media, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(sources_mod, "open_sources", lambda *a, **k: calls.append("open") or [])
+    monkeypatch.setattr(runner_mod, "open_sources", lambda *a, **k: calls.append("open") or [])
     monkeypatch.setattr(sources_mod.CameraReader, "start", lambda self: calls.append("start"))
     cfg = config(media, tmp_path, shadow={"uri": str(media["other"]), "providers": ["cpu"]})
     with pytest.raises(ModelCardError, match="different class lists"):
         Runner(cfg).run()
     assert calls == []
     assert not (tmp_path / "work" / "store.db").exists()  # not even the store was touched
+
+
+def test_a_failure_half_way_through_building_closes_what_was_opened(media, tmp_path, monkeypatch):
+    import socket
+
+    from pipeline.types import StoreError
+
+    servers = []
+
+    class RecordingServer(runner_mod.HealthServer):
+        def start(self):
+            servers.append(self)
+            return super().start()
+
+    def broken_store(url):
+        raise StoreError(f"cannot open prediction store {url!r}: simulated")
+
+    monkeypatch.setattr(runner_mod, "HealthServer", RecordingServer)
+    monkeypatch.setattr(runner_mod, "PredictionStore", broken_store)
+    runner = Runner(config(media, tmp_path, **{"metrics.port": 0}))
+    with pytest.raises(StoreError, match="simulated"):
+        runner.run()
+    # cameras and the metrics server were opened before the store failed: both are closed again
+    assert len(runner.readers) == 3 and all(r.stats.state == "stopped" and not r.running for r in runner.readers)
+    assert len(servers) == 1
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", servers[0].port), timeout=1).close()
 
 
 def test_max_frames_is_exact(media, tmp_path):

@@ -171,7 +171,7 @@ def test_budget_per_camera_per_hour_in_expectation(tmp_path: Path):
     clock = FakeClock()
     cfg = SamplingConfig(strategy="uniform", rate=0.05, budget_per_camera_per_hour=50, seed=5)
     s = LabelSampler(cfg, CLASSES, tmp_path, clock=clock)
-    rng = np.random.default_rng(2)
+    np.random.default_rng(2)
     recs, pis, cams_all = [], [], []
     t_end = clock.t + 7200
     t_next = {"cam-a": clock.t, "cam-b": clock.t}

@@ -282,7 +282,7 @@ def test_hung_incumbent_times_out_and_is_not_called_again_while_stuck(paths, bas
     np.testing.assert_allclose(np.stack([p.probs for p in a.predictions + b.predictions]), base[:8], atol=1e-6)
     inc.release.set()
     deadline = time.monotonic() + 5
-    while pair._inc_caller.stuck() and time.monotonic() < deadline:
+    while pair.server.stuck_calls and time.monotonic() < deadline:
         time.sleep(0.01)
     c = pair.infer(batches[2])
     pair.close()

@@ -198,3 +198,85 @@ def test_runs_table_holds_config_and_summary(tmp_path):
     rows = st.table_rows(runs)
     assert rows[0]["shadow_model"] is None and rows[0]["ended_at"] >= rows[0]["started_at"]
     st.close()
+
+
+def _labeling_store(url: str) -> tuple[PredictionStore, list[str]]:
+    """Run r1: 5 frames (camera cam1, ts 1000..1004), an incumbent prediction each and a shadow one on frames 0-1;
+    frames 0-3 sampled (oldest sample = frame 3, then 2, 1, 0), frame 1 double_label. Run r2: one frame, unsampled."""
+    st = PredictionStore(url)
+    st.begin_run("r1", "inc:1", "sh:2", CLASSES, {})
+    fr = _frames("r1", 5)
+    preds = [_pred(f, Role.INCUMBENT, "inc:1", i % 3) for i, f in enumerate(fr)]
+    preds += [_pred(fr[0], Role.SHADOW, "sh:2", 2), _pred(fr[1], Role.SHADOW, "sh:2", 0, Degraded.STALE)]
+    smp = [SampleRecord(fr[i].frame_id, "cam1", "uniform", 0.5, f"/tmp/s{i}.jpg", 2000.0 - i, double_label=i == 1) for i in range(4)]
+    st.write_batch([FrameRecord.from_frame(f, "r1") for f in fr], preds, (), smp)
+    other = _frames("r2", 1, camera="cam2")[0]
+    st.write_batch([FrameRecord.from_frame(other, "r2")], [_pred(other, Role.INCUMBENT, "inc:1", 1)])
+    return st, [f.frame_id for f in fr] + [other.frame_id]
+
+
+def test_label_queue_queries(store_url):
+    st, f = _labeling_store(store_url)
+    # oldest sample first; frame 1 needs two labels
+    q = st.samples_awaiting_labels()
+    assert [s.frame_id for s in q] == [f[3], f[2], f[1], f[0]]
+    s1 = q[2]
+    assert (s1.double_label, s1.labels_needed, s1.n_labels, s1.labels_missing, s1.status) == (True, 2, 0, 2, "pending")
+    assert (s1.source_ref, s1.ts, s1.image_path, s1.inclusion_prob) == ("/v.avi#1", 1001.0, "/tmp/s1.jpg", 0.5)
+    assert [s.frame_id for s in st.samples_awaiting_labels(limit=2)] == [f[3], f[2]]
+    assert st.count_samples_awaiting_labels() == 4
+
+    st.add_labels([Label(f[3], "box", "alice", 5.0), Label(f[1], "bag", "alice", 6.0)])
+    assert st.add_label_skip(f[2], "alice") is True
+    assert st.add_label_skip(f[2], "alice") is False  # already skipped: nothing new
+    # alice has labeled f3 and f1 and skipped f2; bob sees f1 (one label missing) and f2
+    assert [s.frame_id for s in st.next_frames_to_label("alice")] == [f[0]]
+    assert [s.frame_id for s in st.next_frames_to_label("bob")] == [f[2], f[1], f[0]]
+    assert [s.frame_id for s in st.next_frames_to_label("bob", limit=None, exclude=[f[2]])] == [f[1], f[0]]
+    assert [s.frame_id for s in st.next_frames_to_label("bob", limit=1)] == [f[2]]
+    assert (st.count_frames_to_label("alice"), st.count_frames_to_label("bob")) == (1, 3)
+    assert (st.count_labels_by("alice"), st.count_labels_by("bob")) == (2, 0)
+    assert st.count_samples_awaiting_labels() == 3
+    after = st.queued_sample(f[1])
+    assert (after.n_labels, after.labels_missing, after.status) == (1, 1, "pending")
+    done = st.queued_sample(f[3])
+    assert (done.n_labels, done.labels_missing, done.status) == (1, 0, "labeled")  # still found once labeled
+    assert st.queued_sample(f[4]) is None and st.queued_sample("nope") is None  # never sampled
+
+    # an operator-skipped sample is out of every queue
+    with st.engine.begin() as conn:
+        conn.execute(samples.update().where(samples.c.frame_id == f[0]).values(status="skipped"))
+    assert [s.frame_id for s in st.samples_awaiting_labels()] == [f[2], f[1]]
+    assert st.next_frames_to_label("alice") == []
+
+    # double-label pairs: the two earliest labels by time, whatever order they were written in
+    st.add_labels([Label(f[1], "empty", "carol", 9.0), Label(f[1], "box", "bob", 7.0)])
+    assert st.double_label_pairs() == [(f[1], "bag", "box")]
+    assert st.queued_sample(f[1]).status == "labeled"
+    assert st.labels_by([f[1], f[3], "nope"], ["alice", "carol", "dave"]) == {
+        (f[1], "alice"): "bag", (f[3], "alice"): "box", (f[1], "carol"): "empty"
+    }
+    assert st.labels_by([f[1]], []) == {}
+    st.close()
+
+
+def test_retraining_and_demo_queries(store_url):
+    st, f = _labeling_store(store_url)
+    assert st.labels_by_frame() == {}
+    st.add_labels([Label(f[1], "bag", "b", 3.0), Label(f[1], "unsure", "a", 2.0), Label(f[4], "box", "a", 1.0)])
+    assert st.labels_by_frame() == {f[1]: ["unsure", "bag"], f[4]: ["box"]}  # oldest first; unsampled frames too
+    assert st.sampled_frames() == [
+        store_mod.SampledFrame(f[i], "cam1", f"/tmp/s{i}.jpg", 1000.0 + i) for i in range(4)
+    ]
+    r1 = st.run_predictions("r1")
+    assert [(p.frame_id, p.role) for p in r1] == [
+        (f[0], "incumbent"), (f[0], "shadow"), (f[1], "incumbent"), (f[1], "shadow"), (f[2], "incumbent"), (f[3], "incumbent"), (f[4], "incumbent")
+    ]
+    sh1 = r1[3]
+    assert (sh1.source_ref, sh1.label, sh1.degraded, sh1.model_name, sh1.model_version) == ("/v.avi#1", "box", "stale", "sh", "2")
+    assert sh1.confidence == pytest.approx(0.8) and r1[2].degraded is None
+    assert [(p.frame_id, p.label) for p in st.run_predictions("r2")] == [(f[5], "bag")]
+    assert st.run_predictions("nope") == []
+    assert [(p.role, p.label) for p in st.predictions_for_frame(f[0])] == [("incumbent", "box"), ("shadow", "empty")]
+    assert st.predictions_for_frame("nope") == []
+    st.close()

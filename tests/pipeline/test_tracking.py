@@ -168,3 +168,27 @@ def test_promote_cli(store, onnx_files, capsys):
     assert tracking.get_aliases("reg-cli") == {"champion": "1", "challenger": "2"}
     assert main(["promote", "--model", "reg-cli", "--rollback"]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_log_evaluation_logs_the_given_artifacts_folder_and_config(store, tmp_path):
+    """Without ``write_report`` the caller's folder is logged as it is, plus the evaluation config."""
+    from mlflow import MlflowClient
+
+    from pipeline.evaluation.evaluator import EvalConfig, Evaluator
+    from tests.helpers.evaluation_data import StoreSpec, build_store
+
+    db = build_store(str(tmp_path / "s.db"), StoreSpec(n=60))
+    overall = Evaluator(EvalConfig(reference=0.5)).evaluate(db)
+    db.close()
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "note.txt").write_text("written by the caller")
+    run_id = tracking.log_evaluation([overall], overall, experiment="eval-artifacts", workdir=store, artifacts_dir=out,
+                                     run_name="given folder")
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert {a.path for a in client.list_artifacts(run_id)} == {"note.txt", "eval_config.json"}
+    assert run.data.params["reference"] == "0.5" and run.data.params["windows"] == "1"
+    assert run.data.tags["shadowcam.kind"] == "evaluation" and run.data.tags["decision"] == overall.decision.action
+    assert run.data.metrics["prod_accuracy/incumbent"] == overall.models["incumbent"].accuracy.value
+    assert run.data.metrics["overall/labels"] == overall.counts.labels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -30,16 +31,19 @@ def results(tmp_path_factory):
 
 
 class _Hook:
-    """A local HTTP server that records POSTed JSON bodies."""
+    """A local HTTP server that records POSTed JSON bodies; answers ``status``, or the statuses of ``answers`` in turn
+    (then 200)."""
 
-    def __init__(self, status: int = 200):
-        received, code = [], status
+    def __init__(self, status: int = 200, answers: tuple[int, ...] = (), delays_s: tuple[float, ...] = ()):
+        received, queue, delays = [], list(answers), list(delays_s)
 
         class H(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append((self.headers["Content-Type"], json.loads(body)))
-                self.send_response(code)
+                if delays:
+                    time.sleep(delays.pop(0))  # answer late: the client times out
+                self.send_response(queue.pop(0) if queue else (200 if answers else status))
                 self.end_headers()
 
             def log_message(self, *a):
@@ -61,12 +65,12 @@ class _Hook:
 
 def test_gap_alert_fires_above_threshold_only(results):
     steady, _ = results
-    gap = steady.data["models"]["incumbent"]["gap"]
-    assert gap["low"] > 0.05  # offline 99.9% vs ~80% in production
-    fired = alerts.check_alerts(steady, AlertConfig(max_gap=gap["low"] - 0.01, drift_p=1e-12))
+    gap = steady.models["incumbent"].gap
+    assert gap.low > 0.05  # offline 99.9% vs ~80% in production
+    fired = alerts.check_alerts(steady, AlertConfig(max_gap=gap.low - 0.01, drift_p=1e-12))
     assert [(a.kind, a.subject) for a in fired] == [("gap", "incumbent")]
-    assert fired[0].value == pytest.approx(gap["low"])
-    assert alerts.check_alerts(steady, AlertConfig(max_gap=gap["low"] + 0.01, drift_p=1e-12)) == []
+    assert fired[0].value == pytest.approx(gap.low)
+    assert alerts.check_alerts(steady, AlertConfig(max_gap=gap.low + 0.01, drift_p=1e-12)) == []
 
 
 def test_drift_alerts_fire_on_shift_not_on_steady(results):
@@ -93,11 +97,13 @@ def test_dispatch_logs_posts_and_writes_prometheus(results, tmp_path, caplog):
     assert ctype == "application/json" and body["source"] == "shadowcam"
     assert len(body["alerts"]) == len(fired) and body["models"]["incumbent"] == "inc:1"
     prom = (tmp_path / "metrics" / "evaluation.prom").read_text()
-    acc = shifted.data["models"]["incumbent"]["accuracy"]["value"]
+    acc = shifted.models["incumbent"].accuracy.value
     assert f'shadowcam_eval_prod_accuracy{{model="inc:1",role="incumbent"}} {acc!r}' in prom
     assert 'shadowcam_eval_alert{kind="gap"} 1.0' in prom and 'shadowcam_eval_alert{kind="drift"} 1.0' in prom
     assert f"shadowcam_eval_alerts {float(len(fired))!r}" in prom
-    assert shifted.data["alerts"] == [a.to_dict() for a in fired]
+    # the result is not changed; with_alerts keeps the alerts with it, and its JSON lists them
+    assert shifted.alerts == () and shifted.with_alerts(fired).alerts == tuple(fired)
+    assert shifted.with_alerts(fired).to_dict()["data"]["alerts"] == [a.to_dict() for a in fired]
 
 
 def test_no_alert_means_no_post_and_zero_gauges(results, tmp_path):
@@ -121,3 +127,42 @@ def test_webhook_failures_are_logged_not_raised(results, caplog):
         assert alerts.post_webhook(url, fired, steady, timeout_s=1.0) is False
         assert alerts.post_webhook("not a url", fired, steady) is False
     assert sum("alert webhook" in r.getMessage() for r in caplog.records) >= 3
+
+
+def test_webhook_retries_5xx_with_backoff_then_succeeds(results, caplog):
+    steady, _ = results
+    fired = alerts.check_alerts(steady, AlertConfig(max_gap=0.0, drift_p=1e-12))
+    with _Hook(answers=(503, 503)) as hook, caplog.at_level(logging.WARNING, logger="shadowcam.alerts"):
+        t0 = time.monotonic()
+        assert alerts.post_webhook(hook.url, fired, steady) is True
+        waited = time.monotonic() - t0
+    assert len(hook.received) == 3  # two 503 answers, then accepted
+    assert all(body == hook.received[0][1] for _, body in hook.received)  # the same alerts each time
+    assert waited >= 0.5 + 1.0 - 0.05  # exponential backoff: 0.5 s, then 1 s
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_webhook_retries_after_a_timeout(results):
+    steady, _ = results
+    fired = alerts.check_alerts(steady, AlertConfig(max_gap=0.0, drift_p=1e-12))
+    with _Hook(delays_s=(0.6,)) as hook:
+        assert alerts.post_webhook(hook.url, fired, steady, timeout_s=0.2) is True
+    assert len(hook.received) == 2
+
+
+def test_webhook_gives_up_after_the_attempts(results):
+    steady, _ = results
+    fired = alerts.check_alerts(steady, AlertConfig(max_gap=0.0, drift_p=1e-12))
+    with _Hook(status=502) as hook:
+        assert alerts.post_webhook(hook.url, fired, steady, attempts=2) is False
+    assert len(hook.received) == 2
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_webhook_4xx_is_not_retried(results, status, caplog):
+    steady, _ = results
+    fired = alerts.check_alerts(steady, AlertConfig(max_gap=0.0, drift_p=1e-12))
+    with _Hook(status=status) as hook, caplog.at_level(logging.ERROR, logger="shadowcam.alerts"):
+        assert alerts.post_webhook(hook.url, fired, steady) is False
+    assert len(hook.received) == 1
+    assert any(f"HTTP Error {status}" in r.getMessage() for r in caplog.records)

@@ -58,20 +58,20 @@ def test_softmax_ks_false_alarm_rate(kind):
     for _ in range(SIMS):
         ref, cur = _window(rng, kind), _window(rng, kind)
         r = ks_softmax_drift(ref, cur, ALPHA, classes=CLASSES)
-        alarms += r["drift"]
+        alarms += r.drift
         naive += min(1.0, K * min(st.ks_2samp(ref[:, j], cur[:, j]).pvalue for j in range(K))) < ALPHA
     assert alarms / SIMS <= 2 * ALPHA, (kind, alarms / SIMS)
     if kind != "iid":
         # the textbook test, fed correlated frames as if independent, alarms on a steady camera
         assert naive / SIMS > 0.5, (kind, naive / SIMS)
     else:
-        assert r["n_ref_eff"] > 0.7 * N  # independent frames keep (almost) all their information
+        assert r.n_ref_eff > 0.7 * N  # independent frames keep (almost) all their information
 
 
 @pytest.mark.parametrize("kind", ["iid", "ar1", "dwell"])
 def test_softmax_ks_detects_strong_shift(kind):
     rng = np.random.default_rng(4)
-    hits = [ks_softmax_drift(_window(rng, kind), _window(rng, kind, shift=3.0), ALPHA)["drift"] for _ in range(100)]
+    hits = [ks_softmax_drift(_window(rng, kind), _window(rng, kind, shift=3.0), ALPHA).drift for _ in range(100)]
     assert np.mean(hits) >= 0.9, (kind, np.mean(hits))
 
 
@@ -87,13 +87,13 @@ def test_class_distribution_false_alarms_and_power(kind):
     for _ in range(SIMS):
         a, b = _labels(rng, kind), _labels(rng, kind)
         r = class_distribution_drift(a, b, CLASSES, ALPHA)
-        fa.append(r["drift"])
-        naive.append(st.chi2.sf(r["chi2"], r["dof"]) < ALPHA)
+        fa.append(r.drift)
+        naive.append(st.chi2.sf(r.chi2, r.dof) < ALPHA)
     assert np.mean(fa) <= 2 * ALPHA, np.mean(fa)
     if kind == "dwell":
         assert np.mean(naive) > 0.3, np.mean(naive)
-        assert r["design_effect"] > 5
-    power = np.mean([class_distribution_drift(_labels(rng, kind), _labels(rng, kind, 2.0), CLASSES, ALPHA)["drift"] for _ in range(100)])
+        assert r.design_effect > 5
+    power = np.mean([class_distribution_drift(_labels(rng, kind), _labels(rng, kind, 2.0), CLASSES, ALPHA).drift for _ in range(100)])
     assert power >= 0.9, power
 
 
@@ -112,13 +112,15 @@ def _image_stats(rng: np.random.Generator, kind: str, night: float = 0.0) -> dic
 @pytest.mark.parametrize("kind", ["ar1", "dwell"])
 def test_image_stats_false_alarms_and_night_shift(kind):
     rng = np.random.default_rng(6)
-    fa = np.mean([image_stat_drift(_image_stats(rng, kind), _image_stats(rng, kind), ALPHA)["drift"] for _ in range(SIMS)])
+    fa = np.mean([image_stat_drift(_image_stats(rng, kind), _image_stats(rng, kind), ALPHA).drift for _ in range(SIMS)])
     assert fa <= 2 * ALPHA, fa
     res = [image_stat_drift(_image_stats(rng, kind), _image_stats(rng, kind, night=1.0), ALPHA) for _ in range(100)]
-    assert np.mean([r["drift"] for r in res]) >= 0.9
+    assert np.mean([r.drift for r in res]) >= 0.9
     r = res[0]
-    assert r["stats"]["brightness"]["smd"] < -1.5 and r["stats"]["noise"]["smd"] > 1.5
-    assert r["worst"] in ("brightness", "noise")
+    assert r.stats["brightness"].smd < -1.5 and r.stats["noise"].smd > 1.5
+    assert r.worst in ("brightness", "noise")
+    # Bonferroni over the four statistics, per statistic
+    assert r.corrected_p_values() == {k: min(1.0, 4 * v.p_value) for k, v in r.stats.items()}
 
 
 def test_effective_sample_size_ar1_and_groups():
@@ -146,7 +148,11 @@ def test_effective_sample_size_ar1_and_groups():
 
 def test_small_windows_are_skipped_and_bad_input_rejected():
     r = ks_softmax_drift(np.full((5, 2), 0.5), np.full((50, 2), 0.5))
-    assert r["drift"] is False and "skipped" in r
+    assert r.drift is False and r.skipped and r.p is None
+    # a skipped test's JSON has only the keys saying so
+    assert r.to_dict() == {"drift": False, "p_min_corrected": 1.0, "skipped": r.skipped, "n_ref": 5, "n_cur": 50, "method": r.method}
+    im = image_stat_drift({"brightness": np.ones(5)}, {"brightness": np.ones(50)})
+    assert im.skipped and im.corrected_p_values() == {} and "stats" not in im.to_dict()
     with pytest.raises(ValueError, match="same number of classes"):
         ks_softmax_drift(np.full((50, 2), 0.5), np.full((50, 3), 1 / 3))
     with pytest.raises(ValueError, match="alpha"):
@@ -156,7 +162,7 @@ def test_small_windows_are_skipped_and_bad_input_rejected():
     with pytest.raises(ValueError, match="timestamps"):
         ks_softmax_drift(np.full((50, 2), 0.5), np.full((50, 2), 0.5), ref_ts=np.arange(3))
     r = class_distribution_drift(["box"] * 30 + ["unknown"] * 5, ["box"] * 35, CLASSES)
-    assert r["ref_counts"][-1] == 5 and r["categories"][-1] == "(other)"
+    assert r.ref_counts[-1] == 5 and r.categories[-1] == "(other)"
 
 
 def test_step_change_inside_the_current_window_is_detected():
@@ -167,7 +173,7 @@ def test_step_change_inside_the_current_window_is_detected():
     cur_b = 120 + 5 * _ar1(rng, 400, 1, 0.5)[:, 0]
     cur_b[200:] += 60  # the night shift starts in the middle of the window
     res = image_stat_drift(ref, {"brightness": cur_b}, ALPHA)
-    assert res["drift"], res
+    assert res.drift, res
     # and the same window without the step is not flagged
     steady = image_stat_drift(ref, {"brightness": 120 + 5 * _ar1(rng, 400, 1, 0.5)[:, 0]}, ALPHA)
-    assert not steady["drift"], steady
+    assert not steady.drift, steady

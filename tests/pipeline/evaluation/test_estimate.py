@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from pipeline.evaluation.estimate import SCORES, atc_estimate, average_confidence, confidence_score, fit_atc_threshold
+from pipeline.evaluation.estimate import SCORES, atc_estimate, atc_threshold, average_confidence, confidence_score, fit_atc_threshold
 
 K = 5
 
@@ -77,6 +77,27 @@ def test_threshold_edge_cases():
 
 
 @pytest.mark.parametrize(
+    "scores, accuracy, expected",
+    [
+        ([0.9, 0.6, 0.8], 2 / 3, 0.7),  # midway between the 2nd and 3rd largest
+        ([0.9, 0.6, 0.8], 1.0, 0.6 - 1e-6),  # all right: just below the smallest, with a margin for ONNX rounding
+        ([-200.0, -100.0], 1.0, -200.0 - 2e-4),  # the margin is relative for large scores
+        ([0.9, 0.6, 0.8], 0.0, 0.9),  # none right: the largest (nothing scores strictly above it)
+        ([0.7, 0.7, 0.7, 0.2], 0.5, 0.7),  # ties at the boundary
+    ],
+)
+def test_atc_threshold_is_the_one_rule(scores, accuracy, expected):
+    t = atc_threshold(np.array(scores), accuracy)
+    assert t == pytest.approx(expected, abs=1e-12)
+    # fit_atc_threshold is the same rule on the probabilities' scores
+    probs = np.column_stack([np.array(scores), 1 - np.array(scores)]) if max(scores) <= 1 and min(scores) >= 0.5 else None
+    if probs is not None:
+        k = int(round(accuracy * len(scores)))
+        correct = np.arange(len(scores)) < k
+        assert fit_atc_threshold(probs, correct, "max_confidence") == pytest.approx(t, abs=1e-12)
+
+
+@pytest.mark.parametrize(
     "call, match",
     [
         (lambda: fit_atc_threshold(np.ones(3), np.ones(3)), "2-D"),
@@ -84,6 +105,9 @@ def test_threshold_edge_cases():
         (lambda: confidence_score(np.full((3, 2), 0.5), "margin"), "unknown ATC score"),
         (lambda: atc_estimate(np.full((3, 2), 0.5), float("nan")), "finite"),
         (lambda: atc_estimate(np.array([[np.nan, 1.0]]), 0.5), "NaN"),
+        (lambda: atc_threshold(np.array([]), 0.5), "at least one score"),
+        (lambda: atc_threshold(np.array([0.5, np.nan]), 0.5), "NaN"),
+        (lambda: atc_threshold(np.array([0.5]), 1.5), r"accuracy must be in \[0, 1\]"),
     ],
 )
 def test_bad_input(call, match):

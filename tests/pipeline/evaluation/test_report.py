@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import math
 import re
 
 import pytest
 
 from pipeline.evaluation import report
 from pipeline.evaluation.evaluator import EvalConfig, Evaluator, EvaluationResult
+from pipeline.evaluation.result import Estimate
 from tests.helpers.evaluation_data import StoreSpec, build_store, write_model
 
 
@@ -36,9 +39,12 @@ def test_write_report_makes_every_plot_json_and_html(evaluated, tmp_path):
     doc = json.loads(paths["json"].read_text())
     assert doc["overall"]["meta"]["models"] == {"incumbent": "inc:1", "shadow": "sh:2"}
     assert [w["meta"]["window"]["index"] for w in doc["windows"]] == [0, 1, 2, 3]
-    # a report rebuilt from the saved JSON alone renders the same tables
-    again = EvaluationResult(**doc["overall"])
-    assert "Per-class recall" in report.render_html([EvaluationResult(**w) for w in doc["windows"]], again)
+    # a report rebuilt from the saved JSON alone renders the same tables and summary
+    again = EvaluationResult.from_dict(doc["overall"])
+    windows = [EvaluationResult.from_dict(w) for w in doc["windows"]]
+    assert again == overall and windows == list(wins)
+    assert report.render_html(windows, again) == report.render_html(wins, overall)
+    assert report.format_summary(again, windows) == report.format_summary(overall, wins)
 
 
 def test_html_is_self_contained_and_shows_every_figure(evaluated, tmp_path):
@@ -49,24 +55,22 @@ def test_html_is_self_contained_and_shows_every_figure(evaluated, tmp_path):
     assert len(imgs) == len(paths) == 5
     assert all(base64.b64decode(b)[:8] == PNG_MAGIC for b in imgs)
     assert 'src="http' not in html and "<script" not in html and "<link" not in html
-    d = overall.data
-    assert f"Decision: {d['decision']['action'].replace('_', ' ')}" in html
-    assert report.fmt_est(d["models"]["incumbent"]["accuracy"]) in html
-    assert report.fmt_est(d["models"]["shadow"]["gap"], signed=True) in html
-    for cls in overall.meta["classes"]:
+    assert f"Decision: {overall.decision.action.replace('_', ' ')}" in html
+    assert report.fmt_est(overall.models["incumbent"].accuracy) in html
+    assert report.fmt_est(overall.models["shadow"].gap, signed=True) in html
+    for cls in overall.meta.classes:
         assert f">{cls}<" in html
     for cam in ("camA", "camB"):
         assert cam in html
-    assert "McNemar exact p-value" in html and str(d["paired"]["n01"]) in html
+    assert "McNemar exact p-value" in html and str(overall.paired.n01) in html
     assert "camA: brightness" in html  # drift table
     assert "Windows" in html and html.count("<tr>") > 30
 
 
 def test_html_escapes_untrusted_text(evaluated):
     _, overall = evaluated
-    evil = EvaluationResult(data=json.loads(json.dumps(overall.data)), meta=json.loads(json.dumps(overall.meta)))
-    evil.meta["models"]["incumbent"] = "<script>alert(1)</script>"
-    evil.meta["notes"] = ["<b>note</b>"]
+    meta = dataclasses.replace(overall.meta, models={**overall.meta.models, "incumbent": "<script>alert(1)</script>"}, notes=("<b>note</b>",))
+    evil = dataclasses.replace(overall, meta=meta)
     html = report.render_html([], evil)
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert "&lt;b&gt;note&lt;/b&gt;" in html
@@ -80,36 +84,34 @@ def test_summary_table_lists_models_gap_decision_and_drift(evaluated):
     assert lines[header + 1].startswith("-----")
     assert lines[header + 2].startswith("incumbent") and "inc:1" in lines[header + 2]
     assert lines[header + 3].startswith("shadow") and "sh:2" in lines[header + 3]
-    assert report.fmt_est(overall.data["models"]["incumbent"]["accuracy"]) in lines[header + 2]
+    assert report.fmt_est(overall.models["incumbent"].accuracy) in lines[header + 2]
     assert "DECISION:" in text and "McNemar p=" in text
     assert "drift (" in text and "camA: brightness" in text
     assert "4 windows:" in text
 
 
 def test_plots_cope_with_a_single_window_without_shadow(tmp_path):
-    store = build_store(str(tmp_path / "s.db"), StoreSpec())
-    # drop the shadow: evaluate only the incumbent by removing its predictions
-    import sqlalchemy as sa
-
-    from pipeline.store import predictions
-
-    with store.engine.begin() as conn:
-        conn.execute(sa.delete(predictions).where(predictions.c.role == "shadow"))
+    store = build_store(str(tmp_path / "s.db"), StoreSpec(shadow=False))  # only the incumbent has predictions
     res = Evaluator().evaluate(store)
     store.close()
-    assert res.data["models"]["shadow"] is None and res.data["paired"] is None
+    assert res.models["shadow"] is None and res.paired is None and res.roles == ["incumbent"]
     paths = report.write_report([res], res, tmp_path / "r")
     assert "gap_over_time" in paths and "html" in paths
     assert "vs no shadow" in paths["html"].read_text()
     assert not any(line.startswith("shadow ") for line in report.format_summary(res).splitlines())
 
 
+def _est(value: float, low: float = math.nan, high: float = math.nan) -> Estimate:
+    return Estimate(value, low, high, math.nan, 10, 10.0, "wilson")
+
+
 @pytest.mark.parametrize(
     "est,signed,text",
     [
-        ({"value": 0.834, "low": 0.79, "high": 0.871}, False, "83.4% [79.0, 87.1]"),
-        ({"value": 0.05, "low": -0.01, "high": 0.11}, True, "+5.0% [-1.0, +11.0]"),
-        ({"value": None}, False, "–"),
+        (_est(0.834, 0.79, 0.871), False, "83.4% [79.0, 87.1]"),
+        (_est(0.05, -0.01, 0.11), True, "+5.0% [-1.0, +11.0]"),
+        (_est(0.5), False, "50.0%"),  # no interval
+        (_est(math.nan, 0.0, 1.0), False, "–"),  # no value (a class without labelled frames)
         (None, False, "–"),
     ],
 )

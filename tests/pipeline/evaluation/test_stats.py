@@ -184,6 +184,30 @@ def test_wilson_equals_statsmodels(k, n, alpha):
     assert lo == pytest.approx(slo, abs=1e-12) and hi == pytest.approx(shi, abs=1e-12)
 
 
+# (k, n, alpha, low, high) from the hand-written Wilson formula wilson_interval used before it called statsmodels
+_WILSON_BEFORE = [
+    (0, 1, 0.05, 0.0, 0.7934506856227626),
+    (1, 1, 0.05, 0.20654931437723745, 1.0),
+    (0, 10, 0.05, 0.0, 0.2775327998628892),
+    (3, 10, 0.05, 0.10779126740630099, 0.6032218525388546),
+    (10, 10, 0.05, 0.7224672001371107, 0.9999999999999999),
+    (7, 13, 0.1, 0.3248195589589245, 0.7388522269250104),
+    (50, 100, 0.01, 0.37527962504483986, 0.6247203749551602),
+    (999, 1000, 0.05, 0.9943574414020421, 0.9998234536293739),
+    (1, 1000, 0.05, 0.00017654637062607809, 0.0056425585979579355),
+    (123, 456, 0.2, 0.24396254115378893, 0.2971638672816792),
+    (2, 3, 0.5, 0.47225817685939103, 0.8171827498413868),
+    (0, 0, 0.05, 0.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("k, n, alpha, low, high", _WILSON_BEFORE)
+def test_wilson_gives_the_numbers_of_the_former_formula(k, n, alpha, low, high):
+    lo, hi = wilson_interval(k, n, alpha)
+    assert lo == pytest.approx(low, rel=1e-12, abs=1e-15) and hi == pytest.approx(high, rel=1e-12, abs=1e-15)
+    assert 0.0 <= lo <= hi <= 1.0
+
+
 @pytest.mark.parametrize("n01, n10", [(0, 0), (0, 1), (1, 0), (5, 5), (3, 12), (12, 3), (0, 25), (40, 61), (100, 130), (7, 0)])
 def test_mcnemar_equals_statsmodels_and_scipy(n01, n10):
     p = mcnemar_exact_p(n01, n10)
@@ -209,11 +233,14 @@ def test_annotator_agreement_matches_statsmodels():
     res = annotator_agreement(a, b)
     table = np.array([[np.sum((a == x) & (b == y)) for y in sorted(classes)] for x in sorted(classes)])
     ref = cohens_kappa(table)
-    assert res["n"] == 300
-    assert res["agreement"] == pytest.approx(np.mean(a == b))
-    assert res["kappa"] == pytest.approx(float(ref.kappa))
-    assert res["kappa_low"] < res["kappa"] < res["kappa_high"]
-    assert annotator_agreement([], [])["agreement"] is None
+    assert res.n == 300
+    assert res.agreement == pytest.approx(np.mean(a == b))
+    assert (res.agreement_low, res.agreement_high) == wilson_interval(int(np.sum(a == b)), 300)
+    assert res.kappa == pytest.approx(float(ref.kappa))
+    assert res.kappa_low < res.kappa < res.kappa_high
+    none = annotator_agreement([], [])
+    assert none.agreement is None and none.kappa is None and none.to_dict() == {
+        "n": 0, "agreement": None, "agreement_low": 0.0, "agreement_high": 1.0, "kappa": None, "kappa_low": None, "kappa_high": None}
 
 
 # ---------------------------------------------------------------------------------------------

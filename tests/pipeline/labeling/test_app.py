@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from itsdangerous import TimestampSigner
 
 from pipeline.labeling import queue
-from pipeline.labeling.app import COOKIE, create_app, parse_token_specs, read_tokens_file
-from pipeline.store import PredictionStore, label_skips, labels
+from pipeline.labeling.app import COOKIE, SESSION_MAX_AGE_S, create_app, parse_token_specs, read_tokens_file, session_serializer
+from pipeline.store import PredictionStore, label_skips, labels, samples
 from pipeline.types import ConfigError
 
 from .conftest import CLASSES, Filled
@@ -61,6 +62,63 @@ def test_auth_required(app) -> None:
     assert c.get("/", follow_redirects=False).status_code == 303
 
 
+def _logged_in(c: TestClient) -> bool:
+    return c.get("/", follow_redirects=False).status_code == 200
+
+
+def test_session_cookie_is_signed_and_tampering_is_refused(filled: Filled) -> None:
+    app = create_app(filled.url, tokens=TOKENS, secret_key="k1")
+    c = login(app, "tok-alice")
+    good = c.cookies[COOKIE]
+    assert _logged_in(c) and session_serializer("k1").loads(good) == "alice"
+    payload, rest = good.split(".", 1)
+    # another annotator's name under alice's signature, a changed signature, a truncated cookie: all refused
+    bob_payload = session_serializer("k1").dumps("bob").split(".", 1)[0]
+    signed, sig = good.rsplit(".", 1)
+    flipped_sig = f"{signed}.{'A' if sig[0] != 'A' else 'B'}{sig[1:]}"  # the first character is all signature bits
+    for bad in (f"{bob_payload}.{rest}", flipped_sig, payload, "", "YWxpY2U.0000"):
+        t = TestClient(app)
+        t.cookies.set(COOKIE, bad)
+        assert not _logged_in(t), bad
+        assert t.get("/api/progress").status_code == 401
+    # signed with another key (e.g. before a restart) or naming someone without a token: refused
+    for bad in (session_serializer("k2").dumps("alice"), session_serializer("k1").dumps("mallory")):
+        t = TestClient(app)
+        t.cookies.set(COOKIE, bad)
+        assert not _logged_in(t)
+    # a well-signed cookie made elsewhere with the same key works (the key is the only secret)
+    t = TestClient(app)
+    t.cookies.set(COOKIE, session_serializer("k1").dumps("bob"))
+    assert _logged_in(t) and t.get("/api/progress").json()["annotator"] == "bob"
+
+
+def test_session_cookie_expires(filled: Filled) -> None:
+    app = create_app(filled.url, tokens=TOKENS, secret_key="k1")
+
+    class SignedLongAgo(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return super().get_timestamp() - SESSION_MAX_AGE_S - 60
+
+    class SignedRecently(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return super().get_timestamp() - SESSION_MAX_AGE_S + 60
+
+    for signer, ok in ((SignedLongAgo, False), (SignedRecently, True)):
+        ser = session_serializer("k1")
+        ser.signer = signer
+        t = TestClient(app)
+        t.cookies.set(COOKIE, ser.dumps("alice"))
+        assert _logged_in(t) is ok
+
+
+def test_logout_ends_the_session(app) -> None:
+    c = login(app, "tok-alice")
+    r = c.post("/logout", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert COOKIE in r.headers["set-cookie"] and "Max-Age=0" in r.headers["set-cookie"]
+    assert not _logged_in(c)
+
+
 def test_page_shows_frame_buttons_and_no_predictions(app, filled: Filled) -> None:
     c = login(app, "tok-alice")
     html = c.get("/").text
@@ -74,7 +132,7 @@ def test_page_shows_frame_buttons_and_no_predictions(app, filled: Filled) -> Non
     assert 'src="/image?frame_id=r1%3Acam0%3A0"' in html
     img = c.get("/image", params={"frame_id": filled.frame_ids[0]})
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
-    assert img.content == Path(filled.store.table_rows(queue.samples, queue.samples.c.frame_id == filled.frame_ids[0])[0]["image_path"]).read_bytes()
+    assert img.content == Path(filled.store.table_rows(samples, samples.c.frame_id == filled.frame_ids[0])[0]["image_path"]).read_bytes()
     assert c.get("/api/progress").json() == {"annotator": "alice", "labeled_by_you": 0, "your_queue": 6, "awaiting": 6}
 
 

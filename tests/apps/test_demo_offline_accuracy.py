@@ -1,4 +1,4 @@
-"""``models.demo.offline_accuracy``: a model file scored on a labelled image folder through the serving runtime."""
+"""``apps.demo.offline_accuracy``: a model file scored on a labelled image folder through the serving runtime."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.demo import offline_accuracy
+from apps.demo import offline_accuracy
 from pipeline.evaluation.stats import wilson_interval
 from pipeline.types import DataError
 from tests.helpers.onnx_models import make_tiny_classifier, red_only_weights

@@ -11,7 +11,8 @@ import os
 
 import pytest
 
-from models.bench import BenchConfig, number, parse_markdown, render_markdown
+from apps.bench import number, parse_markdown, render_markdown
+from apps.config import BenchConfig
 from pipeline.cli import main as cli_main
 from pipeline.types import ConfigError
 

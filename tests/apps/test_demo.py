@@ -45,7 +45,7 @@ def client(demo_workdir: Path):
 
 def table(summary: dict) -> str:
     """The demo's own summary table (as it printed it), for failure messages."""
-    from models.demo import DemoResult, format_summary
+    from apps.demo import DemoResult, format_summary
 
     try:
         return format_summary(DemoResult(**summary))

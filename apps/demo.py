@@ -18,6 +18,7 @@ estimates from the sampled labels, so the intervals can be checked against the t
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
@@ -26,52 +27,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+
+from apps.config import DemoConfig
+from models.data import list_source
+from models.retrain import retrain
+from models.synthetic import generate_dataset, write_stream
+from models.train import make_config, train
+from pipeline import tracking
+from pipeline.batching import INTERPOLATIONS, resize_into
+from pipeline.config import AlertConfig, RunConfig
+from pipeline.evaluation import alerts as alerts_mod
+from pipeline.evaluation import report
+from pipeline.evaluation.evaluator import EvalConfig, Evaluator
+from pipeline.evaluation.result import EvaluationResult
+from pipeline.evaluation.stats import wilson_interval
+from pipeline.labeling.simulate import normalize_ref, simulate_labels
+from pipeline.runner import Runner
+from pipeline.runtime import OnnxClassifier
+from pipeline.store import PredictionStore
+from pipeline.types import DataError
 
 log = logging.getLogger("shadowcam.demo")
 
 SHIFTED = ["night:2", "motion_blur:2", "new_packaging"]
 CHALLENGER_CHECK = "stream2: challenger within 5 points of its offline accuracy on the same conditions"
-
-
-@dataclass
-class DemoConfig:
-    workdir: Path = Path("work/demo")
-    fast: bool = False
-    seed: int = 0
-    model_name: str = "conveyor-classifier"
-    camera: str = "dock-cam-1"
-    train_images: int = 3000
-    shifted_test_frames: int = 3000  # offline test clip: the same camera under the stream-2 conditions (SHIFTED)
-    stream1_frames: int = 3000
-    stream2_frames: int = 1500
-    frame_size: tuple[int, int] = (240, 320)  # (h, w) of the production camera
-    dwell: tuple[int, int] = (3, 6)  # frames each item stays in view (a fast belt: many parcels per minute)
-    fps: float = 10.0  # simulated camera frame rate (timestamps come from the video's own clock)
-    window_s: float = 60.0  # evaluation window, in simulated seconds
-    sample_rate: float = 0.2
-    sample_strategy: str = "uncertainty"
-    uniform_floor: float = 0.3
-    annotator_error: float = 0.0
-    epochs: int | None = None  # None: the training default
-    # model input size: 96 px keeps the details the shifted frames still show (a label or a tear on a blurred
-    # poly mailer at night); --fast trains at the training default (64) to stay within its time
-    img_size: int | None = 96
-    retrain_epochs: int | None = 16  # fine-tuning the incumbent's weights needs fewer epochs
-    retrain_lr: float = 2e-3
-    progress: bool = True
-    clean: bool = True  # start from an empty work dir (the demo's own files only)
-
-    @classmethod
-    def preset(cls, fast: bool, **kw: Any) -> "DemoConfig":
-        cfg = cls(fast=fast)
-        if fast:
-            cfg.train_images, cfg.stream1_frames, cfg.stream2_frames = 1500, 1200, 1500
-            cfg.shifted_test_frames, cfg.img_size = 1500, None
-            cfg.window_s, cfg.sample_rate = 30.0, 0.3
-        for k, v in kw.items():
-            setattr(cfg, k, v)
-        return cfg
 
 
 @dataclass
@@ -115,31 +96,18 @@ class _Steps:
 def _true_accuracy(store, run_id: str, manifest: Path) -> dict[str, dict[str, float]]:
     """Accuracy of each role on EVERY frame of a run, from the generator's labels (the truth the
     sampled labels estimate). Returns {role: {"accuracy", "n"}} plus per phase."""
-    import csv
-
-    import sqlalchemy as sa
-
-    from pipeline import store as st
-    from pipeline.labeling.simulate import normalize_ref
-
     truth, phase = {}, {}
     with open(manifest, newline="") as f:
         for row in csv.DictReader(f):
             ref = normalize_ref(row["source_ref"])
             truth[ref], phase[ref] = row["label"], row.get("shift") or "clean"
-    q = (
-        sa.select(st.predictions.c.role, st.predictions.c.label, st.predictions.c.degraded, st.frames.c.source_ref)
-        .join(st.frames, st.frames.c.frame_id == st.predictions.c.frame_id)
-        .where(st.frames.c.run_id == run_id)
-    )
     acc: dict[str, dict[str, list[int]]] = {}
-    with store.engine.connect() as conn:
-        for role, label, degraded, ref in conn.execute(q):
-            ref = normalize_ref(ref)
-            if ref not in truth or degraded:
-                continue
-            for key in ("all", phase[ref]):
-                acc.setdefault(role, {}).setdefault(key, []).append(int(label == truth[ref]))
+    for p in store.run_predictions(run_id):
+        ref = normalize_ref(p.source_ref)
+        if ref not in truth or p.degraded:
+            continue
+        for key in ("all", phase[ref]):
+            acc.setdefault(p.role, {}).setdefault(key, []).append(int(p.label == truth[ref]))
     return {role: {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in d.items()} for role, d in acc.items()}
 
 
@@ -151,13 +119,7 @@ def offline_accuracy(model_path: str | Path, manifest: str | Path, batch_size: i
     ``manifest``: any data source :func:`models.data.list_source` reads (a manifest CSV, e.g. a labelled clip
     from :func:`models.synthetic.write_stream` with ``fmt="folder"``, or a folder with ``manifest.csv``).
     """
-    import cv2
 
-    from models.data import list_source
-    from pipeline.batching import INTERPOLATIONS, resize_into
-    from pipeline.evaluation.stats import wilson_interval
-    from pipeline.runtime import OnnxClassifier
-    from pipeline.types import DataError
 
     listing = list_source(manifest)
     samples = listing.samples
@@ -180,47 +142,42 @@ def offline_accuracy(model_path: str | Path, manifest: str | Path, batch_size: i
     return {"accuracy": correct / len(samples), "low": low, "high": high, "n": len(samples)}
 
 
-def _evaluate(store, run_id: str, cfg: DemoConfig, name: str, window_s: float | None) -> tuple[Any, list[Any], str]:
-    from pipeline.evaluation import alerts as alerts_mod
-    from pipeline.evaluation import report
-    from pipeline.evaluation.evaluator import EvalConfig, Evaluator, log_to_mlflow
-
+def _evaluate(store: PredictionStore, run_id: str, cfg: DemoConfig, name: str,
+              window_s: float | None) -> tuple[EvaluationResult, list[EvaluationResult], str]:
     ev = Evaluator(EvalConfig(run_ids=[run_id], workdir=str(cfg.workdir)))
     overall = ev.evaluate(store)
     windows = ev.evaluate_windows(store, window_s) if window_s else []
-    from pipeline.config import AlertConfig
-
-    fired = alerts_mod.dispatch(windows[-1] if windows else overall, AlertConfig(), workdir=cfg.workdir)
+    alert_cfg = AlertConfig()
+    fired = alerts_mod.dispatch(windows[-1] if windows else overall, alert_cfg, workdir=cfg.workdir)
+    if windows:  # the alerts belong to the newest window (as `shadowcam evaluate` records them)
+        windows[-1] = windows[-1].with_alerts(fired)
+    else:
+        overall = overall.with_alerts(fired)
     out = cfg.workdir / "reports" / name
-    log_to_mlflow(windows or [overall], overall, workdir=cfg.workdir, run_name=f"demo: {name}", artifacts_dir=out,
-                  alerts=fired, max_gap=AlertConfig().max_gap)
+    tracking.log_evaluation(windows or [overall], overall, workdir=cfg.workdir, run_name=f"demo: {name}", artifacts_dir=out,
+                            alerts=fired, max_gap=alert_cfg.max_gap, write_report=report.write_report)
     print(report.format_summary(overall, windows, fired))
     return overall, windows, str(out / "report.html")
 
 
-def _role_row(overall: Any, role: str) -> dict:
-    m = (overall.data.get("models") or {}).get(role) or {}
-    acc, gap = m.get("accuracy") or {}, m.get("gap") or {}
+def _role_row(result: EvaluationResult, role: str) -> dict:
+    m = result.models.get(role)
+    if m is None:
+        return {"model": None, "offline_accuracy": None, "prod_accuracy": None, "prod_ci": [None, None], "gap": None,
+                "gap_ci": [None, None], "estimated_accuracy": None, "n_labeled": None}
+    acc, gap, est = m.accuracy, m.gap, m.estimated_accuracy
     return {
-        "model": m.get("model"),
-        "offline_accuracy": (m.get("offline") or {}).get("test_accuracy"),
-        "prod_accuracy": acc.get("value"), "prod_ci": [acc.get("low"), acc.get("high")],
-        "gap": gap.get("value"), "gap_ci": [gap.get("low"), gap.get("high")],
-        "estimated_accuracy": (m.get("estimated_accuracy") or {}).get("value"),
-        "n_labeled": m.get("n_labeled"),
+        "model": m.model,
+        "offline_accuracy": m.offline.test_accuracy if m.offline else None,
+        "prod_accuracy": acc.value if acc else None, "prod_ci": [acc.low, acc.high] if acc else [None, None],
+        "gap": gap.value if gap else None, "gap_ci": [gap.low, gap.high] if gap else [None, None],
+        "estimated_accuracy": est.value if est else None,
+        "n_labeled": m.n_labeled,
     }
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run the whole story; returns what it measured (also written to WORKDIR/demo_summary.json)."""
-    from models.retrain import retrain
-    from models.synthetic import generate_dataset, write_stream
-    from models.train import make_config, train
-    from pipeline import tracking
-    from pipeline.config import RunConfig
-    from pipeline.labeling.simulate import simulate_labels
-    from pipeline.runner import Runner
-    from pipeline.store import PredictionStore
 
     wd = cfg.workdir = Path(cfg.workdir).resolve()
     if cfg.clean and wd.exists():
@@ -262,7 +219,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                      f"through `shadowcam run`, champion serving, challenger in shadow")
     m1 = write_stream(wd / "streams" / "shift1.mp4", n1, seed=cfg.seed + 101, phases=phases, size=cfg.frame_size,
                       fps=cfg.fps, dwell=cfg.dwell, camera=cfg.camera, progress=cfg.progress)
-    run1 = _run(cfg, RunConfig, Runner, m1.with_suffix(".mp4"), f"models:/{name}@champion", shadow_uri, db)
+    run1 = _run(cfg, m1.with_suffix(".mp4"), f"models:/{name}@champion", shadow_uri, db)
 
     # 3 --------------------------------------------------------------------------------------------------
     steps("label1", "The simulated annotator labels the sampled frames (ground truth from the generator)")
@@ -281,8 +238,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     res.reports["stream1"] = html1
     for w in windows1:
         row = _role_row(w, "incumbent")
-        row["window"] = w.meta["window"].get("index")
-        row["labels"] = w.data["counts"]["frames_with_truth"]
+        row["window"] = w.meta.window.index
+        row["labels"] = w.counts.frames_with_truth
         res.windows.append(row)
     inc_row = _role_row(overall1, "incumbent")
     inc_row["true_prod_accuracy"] = truth1.get("incumbent", {}).get("all", {}).get("accuracy")
@@ -325,7 +282,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     # the same camera later on: the scene (belt, lights) of stream 1, other parcels
     m2 = write_stream(wd / "streams" / "shift2.mp4", n2, seed=cfg.seed + 202, phases=[(1.0, SHIFTED)], size=cfg.frame_size,
                       fps=cfg.fps, dwell=cfg.dwell, camera=cfg.camera, progress=cfg.progress, scene_seed=cfg.seed + 101)
-    run2 = _run(cfg, RunConfig, Runner, m2.with_suffix(".mp4"), f"models:/{name}@champion", f"models:/{name}@challenger", db)
+    run2 = _run(cfg, m2.with_suffix(".mp4"), f"models:/{name}@champion", f"models:/{name}@challenger", db)
     store = PredictionStore(db)
     try:
         n_lab2 = simulate_labels(store, [m2], error_rate=cfg.annotator_error, seed=cfg.seed + 1)
@@ -348,8 +305,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         # its offline accuracy on the conditions stream 2 runs under (the shifted test set), against its
         # production accuracy there: retraining on production labels closed the train-to-production gap
         res.checks[CHALLENGER_CHECK] = bool(abs(ch_same["accuracy"] - ch_row["prod_accuracy"]) <= 0.05)
-    res.decision = overall2.data.get("decision")
-    res.paired = overall2.data.get("paired")
+    res.decision = overall2.decision.to_dict() if overall2.decision else None
+    res.paired = overall2.paired.to_dict() if overall2.paired else None
 
     # 7 --------------------------------------------------------------------------------------------------
     steps("promote", "Decision: promote only if the paired test says so")
@@ -367,7 +324,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     return res
 
 
-def _run(cfg: DemoConfig, RunConfig, Runner, video: Path, incumbent: str, shadow: str | None, db: str):
+def _run(cfg: DemoConfig, video: Path, incumbent: str, shadow: str | None, db: str):
     rc = RunConfig.model_validate({
         "sources": [{"uri": str(video), "id": cfg.camera}],
         "incumbent": {"uri": incumbent},
