@@ -31,6 +31,8 @@ import numpy as np
 
 from pipeline.config import ARCHS, TRAINING_EXPERIMENT, TrainConfig  # noqa: F401 (re-exported for callers)
 from pipeline import tracking
+from pipeline.evaluation.reference import build_reference
+from pipeline.imagestats import image_stats_batch
 from pipeline.modelcard import ModelCard
 from pipeline.tracking import TrackedRun
 from pipeline.types import ConfigError, DataError
@@ -362,8 +364,12 @@ def _train(cfg: TrainConfig) -> TrainResult:
         val_acc = float((val_logits.argmax(1) == y_val).mean())
         temperature = fit_temperature(val_logits, y_val)
         model.temperature.fill_(temperature)
-        val_scores = softmax(val_logits, temperature).max(axis=1)
-        atc_t = atc_threshold(val_scores, val_acc)
+        val_probs = softmax(val_logits, temperature)
+        atc_t = atc_threshold(val_probs.max(axis=1), val_acc)
+        # what production is compared with (drift against training): the validation images' calibrated softmax and
+        # image statistics, computed as the runtime computes them (model-sized BGR frames)
+        reference = build_reference(val_probs, image_stats_batch(np.ascontiguousarray(ds.images["val"][..., ::-1])),
+                                    classes, seed=cfg.seed)
 
         test_logits = predict_logits(model, ds.images["test"], device_eval)
         y_test = ds.labels["test"]
@@ -377,6 +383,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             resize_interpolation=RESIZE_INTERPOLATION, temperature=temperature, atc_threshold=atc_t,
             test_accuracy=test_acc, val_accuracy=val_acc, per_class_accuracy=pca, test_size=int(len(y_test)),
             data_fingerprint=ds.fingerprint, training_run_id=run_id, name=cfg.register_name or "",
+            training_reference=reference.to_dict(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extra={"val_size": int(len(y_val)), "train_size": int(n_train), "best_epoch": best["epoch"],
                    "epochs": cfg.epochs, "data_sources": ds.sources, "seed": cfg.seed},
@@ -391,7 +398,11 @@ def _train(cfg: TrainConfig) -> TrainResult:
             fp16_path = export_onnx(model, card, out_dir / "model_fp16.onnx", precision="fp16", opset=cfg.opset,
                                     verify_images=verify, seed=cfg.seed).path
 
-        (out_dir / "card.json").write_text(json.dumps(json.loads(card.to_json()), indent=2))
+        card_doc = json.loads(card.to_json())
+        # the reference profile (thousands of numbers) is kept compact in a file of its own; the card in the ONNX
+        # metadata carries it whole
+        (out_dir / "training_reference.json").write_text(json.dumps(card_doc.pop("training_reference")))
+        (out_dir / "card.json").write_text(json.dumps(card_doc, indent=2))
         plot_confusion(cm, classes, out_dir / "confusion_matrix.png", f"{cfg.arch} test set (acc {test_acc:.1%})")
         _write_config(cfg, out_dir / "config.yaml")
         # val_accuracy is the per-epoch series; the chosen checkpoint's value is best_val_accuracy
@@ -411,7 +422,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         run.log_artifact(out_dir / "model.onnx", tracking.model_artifact_dir("model.onnx"))
         if fp16_path:  # its own folder, so it can be registered as a version of its own
             run.log_artifact(fp16_path, tracking.model_artifact_dir(fp16_path))
-        for name in ("card.json", "confusion_matrix.png", "config.yaml", "metrics.json"):
+        for name in ("card.json", "training_reference.json", "confusion_matrix.png", "config.yaml", "metrics.json"):
             run.log_artifact(out_dir / name)
         run.set_tags({"shadowcam.arch": cfg.arch, "shadowcam.data_fingerprint": ds.fingerprint,
                       "shadowcam.classes": ",".join(classes)})
@@ -446,4 +457,7 @@ def result_dict(result: TrainResult) -> dict:
     """JSON-friendly view of a :class:`TrainResult` (what ``shadowcam train --json`` prints)."""
     d = asdict(result)
     d["card"] = json.loads(result.card.to_json())
+    ref = d["card"].get("training_reference")
+    if ref:  # summarised: the whole profile is in the ONNX file and training_reference.json
+        d["card"]["training_reference"] = {"source": ref.get("source"), "n_total": ref.get("n_total")}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if k != "history"}

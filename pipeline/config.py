@@ -240,7 +240,6 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 
 
 # --- evaluation --------------------------------------------------------------------------------------------------
-# (imports of this block sit here so that blocks appended by different authors do not touch each other's lines)
 
 EVALUATION_EXPERIMENT = "shadowcam-deployment"  # MLflow experiment of evaluation runs (pipeline.tracking.log_evaluation)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
@@ -307,7 +306,7 @@ class EvalConfig(_Strict):
     # or {"start": ts, "end": ts}. Also accepted: "0.2" / "10m" (parse_reference) and the older tagged tuples
     # ("duration", s) / ("range", start, end).
     reference: Reference = 0.2
-    min_effect: float = 0.0  # smallest accuracy difference worth promoting for (stats.recommend)
+    min_effect: float = 0.0  # recorded for older scripts (stats.recommend); decisions use `delta`
     power: float = Field(default=0.8, gt=0, lt=1)  # power used to size "need more labels"
     cumulative: bool = False  # evaluate_windows: cumulative results instead of per-window slices
     incumbent_card: str | None = None  # ONNX file whose card holds the incumbent's offline figures
@@ -316,6 +315,17 @@ class EvalConfig(_Strict):
     workdir: str | None = None  # MLflow store for models:/ URIs (pipeline.tracking.configure), default cache location
     run_ids: list[str] | None = None  # None: runs with the newest run's model pair
     calibration_bins: int = Field(default=10, ge=2)
+    # What drift is measured against: "training" (the model cards' training reference profile: train-to-production
+    # drift; the run start when a card has none) or "run_start" (the `reference` period of the evaluated frames).
+    drift_baseline: Literal["training", "run_start"] = "training"
+    # A drift against training is acted on (alerts, `drifted`) only when its share of frames beyond the training
+    # range is this far above the 1% expected (or the predicted-class mix this far away in total variation).
+    drift_min_effect: float = Field(default=0.10, gt=0, lt=1)
+    # Champion/challenger decisions (anytime-valid): a difference within +-delta is not worth the labels.
+    delta: float = Field(default=0.01, ge=0, lt=1)
+    # Fixed scale of the inverse-probability-weighted confidence sequences: the smallest inclusion probability the
+    # sampler uses (uniform_floor * rate). None: read from the evaluated runs' sampling config.
+    pi_floor: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("reference", mode="before")
     @classmethod

@@ -54,6 +54,9 @@ class ModelCard:
     name: str = ""
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # the validation split as the model saw it (softmax, image statistics): what production is compared with for
+    # drift against training; a dict, read by pipeline.evaluation.reference.TrainingReference.from_dict
+    training_reference: dict[str, Any] | None = None
     schema: int = CARD_SCHEMA
 
     def __post_init__(self) -> None:

@@ -29,6 +29,8 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -271,11 +273,17 @@ def _delete_alias(name: str, alias: str) -> None:
     _client().delete_registered_model_alias(name, alias)
 
 
-def promote(name: str) -> dict:
+def promote(name: str, *, tags: dict[str, str] | None = None, expect_challenger: str | None = None) -> dict:
     """Make the ``challenger`` the ``champion`` (see the module docstring). Returns what moved::
 
         {"model": name, "champion": new, "previous_champion": old or None, "challenger": None,
          "moved": ["champion: 1 -> 2", ...]}
+
+    No evidence is checked here (the CLI checks it first: :func:`check_promotion_evidence`). ``tags`` (e.g.
+    :func:`promotion_tags`): when given, written with the time and the versions involved on the promoted and the
+    demoted model version (:func:`record_promotion`), and the result gains ``"recorded": {version: tags}``.
+    ``expect_challenger``: refuse (:class:`RegistryError`) when ``challenger`` no longer points at this version
+    (it moved after the evidence was checked).
     """
     aliases = get_aliases(name)
     if CHALLENGER not in aliases:
@@ -283,6 +291,9 @@ def promote(name: str) -> dict:
                             f"`shadowcam train ... --register {name} --alias {CHALLENGER}`")
     new = aliases[CHALLENGER]
     old = aliases.get(CHAMPION)
+    if expect_challenger is not None and str(expect_challenger) != new:
+        raise RegistryError(f"model {name!r}: {CHALLENGER!r} now points at version {new}, not version {expect_challenger} "
+                            f"whose evidence was checked; run the promotion again")
     if old == new:
         raise RegistryError(f"model {name!r}: challenger and champion are both version {new}; nothing to promote")
     moved = [f"{CHAMPION}: {old or '(none)'} -> {new}"]
@@ -295,12 +306,18 @@ def promote(name: str) -> dict:
         moved.append(f"{PREVIOUS_CHAMPION}: {aliases[PREVIOUS_CHAMPION]} -> (removed)")
     _delete_alias(name, CHALLENGER)
     moved.append(f"{CHALLENGER}: {new} -> (removed)")
-    return {"model": name, CHAMPION: new, PREVIOUS_CHAMPION: old, CHALLENGER: None, "moved": moved}
+    result = {"model": name, CHAMPION: new, PREVIOUS_CHAMPION: old, CHALLENGER: None, "moved": moved}
+    if tags is not None:
+        result["recorded"] = record_promotion(name, new, old, tags)
+    return result
 
 
-def rollback(name: str) -> dict:
+def rollback(name: str, *, tags: dict[str, str] | None = None) -> dict:
     """Undo the last promotion: ``champion`` back to ``previous_champion``; the demoted version becomes
-    ``challenger``; ``previous_champion`` is removed. Returns what moved (same shape as :func:`promote`)."""
+    ``challenger``; ``previous_champion`` is removed. Returns what moved (same shape as :func:`promote`).
+
+    ``tags`` (e.g. :func:`rollback_tags`): when given, written with the time and the versions involved on both
+    versions (:func:`record_rollback`), and the result gains ``"recorded": {version: tags}``."""
     aliases = get_aliases(name)
     if PREVIOUS_CHAMPION not in aliases:
         raise RegistryError(f"model {name!r} has no {PREVIOUS_CHAMPION!r} alias; nothing to roll back to")
@@ -313,8 +330,11 @@ def rollback(name: str) -> dict:
         set_alias(name, CHALLENGER, demoted)
     _delete_alias(name, PREVIOUS_CHAMPION)
     moved.append(f"{PREVIOUS_CHAMPION}: {back} -> (removed)")
-    return {"model": name, CHAMPION: back, PREVIOUS_CHAMPION: None,
-            CHALLENGER: demoted if demoted != back else aliases.get(CHALLENGER), "moved": moved}
+    result = {"model": name, CHAMPION: back, PREVIOUS_CHAMPION: None,
+              CHALLENGER: demoted if demoted != back else aliases.get(CHALLENGER), "moved": moved}
+    if tags is not None:
+        result["recorded"] = record_rollback(name, back, demoted, tags)
+    return result
 
 
 # --- resolving model URIs --------------------------------------------------------------------------------------
@@ -422,6 +442,13 @@ def flat_metrics(result: EvaluationResult) -> dict[str, float]:
             put(f"train_to_prod_gap/{role}_ci_high", m.gap.high)
         if m.estimated_accuracy is not None:
             put(f"estimated_accuracy/{role}", m.estimated_accuracy.value)
+            if m.estimated_accuracy.contradicted_by_labels is not None:
+                put(f"estimated_accuracy/{role}_contradicted_by_labels", float(m.estimated_accuracy.contradicted_by_labels))
+            put(f"estimated_accuracy/{role}_valid", float(m.estimated_accuracy.valid))
+        for key, e in (("prod_accuracy_cs", m.accuracy_cs), ("train_to_prod_gap_cs", m.gap_cs)):
+            if e is not None:
+                put(f"{key}/{role}_low", e.low)
+                put(f"{key}/{role}_high", e.high)
         if m.calibration is not None:
             put(f"calibration_ece/{role}", m.calibration.ece)
         for cam, e in m.per_camera.items():
@@ -431,8 +458,19 @@ def flat_metrics(result: EvaluationResult) -> dict[str, float]:
             put(f"drift/softmax_p/{t.subject}", t.p)
         elif t.test == "class_distribution":
             put("drift/class_dist_p", t.p)
+        elif t.test == "training":
+            put(f"drift/training/{metric_key_part(t.subject)}/{metric_key_part(t.stat)}", t.p)
         else:
             put(f"drift/image/{metric_key_part(t.subject)}/{metric_key_part(t.stat)}", t.p)
+    td = result.drift.training
+    if td is not None:
+        put("drift/training_drifted", float(td.drifted))
+        put("drift/training_share_outside", td.largest_share_outside)
+    d = result.decision
+    if d is not None and d.low is not None:
+        put("decision/diff_low", d.low)
+        put("decision/diff_high", d.high)
+        put("decision/labels_spent", d.labels_spent)
     c = result.counts
     put("labels", c.labels)
     put("labels_used", c.frames_with_truth)
@@ -491,6 +529,10 @@ def log_evaluation(
         "shadowcam.kind": "evaluation",
         "runs": ",".join(meta.runs),
     }
+    if overall.decision is not None and overall.decision.low is not None:  # the evidence `shadowcam promote` records
+        tags.update({"decision_interval": f"[{overall.decision.low:+.4f}, {overall.decision.high:+.4f}]",
+                     "decision_delta": str(overall.decision.delta), "labels_spent": str(overall.decision.labels_spent),
+                     "decision_reason": overall.decision.reason[:500]})
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name or f"evaluate {inc} vs {sh}", tags=tags) as run:
         client = MlflowClient()
         mlflow.log_params({"alpha": meta.alpha, "reference": json.dumps(meta.reference.spec), "windows": len(results),
@@ -512,3 +554,308 @@ def log_evaluation(
             (out / "eval_config.json").write_text(json.dumps(meta.config, indent=2))
             mlflow.log_artifacts(str(out))
         return run.info.run_id
+
+
+# --- promotion evidence ------------------------------------------------------------------------------------------
+# `shadowcam promote` moves the aliases only when the newest evaluation of the challenger version decided `promote`
+# (or with --force --reason); what the promotion rested on is written as tags on the model versions involved.
+# Evaluation runs are found by the tags log_evaluation writes: shadowcam.kind=evaluation, decision, incumbent_model
+# and shadow_model = "NAME:VERSION" (the id the runtime gives a model loaded as models:/NAME@ALIAS or
+# models:/NAME/VERSION; a shadow loaded from a plain .onnx file is named after its card or file and is not found).
+
+PROMOTE_DECISION = "promote"
+NEED_MORE_LABELS = "need_more_labels"
+TAG_PROMOTED_AT = "shadowcam.promoted_at"
+TAG_PROMOTION_FORCED = "shadowcam.promotion_forced"  # "true" when --force overrode missing or contrary evidence
+TAG_PROMOTION_REASON = "shadowcam.promotion_reason"
+TAG_PROMOTION_EVIDENCE = "shadowcam.promotion_evidence"  # JSON: PromotionEvidence.to_dict()
+TAG_PROMOTION_ROLE = "shadowcam.promotion_role"  # "promoted" | "demoted"
+TAG_PROMOTED_VERSION = "shadowcam.promoted_version"
+TAG_DEMOTED_VERSION = "shadowcam.demoted_version"
+TAG_ROLLED_BACK_AT = "shadowcam.rolled_back_at"
+TAG_ROLLBACK_REASON = "shadowcam.rollback_reason"
+TAG_ROLLBACK_ROLE = "shadowcam.rollback_role"  # "restored" (champion again) | "demoted" (challenger again)
+TAG_RESTORED_VERSION = "shadowcam.restored_version"
+TAG_ROLLED_BACK_VERSION = "shadowcam.rolled_back_version"
+# overall figures of an evaluation run copied into the evidence when present (flat_metrics keys under overall/)
+EVIDENCE_METRICS = ("paired/diff", "paired/p_value", "paired/n", "labels", "labels_used")
+_EVIDENCE_SKIP_TAGS = {"incumbent_model", "shadow_model", "decision", "shadowcam.kind"}
+_DETAIL_MAX = 300  # characters kept of one evidence detail (registry tag values are limited in length)
+_FORCE_HINT = "or override with --force --reason TEXT"
+
+
+class PromotionRefused(RegistryError):
+    """The evidence does not allow a promotion: no evaluation of the challenger version, or it did not decide promote."""
+
+
+def model_version_id(name: str, version: str | int) -> str:
+    """The model id predictions and evaluation runs carry for a registered version: ``NAME:VERSION``."""
+    return f"{name}:{version}"
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _date(ts: float | None) -> str:
+    return "date unknown" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _detail(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _DETAIL_MAX:
+        return value[: _DETAIL_MAX - 3] + "..."
+    return value
+
+
+@dataclass(frozen=True)
+class PromotionEvidence:
+    """What a promotion of ``model`` version ``version`` rests on: the decision of its newest evaluation.
+
+    ``source``: ``"mlflow"`` (an evaluation run in experiment ``where``) or ``"store"`` (the decision recomputed from
+    the prediction store ``where``). ``evaluation``: the MLflow run id, or the store's run ids joined by ``,``;
+    None when nothing evaluated this version. ``decision``: the decision's action (``promote``, ``retire``,
+    ``equivalent``, ``need_more_labels``, older ``keep``), None when there is none. ``details``: what else the
+    evaluation says (interval, labels, p-value, ...) as found; ``hint``: when nothing was found, what was found instead.
+    """
+
+    model: str
+    version: str
+    source: str
+    where: str
+    evaluation: str | None = None
+    decision: str | None = None
+    evaluated_at: float | None = None
+    incumbent_model: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    hint: str = ""
+
+    @property
+    def shadow_model(self) -> str:
+        return model_version_id(self.model, self.version)
+
+    @property
+    def allows_promotion(self) -> bool:
+        return self.decision == PROMOTE_DECISION
+
+    def describe(self) -> str:
+        """One line: which evaluation, when, and what it decided."""
+        if self.evaluation is None:
+            where = (f"MLflow experiment {self.where!r}" if self.source == "mlflow" else f"store {self.where}")
+            what = "no evaluation of" if self.source == "mlflow" else "no run shadows"
+            return f"{what} {self.shadow_model} in {where}" + (f" ({self.hint})" if self.hint else "")
+        how = f"MLflow run {self.evaluation}" if self.source == "mlflow" else f"recomputed from store {self.where}, runs {self.evaluation}"
+        vs = f", vs {self.incumbent_model}" if self.incumbent_model else ""
+        return (f"the latest evaluation of {self.shadow_model} ({how}, {_date(self.evaluated_at)}{vs}) decided "
+                f"{self.decision or 'nothing (no paired result)'}")
+
+    def advice(self) -> str:
+        """What to do when the evidence does not allow the promotion."""
+        if self.evaluation is None:
+            if self.source == "store":
+                return (f"shadow models:/{self.model}@{CHALLENGER} (`shadowcam run --shadow ...`), label the sampled "
+                        f"frames and try again")
+            return f"evaluate runs that shadow models:/{self.model}@{CHALLENGER} (`shadowcam evaluate`)"
+        if self.decision in (NEED_MORE_LABELS, None):
+            more = next((v for k, v in self.details.items() if k.endswith("more_labels")), None)
+            extra = f" (about {more} more paired labels)" if more not in (None, "", "None") else ""
+            return f"label more sampled frames{extra} and evaluate again"
+        return f"the evaluation does not favour version {self.version}; keep the champion or register a better candidate"
+
+    def refusal(self) -> str:
+        """The one-line reason a promotion is refused."""
+        line = (f"cannot promote {self.model} version {self.version} ({CHALLENGER}): {self.describe()}; "
+                f"{self.advice()}, {_FORCE_HINT}")
+        return " ".join(line.split())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as recorded in :data:`TAG_PROMOTION_EVIDENCE`."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "experiment" if self.source == "mlflow" else "store": self.where,
+            "shadow_model": self.shadow_model,
+            "decision": self.decision or "none",
+            "evaluation_run_id" if self.source == "mlflow" else "store_runs": self.evaluation,
+            "evaluated_at": _iso(self.evaluated_at),
+            "incumbent_model": self.incumbent_model,
+        }
+        if self.details:
+            out["details"] = {k: _detail(v) for k, v in self.details.items()}
+        if self.hint:
+            out["hint"] = _detail(self.hint)
+        return out
+
+
+def challenger_version(name: str) -> str:
+    """The version alias ``challenger`` of model ``name`` points at (:class:`RegistryError` when there is none)."""
+    aliases = get_aliases(name)
+    if CHALLENGER not in aliases:
+        raise RegistryError(f"model {name!r} has no {CHALLENGER!r} alias to promote; register a candidate with "
+                            f"`shadowcam train ... --register {name} --alias {CHALLENGER}`")
+    return aliases[CHALLENGER]
+
+
+def _filter_value(value: str) -> str:
+    """A string constant for an MLflow search filter."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise RegistryError(f"cannot search MLflow for {value!r}: it holds both kinds of quotes")
+
+
+def _search_evaluations(exp_id: str, condition: str, max_results: int):
+    return _client().search_runs(
+        [exp_id], filter_string=f"tags.`shadowcam.kind` = 'evaluation' and {condition}",
+        order_by=["attributes.start_time DESC"], max_results=max_results)
+
+
+def latest_evaluation(name: str, version: str | int, experiment: str = EVALUATION_EXPERIMENT) -> PromotionEvidence:
+    """Evidence from the newest MLflow evaluation run (:func:`log_evaluation`) whose ``shadow_model`` tag is
+    ``NAME:VERSION``: its ``decision`` tag, date, incumbent, and the figures it logged (:data:`EVIDENCE_METRICS`,
+    any further tags such as a decision interval or labels spent; missing ones are left out). When there is none,
+    ``evaluation`` is None and ``hint`` names the newest evaluation of another version of the model, if any.
+    Call :func:`configure` first."""
+    version = str(version)
+    sid = model_version_id(name, version)
+    exp = _client().get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        return PromotionEvidence(name, version, "mlflow", experiment, hint="the experiment does not exist")
+    runs = _search_evaluations(exp.experiment_id, f"tags.shadow_model = {_filter_value(sid)}", 1)
+    if not runs:
+        others = [r for r in _search_evaluations(exp.experiment_id, f"tags.shadow_model LIKE {_filter_value(name + ':%')}", 50)
+                  if r.data.tags.get("shadow_model", "").startswith(f"{name}:")]
+        hint = ""
+        if others:
+            o = others[0]
+            hint = (f"the newest evaluation of {name} there is run {o.info.run_id} of {o.data.tags['shadow_model']} "
+                    f"on {_date(o.info.start_time / 1000)}, decided {o.data.tags.get('decision') or 'nothing'}")
+        return PromotionEvidence(name, version, "mlflow", experiment, hint=hint)
+    run = runs[0]
+    tags = run.data.tags
+    details: dict[str, Any] = {k: v for k, v in sorted(tags.items())
+                               if k not in _EVIDENCE_SKIP_TAGS and not k.startswith("mlflow.") and v != ""}
+    for key in EVIDENCE_METRICS:
+        if f"overall/{key}" in run.data.metrics:
+            details[key] = run.data.metrics[f"overall/{key}"]
+    return PromotionEvidence(
+        name, version, "mlflow", experiment, evaluation=run.info.run_id, decision=tags.get("decision") or None,
+        evaluated_at=run.info.start_time / 1000 if run.info.start_time else None,
+        incumbent_model=tags.get("incumbent_model") or None, details=details,
+    )
+
+
+def shadow_runs(runs: Sequence[dict], shadow_model: str) -> list[str]:
+    """Ids of the prediction-store runs (``PredictionStore.list_runs()`` rows, oldest first) that shadowed
+    ``shadow_model`` against the same incumbent as the newest of them (one model pair, as the evaluator's default
+    scope); empty when no run shadowed it."""
+    mine = [r for r in runs if r.get("shadow_model") == shadow_model]
+    if not mine:
+        return []
+    incumbent = mine[-1].get("incumbent_model")
+    return [r["run_id"] for r in mine if r.get("incumbent_model") == incumbent]
+
+
+def store_evidence(name: str, version: str | int, where: str, runs: Sequence[dict],
+                   evaluate: Callable[[list[str]], EvaluationResult]) -> PromotionEvidence:
+    """Evidence recomputed from a prediction store: ``evaluate(run_ids)`` (an ``Evaluator`` over those runs) is
+    called on :func:`shadow_runs` and its decision read. ``where`` names the store (no password); ``runs``: its
+    ``list_runs()``."""
+    version = str(version)
+    sid = model_version_id(name, version)
+    run_ids = shadow_runs(runs, sid)
+    if not run_ids:
+        seen = sorted({str(r.get("shadow_model")) for r in runs if r.get("shadow_model")})
+        hint = f"its runs shadow {', '.join(seen)}" if seen else "it has no runs with a shadow"
+        return PromotionEvidence(name, version, "store", where, hint=hint)
+    result = evaluate(run_ids)
+    details: dict[str, Any] = {"labels": result.counts.labels, "labels_used": result.counts.frames_with_truth}
+    if result.paired is not None:
+        p = result.paired
+        details.update({"paired/n": p.n, "paired/diff": p.diff.value, "paired/interval": [p.diff.low, p.diff.high],
+                        "paired/p_value": p.p_value})
+    for key in ("alpha", "delta"):
+        if key in result.meta.config:
+            details[key] = result.meta.config[key]
+    dec = result.decision
+    if dec is not None:  # read by name: older decisions lack the interval fields
+        low, high = getattr(dec, "low", None), getattr(dec, "high", None)
+        if low is not None and high is not None:
+            details["decision_interval"] = [low, high]
+        for key in ("delta", "labels_spent", "more_labels", "method", "reason"):
+            if getattr(dec, key, None) is not None:
+                details[key] = getattr(dec, key)
+    return PromotionEvidence(
+        name, version, "store", where, evaluation=",".join(run_ids), decision=dec.action if dec is not None else None,
+        evaluated_at=result.meta.evaluated_at, incumbent_model=result.meta.models.get("incumbent"), details=details,
+    )
+
+
+def check_promotion_evidence(evidence: PromotionEvidence, force: bool = False, reason: str | None = None) -> None:
+    """Allow a promotion only when ``evidence`` decided promote, or when ``force`` comes with a ``reason``;
+    otherwise :class:`PromotionRefused` with a one-line reason (:meth:`PromotionEvidence.refusal`)."""
+    if force:
+        if not (reason or "").strip():
+            raise PromotionRefused("--force needs --reason TEXT: say why the evidence is overridden "
+                                   "(it is recorded on the model versions)")
+        return
+    if not evidence.allows_promotion:
+        raise PromotionRefused(evidence.refusal())
+
+
+def promotion_tags(evidence: PromotionEvidence | None, forced: bool = False, reason: str | None = None) -> dict[str, str]:
+    """Registry tags recording a promotion: forced or not, the reason (when given), the evidence as JSON
+    (``{"decision": "none"}`` without evidence). For :func:`promote`'s ``tags``."""
+    doc = evidence.to_dict() if evidence is not None else {"decision": "none"}
+    tags = {TAG_PROMOTION_FORCED: "true" if forced else "false", TAG_PROMOTION_EVIDENCE: json.dumps(doc, sort_keys=True)}
+    if reason and reason.strip():
+        tags[TAG_PROMOTION_REASON] = reason.strip()
+    return tags
+
+
+def rollback_tags(reason: str | None = None) -> dict[str, str]:
+    """Registry tags recording a rollback (the reason, when given). For :func:`rollback`'s ``tags``."""
+    return {TAG_ROLLBACK_REASON: reason.strip()} if reason and reason.strip() else {}
+
+
+def set_version_tags(name: str, version: str | int, tags: dict[str, str]) -> None:
+    """Set tags on model version ``name``/``version`` (:class:`RegistryError` naming the tag when one fails)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    for key, value in tags.items():
+        try:
+            client.set_model_version_tag(name, str(version), key, str(value))
+        except MlflowException as e:
+            raise RegistryError(f"cannot set tag {key!r} on model {name!r} version {version}: {e.message}") from None
+
+
+def _record(name: str, event: dict[str, str], tags: dict[str, str], roles: dict[str, str | None],
+            role_tag: str) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for role, version in roles.items():
+        if version is None or str(version) in out:
+            continue
+        version_tags = {**tags, **event, role_tag: role}
+        set_version_tags(name, version, version_tags)
+        out[str(version)] = version_tags
+    return out
+
+
+def record_promotion(name: str, promoted: str, demoted: str | None, tags: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Write ``tags`` plus the time and the versions involved on the promoted and the demoted version; returns
+    ``{version: tags written}``."""
+    event = {TAG_PROMOTED_AT: _now_iso(),
+             TAG_PROMOTED_VERSION: str(promoted), TAG_DEMOTED_VERSION: str(demoted) if demoted is not None else "none"}
+    return _record(name, event, tags, {"promoted": promoted, "demoted": demoted}, TAG_PROMOTION_ROLE)
+
+
+def record_rollback(name: str, restored: str, demoted: str | None, tags: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Write ``tags`` plus the time and the versions involved on the restored champion and the demoted version;
+    returns ``{version: tags written}``."""
+    event = {TAG_ROLLED_BACK_AT: _now_iso(),
+             TAG_RESTORED_VERSION: str(restored), TAG_ROLLED_BACK_VERSION: str(demoted) if demoted is not None else "none"}
+    return _record(name, event, tags, {"restored": restored, "demoted": demoted}, TAG_ROLLBACK_ROLE)

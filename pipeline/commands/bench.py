@@ -1,30 +1,44 @@
-"""``shadowcam bench``: measure throughput and latency on this machine and write ``docs/benchmarks.md``.
+"""``shadowcam bench [WHAT]``: measure this machine and the product, and write the document of each bench.
+
+``WHAT`` (default ``throughput``) picks the bench from :data:`BENCHES`:
+
+* ``throughput``: throughput and latency on this machine, ``docs/benchmarks.md`` (see :mod:`apps.bench`);
+* ``estimate``: every label-free accuracy estimator against the truth on the synthetic shift suite,
+  ``docs/label_free.md`` (see :mod:`apps.bench_estimate`).
 
 Examples::
 
-    shadowcam bench                                  # the full benchmark (a few minutes on 2 CPU cores)
+    shadowcam bench                                  # the full throughput benchmark (a few minutes on 2 CPU cores)
     shadowcam bench --quick --out /tmp/bench.md      # tiny sizes: checks that everything runs (seconds)
     shadowcam bench --arch mobilenet_v3_small --img-size 96 --frames 2000 --out docs/benchmarks_mnv3.md
+    shadowcam bench estimate                         # trains two models (~2 min each on 2 cores), then 41 test sets
+    shadowcam bench estimate --model a.onnx --shadow b.onnx --shifts night,glare --n 100 --out /tmp/lf.md
 
-See :mod:`apps.bench` for what is measured and how. Needs the training extras (torch, torchvision):
-the naive baseline runs PyTorch eager and the models are exported from torchvision.
+Needs the training extras (torch, torchvision, albumentations): the throughput bench's naive baseline runs
+PyTorch eager and exports torchvision models; the estimate bench renders shifted sets and may train.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from apps.config import BenchConfig
 from pipeline.config import ARCHS
 
 NAME = "bench"
-HELP = "benchmark end-to-end throughput and latency against a naive loop and the raw ONNX Runtime bound"
+HELP = ("benchmark end-to-end throughput and latency against a naive loop and the raw ONNX Runtime bound; "
+        "`bench estimate`: label-free accuracy estimates against the truth")
 DESCRIPTION = (
     "Export two torchvision classifiers to ONNX, generate a 640x480 conveyor video, then measure on this machine: "
     "the raw ONNX Runtime throughput of both models, a naive cv2 + torchvision + PyTorch eager loop, the end-to-end "
     "throughput of `shadowcam run` with incumbent and shadow, and the incumbent's p50/p99 latency with and without the "
     "shadow at half the end-to-end rate. Writes a markdown report with the machine's description and PASS/FAIL "
-    "against the targets (end-to-end >= 2x naive, >= 80% of the raw bound, p99 with shadow <= 1.10x without)."
+    "against the targets (end-to-end >= 2x naive, >= 80% of the raw bound, p99 with shadow <= 1.10x without). "
+    "`shadowcam bench estimate` instead trains (or takes) an incumbent and a shadow, runs labelled synthetic test sets "
+    "of every camera shift at every severity through the runtime, and writes each label-free accuracy estimator's "
+    "estimate against the truth, with its mean absolute error, to docs/label_free.md."
 )
 
 
@@ -35,6 +49,17 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated pixel sizes like 64,128, got {text!r}") from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,3,5, got {text!r}") from None
+
+
 def _both(name: str) -> str:
     """'default X; --quick Y' for a help text, from BenchConfig (defaults are declared once, there)."""
     fmt = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
@@ -43,7 +68,10 @@ def _both(name: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchConfig.default
-    p.add_argument("--out", default=str(d("out")), help="markdown report to write")
+    p.add_argument("what", nargs="?", choices=tuple(BENCHES), default="throughput",
+                   help="which bench: " + "; ".join(f"{k}: {b.help}" for k, b in BENCHES.items()))
+    p.add_argument("--out", default=argparse.SUPPRESS,
+                   help=f"markdown report to write (default {d('out')}; estimate: docs/label_free.md)")
     p.add_argument("--frames", type=int, default=argparse.SUPPRESS, help=f"frames of the generated video ({_both('frames')})")
     p.add_argument("--arch", default=d("arch"), help=f"torchvision architecture of both models ({', '.join(ARCHS)})")
     p.add_argument("--img-size", type=int, default=argparse.SUPPRESS,
@@ -56,18 +84,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-frames", type=int, default=argparse.SUPPRESS, help=f"frames per latency run ({_both('latency_frames')})")
     p.add_argument("--latency-repeats", type=int, default=argparse.SUPPRESS,
                    help=f"latency runs per variant, alternating ({_both('latency_repeats')})")
-    p.add_argument("--workdir", default=str(d("workdir")), help="models, video, stores and bench_results.json go here")
-    p.add_argument("--seed", type=int, default=d("seed"), help="seed of the video and the model weights")
+    p.add_argument("--workdir", default=argparse.SUPPRESS,
+                   help=f"models, video, stores and bench_results.json go here (default {d('workdir')}; estimate: "
+                        "runs/bench_estimate, its models and test sets)")
+    p.add_argument("--seed", type=int, default=d("seed"),
+                   help="seed of the video and the model weights (estimate: of the training set and the incumbent; "
+                        "the shadow and the test sets use seed + 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds; numbers are not meaningful")
     p.add_argument("--no-progress", action="store_true", help="no progress messages")
+    e = p.add_argument_group("estimate", "options of `shadowcam bench estimate` (defaults: apps.bench_estimate.EstimateBenchConfig)")
+    e.add_argument("--model", default=argparse.SUPPRESS, metavar="FILE.onnx",
+                   help="incumbent to measure (ONNX file or models:/ URI); default: train one with the training defaults")
+    e.add_argument("--shadow", default=argparse.SUPPRESS, metavar="FILE.onnx",
+                   help="shadow model beside it (the disagreement estimators need two); default: train one (next seed)")
+    e.add_argument("--n", type=int, default=argparse.SUPPRESS, help="labelled test images per shift x severity and clean")
+    e.add_argument("--shifts", type=_names, default=argparse.SUPPRESS,
+                   help="comma-separated shifts of models/shifts.py to measure; default: all of them")
+    e.add_argument("--severities", type=_ints, default=argparse.SUPPRESS, help="comma-separated severities 1-5; default: all")
+    e.add_argument("--labels", type=int, default=argparse.SUPPRESS,
+                   help="labelled frames per test set for recalibrated ATC, the one estimator that uses labels")
+    e.add_argument("--train-images", type=int, default=argparse.SUPPRESS, help="clean training images when a model is trained")
+    e.add_argument("--render-size", type=int, default=argparse.SUPPRESS, help="pixel size of the rendered square test images")
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One bench: its one-line help, its options (``dest`` names; the others are refused) and its entry point."""
+
+    help: str
+    options: tuple[str, ...]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMON = ("out", "workdir", "seed", "quick", "no_progress")
+# options with a visible default cannot be told apart from "not given": refused only when they differ from it
+_VISIBLE_DEFAULTS = {"arch": BenchConfig.default("arch")}
+
+
+def _reject_foreign(args: argparse.Namespace) -> None:
+    from pipeline.types import ConfigError
+
+    mine = set(COMMON) | set(BENCHES[args.what].options)
+    for what, bench in BENCHES.items():
+        for opt in bench.options:
+            if opt in mine or not hasattr(args, opt):
+                continue
+            if opt in _VISIBLE_DEFAULTS and getattr(args, opt) == _VISIBLE_DEFAULTS[opt]:
+                continue
+            raise ConfigError(f"--{opt.replace('_', '-')} belongs to `shadowcam bench {what}`, not to `shadowcam bench {args.what}`")
 
 
 def main(args: argparse.Namespace) -> int:
+    _reject_foreign(args)
+    return BENCHES[args.what].run(args)
+
+
+def _throughput(args: argparse.Namespace) -> int:
     import shlex
 
     from apps.bench import run_bench  # torch and the runtime: imported only when the command runs
     from pipeline.types import ConfigError
 
+    args.out = getattr(args, "out", str(BenchConfig.default("out")))
+    args.workdir = getattr(args, "workdir", str(BenchConfig.default("workdir")))
     if args.arch not in ARCHS:
         raise ConfigError(f"--arch {args.arch!r} is not supported; expected one of {', '.join(ARCHS)}")
     # options left out keep the (quick or full) defaults of BenchConfig
@@ -99,3 +178,42 @@ def main(args: argparse.Namespace) -> int:
           f"p99 with/without shadow {ra['p99_ratio']:.3f} {verdict(ok['p99_ratio'])}")
     print(f"report written to {cfg.out}")
     return 0
+
+
+ESTIMATE_OPTIONS = ("model", "shadow", "n", "shifts", "severities", "labels", "train_images", "render_size")
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from apps.bench_estimate import EstimateBenchConfig, run_estimate_bench  # torch, the runtime: when the command runs
+
+    given = {k: getattr(args, k) for k in ("out", "workdir", *ESTIMATE_OPTIONS) if hasattr(args, k)}
+    parts = ["shadowcam bench estimate"]
+    for k, v in given.items():
+        parts.append(f"--{k.replace('_', '-')} " + shlex.quote(",".join(map(str, v)) if isinstance(v, tuple) else str(v)))
+    if args.seed != BenchConfig.default("seed"):
+        parts.append(f"--seed {args.seed}")
+    if args.quick:
+        parts.append("--quick")
+    kw = {**given, "seed": args.seed, "command": " ".join(parts)}
+    cfg = EstimateBenchConfig.quick_config(**kw) if args.quick else EstimateBenchConfig(**kw)
+    res = run_estimate_bench(cfg, progress=not args.no_progress)
+    s = res["summary"]
+    pts = lambda v: "-" if v is None else f"{v * 100:.1f}"  # noqa: E731
+    for e in res["estimators"]:
+        m = s["mae"][e["name"]]["pooled"]
+        print(f"{e['title']:<32} MAE {pts(m['mild']):>5} points at severities <= 3, {pts(m['severe']):>5} at > 3")
+    print(f"best label-free: {s['best'] or '-'}; target MAE <= {s['target_mae'] * 100:.0f} points at severities <= 3: "
+          f"{s['verdict']}")
+    print(f"report written to {cfg.out}")
+    return 0
+
+
+BENCHES: dict[str, Bench] = {
+    "throughput": Bench("throughput and latency of `shadowcam run` against a naive loop and the raw ONNX Runtime bound",
+                        ("frames", "arch", "img_size", "other_sizes", "batch_size", "repeats", "latency_frames",
+                         "latency_repeats"), _throughput),
+    "estimate": Bench("label-free accuracy estimators against the truth on the synthetic camera shifts",
+                      ESTIMATE_OPTIONS, _estimate),
+}

@@ -36,7 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shadow-card", default=None, metavar="FILE.onnx", help="same for the shadow model")
     p.add_argument("--cache-dir", default=None, help="where models:/ URIs are downloaded to when resolving cards; when omitted, WORKDIR/.cache/models (as `shadowcam run`)")
     p.add_argument("--alpha", type=float, default=EvalConfig.default("alpha"), help="1 - confidence level of the intervals, level of the tests")
-    p.add_argument("--min-effect", type=float, default=EvalConfig.default("min_effect"), help="smallest accuracy gain worth promoting the shadow for")
+    p.add_argument("--delta", type=float, default=EvalConfig.default("delta"),
+                   help="decision margin: a challenger - champion difference within +-delta is not worth the labels "
+                        "(promote needs the anytime-valid lower bound above +delta)")
+    p.add_argument("--min-effect", type=float, default=EvalConfig.default("min_effect"),
+                   help="recorded for older scripts; decisions use --delta")
+    p.add_argument("--drift-baseline", choices=("training", "run_start"), default=EvalConfig.default("drift_baseline"),
+                   help="compare windows with the models' training reference profile (train-to-production drift) or with "
+                        "the start of the evaluated frames (--reference)")
+    p.add_argument("--drift-min-effect", type=float, default=EvalConfig.default("drift_min_effect"),
+                   help="drift against training is acted on when this share of frames (above the 1%% expected) lies "
+                        "beyond the training range")
+    p.add_argument("--pi-floor", type=float, default=None,
+                   help="scale of the weighted confidence sequences: the smallest inclusion probability the sampler "
+                        "uses; when omitted, read from the runs' sampling config")
     p.add_argument("--experiment", default=EVALUATION_EXPERIMENT, help="MLflow experiment")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full result (overall, windows, alerts) as JSON")
@@ -88,7 +101,8 @@ def main(args: argparse.Namespace) -> int:
         cfg = EvalConfig(
             alpha=args.alpha, reference=parse_reference(args.reference), min_effect=args.min_effect, cumulative=args.cumulative,
             incumbent_card=args.incumbent_card, shadow_card=args.shadow_card, cache_dir=args.cache_dir, run_ids=args.runs,
-            workdir=str(workdir),
+            workdir=str(workdir), delta=args.delta, drift_baseline=args.drift_baseline, drift_min_effect=args.drift_min_effect,
+            pi_floor=args.pi_floor,
         )
         alert_cfg = _alert_config(args, store)
         ev = Evaluator(cfg)

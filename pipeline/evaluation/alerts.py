@@ -57,10 +57,20 @@ def check_alerts(result: EvaluationResult, config: AlertConfig) -> list[Alert]:
                 f"{role} {model}: train-to-production gap {100 * gap.value:.1f} points, CI lower bound "
                 f"{100 * gap.low:.1f} > tolerated {100 * config.max_gap:.1f}",
             ))
+    training = result.drift.training
     for t in result.drift.p_values():
         if not t.p < config.drift_p:
             continue
-        if t.test == "softmax":
+        if t.test == "training":
+            if not t.large:  # significant but small: not a shift to act on
+                continue
+            what = next((x.description for x in training.tails if (x.scope, f"{x.feature}:{x.direction}") == (t.subject, t.stat)),
+                        None) if training is not None else None
+            if what is None and training is not None:
+                what = next((c.description for c in training.class_mix if c.scope == t.subject and t.stat == "predicted_class"), None)
+            out.append(Alert("drift", f"training/{t.subject}/{t.stat}", t.p, config.drift_p,
+                             f"drift against training: {what or t.name} (corrected p={t.p:.2e} < {config.drift_p:g})"))
+        elif t.test == "softmax":
             out.append(Alert("drift", f"{t.subject} softmax", t.p, config.drift_p,
                              f"{t.subject} softmax outputs drifted from the reference period (corrected p={t.p:.2e} < {config.drift_p:g})"))
         elif t.test == "class_distribution":
@@ -167,6 +177,8 @@ def write_prometheus(result: EvaluationResult, alerts: Sequence[Alert], path: st
             g_drift.labels(f"softmax_{t.subject}").set(t.p)
         elif t.test == "class_distribution":
             g_drift.labels("class_distribution").set(t.p)
+        elif t.test == "training":
+            g_drift.labels(f"training_{t.subject}_{t.stat}").set(t.p)
         else:
             g_drift.labels(f"image_{t.subject}_{t.stat}").set(t.p)
     kinds = {a.kind for a in alerts}

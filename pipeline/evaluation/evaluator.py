@@ -20,9 +20,24 @@ Rules the figures follow (they are repeated in every result's ``meta.methods``):
   Wilson intervals; unequal ones an inverse-probability-weighted (Hajek) estimate (``stats.accuracy_estimate``).
 * **Gap** = offline test accuracy from the model card − production accuracy (``stats.gap_estimate``, both
   sample sizes). No card, no gap: a note says why.
-* **Drift** compares the evaluated frames *after* the reference period with the reference period (the first
-  ``EvalConfig.reference`` share of the frames, a duration from the first frame, or explicit timestamps).
-  Windows that lie inside the reference period get no drift figures.
+* **Drift** (``EvalConfig.drift_baseline``), by default **against training**: each window's frames against the
+  training reference profile in the models' cards (:mod:`pipeline.evaluation.reference`: how many frames lie
+  beyond the validation split's 1%/99% quantiles of each image statistic and of the model's confidence, and the
+  predicted-class mix). Without a reference in the cards (or with ``drift_baseline="run_start"``) the window's
+  frames *after* the reference period are compared with the reference period (the first ``EvalConfig.reference``
+  share of the frames, a duration from the first frame, or explicit timestamps); windows that lie inside the
+  reference period then get no drift figures.
+* **Decision** (``decision``): anytime-valid (:mod:`pipeline.evaluation.sequential`): a confidence sequence on
+  challenger - champion accuracy over the labelled frames with both predictions (inverse-probability weighted
+  over the stream when the inclusion probabilities differ), intersected with the bound every frame gives for
+  free: two models can differ in accuracy at most where their predictions differ, so the difference lies in
+  ``[-d, +d]`` with ``d`` the observed disagreement rate. ``promote`` / ``equivalent`` / ``retire`` /
+  ``need_more_labels`` against the margin ``EvalConfig.delta``; valid however often a team looks. The McNemar
+  test (``paired``) stays as the fixed-sample report. Accuracy and gap also get confidence sequences
+  (``accuracy_cs``, ``gap_cs``).
+* **Label-free estimate**: where the window has labels, an estimate outside the labelled interval is flagged
+  ``contradicted_by_labels``; where the inputs lie outside the training range (drift against training), it is
+  flagged ``unreliable``. Either way it is not a valid figure and reports draw it as such.
 * **Windows** (:meth:`Evaluator.evaluate_windows`) are consecutive, non-overlapping ``window_s`` slices of
   frame time starting at the first frame; each result holds that slice only (``cumulative=False``, the
   default, so a gap opening over time shows as it happens) or everything from the first frame to the
@@ -32,6 +47,7 @@ Rules the figures follow (they are repeated in every result's ``meta.methods``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -48,7 +64,8 @@ from pipeline import tracking
 from pipeline.config import EvalConfig, ReferenceDuration, ReferenceRange, parse_duration, parse_reference
 from pipeline.evaluation import drift as drift_mod
 from pipeline.evaluation import estimate as estimate_mod
-from pipeline.evaluation import stats
+from pipeline.evaluation import sequential, stats
+from pipeline.evaluation.reference import TrainingReference, training_drift
 from pipeline.evaluation.result import (
     ROLES,
     Calibration,
@@ -58,6 +75,7 @@ from pipeline.evaluation.result import (
     Counts,
     Decision,
     DriftFigures,
+    Estimate,
     EvaluationResult,
     Excluded,
     LabelFreeEstimate,
@@ -350,6 +368,58 @@ def _card_info(card: ModelCard | None, path: str | None) -> CardInfo | None:
 # --------------------------------------------------------------------------------------------------
 # The evaluator
 # --------------------------------------------------------------------------------------------------
+def _pi_floor(d: _Data, cfg: EvalConfig, notes: list[str]) -> float | None:
+    """The fixed scale of the IPW confidence sequences: ``EvalConfig.pi_floor``, else the smallest inclusion
+    probability the evaluated runs' samplers could give (``rate`` for uniform sampling, ``uniform_floor * rate``
+    otherwise). None when every labelled frame was labelled for sure or the probabilities are all equal."""
+    pis = d.incl[~np.isnan(d.incl)]
+    if pis.size == 0 or np.allclose(pis, pis[0]):
+        return None
+    if cfg.pi_floor is not None:
+        return cfg.pi_floor
+    floors = []
+    for r in d.runs:
+        try:
+            sampling = (json.loads(r["config"]) if isinstance(r.get("config"), str) else (r.get("config") or {})).get("sampling") or {}
+        except (TypeError, ValueError):
+            sampling = {}
+        rate, floor = sampling.get("rate"), sampling.get("uniform_floor")
+        if rate is None:
+            continue
+        floors.append(float(rate) if sampling.get("strategy") == "uniform" or not floor else float(rate) * float(floor))
+    if floors and min(floors) > 0:
+        return min(floors)
+    value = float(pis.min())
+    notes.append(f"no sampling config recorded: the confidence sequences use the smallest recorded inclusion probability "
+                 f"{value:.3g} as their scale (set EvalConfig.pi_floor to fix it in advance)")
+    return value
+
+
+def _check_estimate(est: LabelFreeEstimate, acc: Estimate | None, drift: DriftFigures, role: str) -> LabelFreeEstimate:
+    """The label-free estimate, flagged where it cannot be trusted: outside the window's labelled interval
+    (``contradicted_by_labels``), or computed on inputs outside the training range (``unreliable``)."""
+    contradicted, lo, hi = None, None, None
+    if acc is not None and math.isfinite(acc.low) and math.isfinite(acc.high):
+        lo, hi = acc.low, acc.high
+        contradicted = not (lo <= est.value <= hi)
+    unreliable = None
+    td = drift.training
+    if td is not None and td.drifted:
+        unreliable = f"inputs outside the training range ({td.findings[0]}): a label-free estimate cannot see this shift"
+    return dataclasses.replace(est, contradicted_by_labels=contradicted, labelled_low=lo, labelled_high=hi, unreliable=unreliable)
+
+
+def _stream_order(d: _Data, sel: np.ndarray) -> np.ndarray:
+    """Indices of the selected frames in time order (the order the sampler saw them)."""
+    idx = np.flatnonzero(sel)
+    return idx[np.argsort(d.ts[idx], kind="stable")]
+
+
+def _cs_estimate(cs: sequential.ConfidenceSequence) -> Estimate:
+    return Estimate(value=cs.value, low=cs.low, high=cs.high, se=math.nan, n=cs.n_labels, n_eff=math.nan,
+                    method=f"anytime-valid confidence sequence ({cs.method}, {cs.n} frames)")
+
+
 @dataclass(frozen=True)
 class _Context:
     """What one ``evaluate``/``evaluate_windows`` call resolves once: models, cards, notes, reference period."""
@@ -359,6 +429,8 @@ class _Context:
     card_paths: dict[str, str | None]
     notes: list[str]
     reference: tuple[float, float]
+    training_refs: dict[str, TrainingReference]  # role -> its card's training reference profile (drift against training)
+    pi_floor: float | None  # fixed scale of the IPW confidence sequences (None: every labelled frame had pi = 1)
 
 
 class Evaluator:
@@ -436,7 +508,19 @@ class Evaluator:
                 raise ModelCardError(f"{role} model card ({card_paths[role]}) has classes {card.class_names}, the store's runs have {d.classes}")
         if d.invalid_labels:
             notes.append(f"{d.invalid_labels} label(s) name no known class and were ignored")
-        return _Context(models, cards, card_paths, notes, _reference_range(d, cfg.reference))
+        refs: dict[str, TrainingReference] = {}
+        for role in ROLES:
+            card = cards[role]
+            if card is None or not card.training_reference:
+                continue
+            try:
+                refs[role] = TrainingReference.from_dict(card.training_reference, f"{role} model card ({card_paths[role]})")
+            except ValueError as e:
+                notes.append(f"{e}; drift against training skipped for the {role}")
+        if cfg.drift_baseline == "training" and d.n and not refs:
+            notes.append("no training reference profile in the model cards (exported before drift against training existed?): "
+                         "drift is measured against the start of the run")
+        return _Context(models, cards, card_paths, notes, _reference_range(d, cfg.reference), refs, _pi_floor(d, cfg, notes))
 
     def _compute(self, d: _Data, ctx: _Context, mask: np.ndarray, index: int, start: float | None, end: float | None,
                  length_s: float | None) -> EvaluationResult:
@@ -473,6 +557,7 @@ class Evaluator:
         )
         strategies = Counter(s for s in d.strategy[labeled] if s is not None)
 
+        drift = self._drift(d, ctx, mask, ref, cur, notes)
         models_out: dict[str, ModelFigures | None] = {}
         methods: dict[str, dict[str, str]] = {}
         for role in ROLES:
@@ -480,12 +565,11 @@ class Evaluator:
             if ctx.models[role] is None and not rp.has.any():
                 models_out[role] = None
                 continue
-            models_out[role], m = self._role_figures(d, ctx, role, rp, mask, pi_all, notes)
+            models_out[role], m = self._role_figures(d, ctx, role, rp, mask, pi_all, notes, drift)
             for k, v in m.items():
                 methods.setdefault(k, {})[role] = v
 
-        paired, decision = self._paired(d, mask, pi_all)
-        drift = self._drift(d, ref, cur, notes)
+        paired, decision = self._paired(d, ctx, mask, pi_all)
         agreement = None
         dbl = mask & (d.pair_a != None)  # noqa: E711 (object array)
         if dbl.any():
@@ -512,6 +596,12 @@ class Evaluator:
                 "accuracy": methods.get("accuracy", {}),
                 "gap": "offline test accuracy (model card) - production accuracy; CI combines both sample sizes (stats.gap_estimate)",
                 "paired": "McNemar exact test on frames labelled with both predictions; difference in accuracy with CI (stats.paired_test)",
+                "drift_training": ("share of frames beyond the training reference's 1%/99% quantiles (image statistics per "
+                                   "camera, model confidence) and predicted-class mix vs validation; effective counts, "
+                                   f"Bonferroni; acted on when >= {cfg.drift_min_effect:.0%} above expected"),
+                "decision": (f"anytime-valid confidence sequence on challenger - champion accuracy (PrPl-EB, "
+                             f"Waudby-Smith & Ramdas 2024; IPW over the stream when inclusion probabilities differ) "
+                             f"intersected with +-(observed disagreement rate); margin delta={cfg.delta:g}"),
                 "drift_softmax": "per-class Kolmogorov-Smirnov on softmax outputs vs the reference period, Bonferroni-corrected",
                 "drift_image": "per-camera image statistics (brightness, contrast, sharpness, noise) vs the reference period",
                 "drift_class_distribution": "incumbent's predicted-class distribution vs the reference period",
@@ -525,7 +615,7 @@ class Evaluator:
         return EvaluationResult(counts, models_out, paired, decision, drift, agreement, meta)
 
     def _role_figures(self, d: _Data, ctx: _Context, role: str, rp: _RolePreds, mask: np.ndarray, pi_all: np.ndarray,
-                      notes: list[str]) -> tuple[ModelFigures, dict[str, str]]:
+                      notes: list[str], drift: DriftFigures) -> tuple[ModelFigures, dict[str, str]]:
         cfg = self.config
         alpha = cfg.alpha
         C = len(d.classes)
@@ -578,6 +668,9 @@ class Evaluator:
                 est = LabelFreeEstimate(estimate_mod.average_confidence(probs), "mean confidence (no ATC threshold in the model card)", int(usable.sum()))
                 notes.append(f"{role}: no ATC threshold in the model card; estimated accuracy is the mean confidence")
             methods["estimated_accuracy"] = est.method
+            est = _check_estimate(est, acc, drift, role)
+
+        acc_cs, gap_cs = self._sequences(d, ctx, role, rp, mask, pi_all, card)
 
         calib = None
         if sel.any() and not np.isnan(rp.probs[sel]).any():
@@ -596,25 +689,104 @@ class Evaluator:
             gap=gap,
             estimated_accuracy=est,
             calibration=calib,
+            accuracy_cs=acc_cs,
+            gap_cs=gap_cs,
         )
         return figures, methods
 
-    def _paired(self, d: _Data, mask: np.ndarray, pi_all: np.ndarray) -> tuple[stats.PairedResult | None, Decision | None]:
+    def _sequences(self, d: _Data, ctx: _Context, role: str, rp: _RolePreds, mask: np.ndarray, pi_all: np.ndarray,
+                   card: ModelCard | None) -> tuple[Estimate | None, Estimate | None]:
+        """Anytime-valid accuracy and gap of one role over the window's stream of usable frames (time order)."""
+        cfg = self.config
+        order = _stream_order(d, mask & rp.has & ~rp.degraded)
+        lab = d.truth[order] >= 0
+        if not lab.any():
+            return None, None
+        correct = np.where(lab, (rp.pred[order] == d.truth[order]).astype(np.float64), np.nan)
+        if ctx.pi_floor is None:  # equal probabilities: the labelled frames are an i.i.d. sample, in label time
+            kw: dict = {"correct": correct[lab], "inclusion_prob": None}
+        else:
+            kw = {"correct": correct, "inclusion_prob": np.where(lab, pi_all[order], np.nan), "pi_floor": ctx.pi_floor}
+        acc = _cs_estimate(sequential.accuracy_cs(alpha=cfg.alpha, **kw))
+        gap = None
+        if card is not None and card.test_accuracy is not None and card.test_size:
+            gap = _cs_estimate(sequential.gap_cs(card.test_accuracy, card.test_size, alpha=cfg.alpha, **kw))
+        return acc, gap
+
+    def _paired(self, d: _Data, ctx: _Context, mask: np.ndarray, pi_all: np.ndarray) -> tuple[stats.PairedResult | None, Decision | None]:
+        """McNemar (fixed-sample report) and the anytime-valid decision on challenger - champion accuracy."""
         cfg = self.config
         inc, sh = d.roles[Role.INCUMBENT.value], d.roles[Role.SHADOW.value]
-        sel = mask & (d.truth >= 0) & inc.has & sh.has & ~inc.degraded & ~sh.degraded
         if not sh.has.any():
             return None, None
+        both = mask & inc.has & sh.has & ~inc.degraded & ~sh.degraded
+        sel = both & (d.truth >= 0)
         if not sel.any():
+            # no paired label yet; every frame with both predictions still bounds the difference: the models can
+            # differ in accuracy only where their predictions differ
+            if both.any():
+                order = _stream_order(d, both)
+                bound = sequential.disagreement_bound((inc.pred[order] != sh.pred[order]).astype(np.float64), cfg.alpha)
+                if bound.high <= cfg.delta:
+                    return None, Decision("equivalent", None, f"the models disagree on at most {bound.high:.2%} of frames "
+                                          f"(anytime-valid bound over {bound.n} frames, <= delta {cfg.delta:g}): no difference "
+                                          "worth labels", None, bound.low, bound.high, cfg.delta, 0, bound.method)
             return None, Decision("need_more_labels", None, "no labelled frame has both predictions yet")
         ci = inc.pred[sel] == d.truth[sel]
-        cs = sh.pred[sel] == d.truth[sel]
+        cs_ = sh.pred[sel] == d.truth[sel]
         w = _weights_or_none(pi_all[sel])
-        paired = stats.paired_test(ci, cs, weights=w, alpha=cfg.alpha)
-        decision = stats.recommend(paired, alpha=cfg.alpha, min_effect=cfg.min_effect, power=cfg.power)
+        paired = stats.paired_test(ci, cs_, weights=w, alpha=cfg.alpha)
+
+        order = _stream_order(d, both)
+        lab = d.truth[order] >= 0
+        z_inc = np.where(lab, (inc.pred[order] == d.truth[order]).astype(np.float64), np.nan)
+        z_sh = np.where(lab, (sh.pred[order] == d.truth[order]).astype(np.float64), np.nan)
+        dis = (inc.pred[order] != sh.pred[order]).astype(np.float64)
+        # two anytime-valid intervals at alpha/2 each, intersected (valid at alpha): the paired CS from the labels,
+        # and the one that adds what every frame says (the models can differ only where they disagree)
+        a2 = cfg.alpha / 2
+        if ctx.pi_floor is None:  # equal probabilities: the labelled frames are an i.i.d. sample, in label time
+            cs = sequential.paired_cs(z_inc[lab], z_sh[lab], None, a2)
+        else:
+            cs = sequential.paired_cs(z_inc, z_sh, np.where(lab, pi_all[order], np.nan), a2, pi_floor=ctx.pi_floor)
+        design = not np.isnan(d.incl[order][lab]).any()  # every labelled frame came from the sampler
+        if design:
+            pis = np.where(lab, d.incl[order], np.nan)
+            cs2 = sequential.paired_cs_with_disagreement(z_inc, z_sh, dis, pis, a2, pi_floor=ctx.pi_floor)
+        else:  # imported labels: no sampling design to weight by; the disagreement bound alone
+            cs2 = sequential.disagreement_bound(dis, a2)
+        low, high = max(cs.low, cs2.low), min(cs.high, cs2.high)
+        method = (f"{cs.method} and {cs2.method} confidence sequences at alpha/2 each, intersected "
+                  f"(the models disagree on {dis.mean():.2%} of {dis.size} frames)")
+        sd = sequential.sequential_decision(low, high, cs.n_labels, delta=cfg.delta, value=cs.value, alpha=cfg.alpha, method=method)
+        decision = Decision(sd.action, sd.more_labels, sd.reason, _finite(sd.value), sd.low, sd.high, cfg.delta, cs.n_labels, method)
         return paired, decision
 
-    def _drift(self, d: _Data, ref: np.ndarray, cur: np.ndarray, notes: list[str]) -> DriftFigures:
+    def _drift(self, d: _Data, ctx: _Context, mask: np.ndarray, ref: np.ndarray, cur: np.ndarray, notes: list[str]) -> DriftFigures:
+        """Drift of the window against training (the cards' reference profiles), or against the run's start."""
+        if self.config.drift_baseline == "training" and ctx.training_refs:
+            return self._training_drift(d, ctx, mask)
+        return self._run_start_drift(d, ref, cur, notes)
+
+    def _training_drift(self, d: _Data, ctx: _Context, mask: np.ndarray) -> DriftFigures:
+        cfg = self.config
+        probs, prob_ts, prob_cams = {}, {}, {}
+        for role, _ref in ctx.training_refs.items():
+            rp = d.roles[role]
+            ok = mask & rp.has & ~rp.degraded & ~np.isnan(rp.probs).any(axis=1)
+            if ok.any():
+                probs[role], prob_ts[role], prob_cams[role] = rp.probs[ok], d.ts[ok], d.cameras[ok]
+        img_ok = mask & np.all([~np.isnan(d.image_stats[k]) for k in STAT_NAMES], axis=0) if d.n else mask
+        image_role = Role.INCUMBENT.value if Role.INCUMBENT.value in ctx.training_refs else None
+        td = None
+        if probs or img_ok.any():
+            td = training_drift(ctx.training_refs, probs, {k: d.image_stats[k][img_ok] for k in STAT_NAMES},
+                                cameras=d.cameras[img_ok], ts=d.ts[img_ok], alpha=cfg.alpha, min_effect=cfg.drift_min_effect,
+                                prob_ts=prob_ts, prob_cameras=prob_cams, image_role=image_role)
+        return DriftFigures({}, None, {}, 0, int(mask.sum()), skipped=None if td is not None else "no usable frames in this window",
+                            baseline="training", training=td)
+
+    def _run_start_drift(self, d: _Data, ref: np.ndarray, cur: np.ndarray, notes: list[str]) -> DriftFigures:
         """Drift of the window's post-reference frames against the reference period.
 
         Every test gets the frames' timestamps and cameras, so the drift module can discount correlated

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as _st
 
 from pipeline.evaluation.drift import effective_sample_size
+from pipeline.evaluation.result import ClassMixShift, TailShift, TrainingDrift
 from pipeline.imagestats import STAT_NAMES
 
 REFERENCE_SCHEMA = 1
@@ -125,82 +126,6 @@ def build_reference(probs: np.ndarray, image_stats: Mapping[str, np.ndarray], cl
 
 
 # --- the test -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TailShift:
-    """Production frames beyond one end of the training range of one feature."""
-
-    feature: str  # "brightness", "confidence", ...
-    scope: str  # camera id (image statistics) or model role (confidence)
-    direction: str  # "low" | "high"
-    threshold: float  # the reference's tail quantile
-    share: float  # share of the window's frames beyond it
-    expected: float  # the tail share expected under no drift (nominal)
-    n: int
-    n_eff: float
-    p_value: float  # one-sided, uncorrected
-    description: str
-
-    @property
-    def effect(self) -> float:
-        return self.share - self.expected
-
-
-@dataclass(frozen=True)
-class ClassMixShift:
-    scope: str  # model role
-    tv_distance: float  # total variation between production and validation predicted-class mix
-    n: int
-    n_eff: float
-    p_value: float
-    description: str
-
-
-@dataclass(frozen=True)
-class TrainingDrift:
-    """Drift of one window against the training reference. ``drifted``: a tail both significant and large."""
-
-    tails: tuple[TailShift, ...]
-    class_mix: tuple[ClassMixShift, ...]
-    alpha: float
-    min_effect: float
-    n_tests: int
-    reference: str
-    drifted: bool
-    findings: tuple[str, ...] = field(default=())  # the descriptions behind ``drifted``, largest first
-
-    def p_values(self) -> dict[str, float]:
-        """Corrected p-value of every test, keyed ``feature/scope/direction``: Bonferroni over the window's tests,
-        doubled for the half of ``alpha`` spent on the reference quantiles (compare with ``alpha``)."""
-        k = 2 * max(1, self.n_tests)
-        out = {f"{t.feature}/{t.scope}/{t.direction}": min(1.0, t.p_value * k) for t in self.tails}
-        out.update({f"predicted_class/{c.scope}": min(1.0, c.p_value * k) for c in self.class_mix})
-        return out
-
-    @property
-    def p_min_corrected(self) -> float | None:
-        ps = self.p_values()
-        return min(ps.values()) if ps else None
-
-    @property
-    def largest_share_outside(self) -> float | None:
-        return max((t.share for t in self.tails), default=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": ("share of frames beyond the training reference's 1%/99% quantiles (one-sided binomial on "
-                       "effective counts, Bonferroni) and predicted-class mix (chi-square); drifted = significant "
-                       f"and >= {self.min_effect:.0%} above expected"),
-            "reference": self.reference, "alpha": self.alpha, "min_effect": self.min_effect, "drifted": self.drifted,
-            "p_min_corrected": self.p_min_corrected, "largest_share_outside": self.largest_share_outside,
-            "findings": list(self.findings),
-            "tails": [{"feature": t.feature, "scope": t.scope, "direction": t.direction, "threshold": t.threshold,
-                       "share": t.share, "expected": t.expected, "n": t.n, "n_eff": t.n_eff, "p_value": t.p_value,
-                       "description": t.description} for t in self.tails],
-            "class_mix": [{"scope": c.scope, "tv_distance": c.tv_distance, "n": c.n, "n_eff": c.n_eff, "p_value": c.p_value,
-                           "description": c.description} for c in self.class_mix],
-        }
-
-
 def tail_bound(n_ref: int, tail: float, alpha: float) -> tuple[int, float]:
     """Rank ``r`` of the order statistic used as the ``tail`` quantile of ``n_ref`` i.i.d. values, and an upper
     ``1 - alpha`` bound on the probability that a new value falls beyond it (Beta(r, n_ref - r + 1))."""
@@ -277,7 +202,7 @@ def _class_mix(ref: TrainingReference, pred: np.ndarray, scope: str, ts, groups)
 
 
 def training_drift(
-    reference: TrainingReference,
+    references: Mapping[str, TrainingReference],
     probs: Mapping[str, np.ndarray] | None = None,
     image_stats: Mapping[str, np.ndarray] | None = None,
     cameras: np.ndarray | None = None,
@@ -287,53 +212,65 @@ def training_drift(
     tail: float = DEFAULT_TAIL,
     prob_ts: Mapping[str, np.ndarray] | None = None,
     prob_cameras: Mapping[str, np.ndarray] | None = None,
+    image_role: str | None = None,
 ) -> TrainingDrift:
-    """One window's drift against ``reference``.
+    """One window's drift against the training reference of each model.
 
-    ``probs``: role -> (n_r, C) softmax of that model on the window's frames (non-degraded), with
-    ``prob_ts``/``prob_cameras`` giving each row's time and camera; ``image_stats``: name -> (n,) values of the
-    window's frames with ``ts`` and ``cameras``. Image statistics are tested per camera.
+    ``references``: role -> that model's :class:`TrainingReference`; ``probs``: role -> (n_r, C) softmax of that
+    model on the window's frames (non-degraded), with ``prob_ts``/``prob_cameras`` giving each row's time and
+    camera; ``image_stats``: name -> (n,) values of the window's frames with ``ts`` and ``cameras``, compared with
+    the reference of ``image_role`` (default: the first role given). Image statistics are tested per camera.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if not 0 < tail < 0.5:
         raise ValueError(f"tail must be in (0, 0.5), got {tail}")
-    tails: list[TailShift] = []
-    mixes: list[ClassMixShift] = []
-    roles = [r for r, p in (probs or {}).items() if np.asarray(p).ndim == 2 and len(p)]
+    if not references:
+        raise ValueError("training_drift needs at least one training reference")
+    img_ref = references[image_role] if image_role is not None else next(iter(references.values()))
+    roles = [r for r, p in (probs or {}).items() if r in references and np.asarray(p).ndim == 2 and len(p)]
     cams = None
     if image_stats:
         n_img = len(next(iter(image_stats.values())))
         cams = np.asarray(cameras) if cameras is not None else np.full(n_img, "all", object)
-    stat_names = [k for k in STAT_NAMES if image_stats and k in image_stats and k in reference.image_stats]
+    stat_names = [k for k in STAT_NAMES if image_stats and k in image_stats and k in img_ref.image_stats]
     n_planned = 2 * len(roles) + (2 * len(stat_names) * len(set(cams.tolist())) if cams is not None else 0)
     # Bonferroni over the window's tests; within each, half of alpha for the reference quantile's own
     # uncertainty (estimated from n_ref validation images), half for the production count
     a_ref = alpha / (2 * max(1, n_planned))
+    tails: list[TailShift] = []
+    mixes: list[ClassMixShift] = []
     for role in roles:
-        p = probs[role]
-        p = np.asarray(p, dtype=np.float64)
+        ref = references[role]
+        p = np.asarray(probs[role], dtype=np.float64)
         rts = None if prob_ts is None else prob_ts.get(role)
         rgr = None if prob_cameras is None else prob_cameras.get(role)
-        tails += _tail_tests(reference.confidence, p.max(axis=1), "confidence", role, rts, rgr, tail, a_ref, ("low",))
-        mix = _class_mix(reference, p.argmax(axis=1), role, rts, rgr)
+        tails += _tail_tests(ref.confidence, p.max(axis=1), "confidence", role, rts, rgr, tail, a_ref, ("low",))
+        mix = _class_mix(ref, p.argmax(axis=1), role, rts, rgr)
         if mix is not None:
             mixes.append(mix)
     if cams is not None:
         for cam in sorted(set(cams.tolist())):
             sel = cams == cam
             for name in stat_names:
-                tails += _tail_tests(reference.image_stats[name], np.asarray(image_stats[name])[sel], name, str(cam),
+                tails += _tail_tests(img_ref.image_stats[name], np.asarray(image_stats[name])[sel], name, str(cam),
                                      None if ts is None else np.asarray(ts)[sel], None, tail, a_ref)
     n_tests = len(tails) + len(mixes)
-    k = 2 * max(1, n_tests)  # as TrainingDrift.p_values
+    k = 2 * max(1, n_tests)  # as TrainingDrift.corrected
     hits: list[tuple[float, str]] = []
+    ps: list[float] = []
     for t in tails:
-        if min(1.0, t.p_value * k) < alpha and t.effect >= min_effect:
+        ps.append(min(1.0, t.p_value * k))
+        if ps[-1] < alpha and t.effect >= min_effect:
             hits.append((t.effect, t.description))
     for c in mixes:
-        if min(1.0, c.p_value * k) < alpha and c.tv_distance >= min_effect:
+        ps.append(min(1.0, c.p_value * k))
+        if ps[-1] < alpha and c.tv_distance >= min_effect:
             hits.append((c.tv_distance, c.description))
     hits.sort(key=lambda h: -h[0])
-    return TrainingDrift(tuple(tails), tuple(mixes), alpha, min_effect, n_tests, reference.source, bool(hits),
-                         tuple(h[1] for h in hits))
+    sources = sorted({references[r].source for r in roles} | ({img_ref.source} if stat_names else set()))
+    return TrainingDrift(
+        tails=tuple(tails), class_mix=tuple(mixes), alpha=alpha, min_effect=min_effect, n_tests=n_tests,
+        reference="; ".join(sources), drifted=bool(hits), findings=tuple(h[1] for h in hits),
+        p_min_corrected=min(ps) if ps else None, largest_share_outside=max((t.share for t in tails), default=None),
+    )

@@ -114,7 +114,7 @@ def make_plots(results: Sequence[EvaluationResult], overall: EvaluationResult, o
     fig, (ax_acc, ax_gap) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     any_point = False
     for role in roles:
-        xs, acc, alo, ahi, est, gap, glo, ghi = [], [], [], [], [], [], [], []
+        xs, acc, alo, ahi, est, gap, glo, ghi, bad = [], [], [], [], [], [], [], [], []
         for r in results:
             x = _mid(r)
             if x is None:
@@ -125,6 +125,7 @@ def make_plots(results: Sequence[EvaluationResult], overall: EvaluationResult, o
             alo.append(_nan(a.low) if a else math.nan)
             ahi.append(_nan(a.high) if a else math.nan)
             est.append(_nan(e.value) if e else math.nan)
+            bad.append(bool(e is not None and not e.valid))
             gap.append(_nan(g.value) if g else math.nan)
             glo.append(_nan(g.low) if g else math.nan)
             ghi.append(_nan(g.high) if g else math.nan)
@@ -136,6 +137,10 @@ def make_plots(results: Sequence[EvaluationResult], overall: EvaluationResult, o
         ax_acc.plot(xs, acc, "o-", color=c, label=f"{role} ({model}) production")
         ax_acc.fill_between(xs, alo, ahi, color=c, alpha=0.18)
         ax_acc.plot(xs, est, "x--", color=c, alpha=0.7, label=f"{role} label-free estimate")
+        flagged = [(x, v) for x, v, b in zip(xs, est, bad) if b]
+        if flagged:  # contradicted by the labels, or inputs outside the training range: not a valid figure
+            ax_acc.plot([x for x, _ in flagged], [v for _, v in flagged], "X", color="red", ms=9, ls="none",
+                        label=f"{role} estimate contradicted / unreliable")
         card = meta.cards.get(role)
         if card is not None and card.test_accuracy is not None:
             ax_acc.axhline(card.test_accuracy, color=c, ls=":", lw=1, label=f"{role} offline test accuracy")
@@ -238,6 +243,13 @@ def make_plots(results: Sequence[EvaluationResult], overall: EvaluationResult, o
                 series.setdefault(f"softmax ({t.subject})", []).append((x, t.p))
             elif t.test == "class_distribution":
                 series.setdefault("predicted classes", []).append((x, t.p))
+            elif t.test == "training":
+                key = f"vs training: {t.subject} {t.stat.split(':')[0] if t.stat else ''}".strip()
+                prev = dict(series.get(key, [])).get(x)
+                if prev is None:
+                    series.setdefault(key, []).append((x, t.p))
+                elif t.p < prev:
+                    series[key][-1] = (x, t.p)
             else:
                 image_min[t.subject] = min(t.p, image_min.get(t.subject, math.inf))
         for cam, p in image_min.items():
@@ -250,7 +262,7 @@ def make_plots(results: Sequence[EvaluationResult], overall: EvaluationResult, o
         ax.axhline(meta.alpha, color="orange", ls="--", lw=1, label=f"alpha {meta.alpha:g}")
         ax.set_yscale("log")
         ax.set_ylabel("p-value (corrected)")
-        ax.set_title("Drift tests vs the reference period")
+        ax.set_title("Drift tests (vs training, or vs the reference period)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.autofmt_xdate()
@@ -293,12 +305,17 @@ _TEMPLATE = r"""<!doctype html>
 <table><tr><th class="l">model</th><th>labelled frames</th><th>production accuracy</th><th>offline test accuracy</th><th>gap (offline − prod)</th><th>label-free estimate</th><th>ECE</th></tr>
 {% for role, m in models %}<tr><td class="l">{{ role }}<br><span class="muted">{{ m.model }}</span></td><td>{{ m.n_labeled }}</td><td>{{ est(m.accuracy) }}</td>
 <td>{{ pct(m.offline.test_accuracy) if m.offline else "–" }}{% if m.offline %} <span class="muted">(n={{ m.offline.test_size }})</span>{% endif %}</td>
-<td>{{ est(m.gap, signed=True) }}</td><td>{{ pct(m.estimated_accuracy.value) if m.estimated_accuracy else "–" }}</td><td>{{ pct(m.calibration.ece) if m.calibration else "–" }}</td></tr>{% endfor %}
+<td>{{ est(m.gap, signed=True) }}</td><td>{% if m.estimated_accuracy %}{% if m.estimated_accuracy.valid %}{{ pct(m.estimated_accuracy.value) }}{% else %}<s>{{ pct(m.estimated_accuracy.value) }}</s> <span class="flag">{% if m.estimated_accuracy.contradicted_by_labels %}contradicted by labels{% else %}unreliable{% endif %}</span>{% endif %}{% else %}–{% endif %}</td><td>{{ pct(m.calibration.ece) if m.calibration else "–" }}</td></tr>{% endfor %}
 </table>
 <p class="muted">{% for role, m in models %}{{ role }}: accuracy {{ m.accuracy.method if m.accuracy else "–" }}, label-free estimate {{ m.estimated_accuracy.method if m.estimated_accuracy else "–" }}{% if not loop.last %}; {% endif %}{% endfor %}</p>
 {% if images.gap_over_time %}<img alt="gap over time" src="data:image/png;base64,{{ images.gap_over_time }}">{% endif %}
 
-<h2>Champion / challenger (paired)</h2>
+<h2>Champion / challenger decision</h2>
+{% if data.decision %}<p><b>{{ data.decision.action|replace("_", " ") }}</b>: {{ data.decision.reason }}</p>
+{% if data.decision.low is not none %}<p class="muted">challenger − champion accuracy: anytime-valid interval [{{ pct(data.decision.low) }}, {{ pct(data.decision.high) }}] (margin ±{{ pct(data.decision.delta) }}), {{ data.decision.labels_spent }} paired labels; {{ data.decision.method }}</p>{% endif %}
+{% else %}<p>No challenger in shadow.</p>{% endif %}
+
+<h2>Champion / challenger (paired, fixed-sample report)</h2>
 {% if data.paired %}<table>
 {% for k, v in paired_rows %}<tr><th class="l">{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
 </table>{% else %}<p>No paired comparison (needs labelled frames with both predictions).</p>{% endif %}
@@ -331,11 +348,18 @@ _TEMPLATE = r"""<!doctype html>
 <h2>Calibration</h2>
 {% if images.reliability %}<img alt="reliability diagram" style="max-width:480px" src="data:image/png;base64,{{ images.reliability }}">{% endif %}
 
-<h2>Drift (vs reference {{ meta.reference.start_iso }} → {{ meta.reference.end_iso }})</h2>
+{% if data.drift.training %}<h2>Drift against training ({{ data.drift.training.reference }})</h2>
+<p>{% if data.drift.training.drifted %}<span class="flag">drifted</span>: {{ data.drift.training.findings|join("; ") }}{% else %}No shift worth acting on: the frames lie inside the training range.{% endif %}</p>
+<table><tr><th class="l">feature</th><th class="l">where</th><th>beyond the training range</th><th>expected</th><th>effective n</th><th>p (corrected)</th></tr>
+{% for t in data.drift.training.tails %}<tr><td class="l">{{ t.feature }} ({{ "below 1%" if t.direction == "low" else "above 99%" }})</td><td class="l">{{ t.scope }}</td><td>{{ pct(t.share) }}</td><td>{{ pct(t.expected) }}</td><td>{{ "%.0f"|format(t.n_eff) }}</td><td>{{ p(data.drift.training.corrected(t.p_value)) }}</td></tr>{% endfor %}
+{% for c in data.drift.training.class_mix %}<tr><td class="l">predicted-class mix (total variation)</td><td class="l">{{ c.scope }}</td><td>{{ pct(c.tv_distance) }}</td><td>–</td><td>{{ "%.0f"|format(c.n_eff) }}</td><td>{{ p(data.drift.training.corrected(c.p_value)) }}</td></tr>{% endfor %}
+</table>{% endif %}
+{% if data.drift.baseline != "training" %}<h2>Drift (vs reference {{ meta.reference.start_iso }} → {{ meta.reference.end_iso }})</h2>
 {% if data.drift.skipped %}<p>{{ data.drift.skipped }}</p>{% endif %}
 <table><tr><th class="l">test</th><th>p-value (corrected)</th><th>drift</th></tr>
 {% for name, pv in drift_rows %}<tr><td class="l">{{ name }}</td><td>{{ p(pv) }}</td><td>{% if pv is not none and pv < meta.alpha %}<span class="flag">yes</span>{% else %}no{% endif %}</td></tr>{% endfor %}
 </table>
+{% endif %}
 {% if images.drift %}<img alt="drift over time" src="data:image/png;base64,{{ images.drift }}">{% endif %}
 
 <h2>Annotators</h2>
@@ -369,6 +393,9 @@ def drift_rows(result: EvaluationResult) -> list[tuple[str, float | None]]:
             rows.append((f"softmax outputs ({t.subject})", t.p))
         elif t.test == "class_distribution":
             rows.append(("predicted-class distribution (incumbent)", t.p))
+        elif t.test == "training":
+            if t.large:  # tests of drift against training count only when the shift is large enough to act on
+                rows.append((f"vs training, {t.subject}: {t.stat}", t.p))
         else:
             rows.append((f"{t.subject}: {t.stat}", t.p))
     return rows

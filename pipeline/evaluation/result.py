@@ -181,12 +181,25 @@ class PairedResult(Figures):
 
 @dataclass(frozen=True)
 class Decision(Figures):
-    """``action`` in ``promote`` | ``keep`` | ``need_more_labels``; ``more_labels``: extra paired labels
-    estimated to reach a decision (None when no estimate is possible)."""
+    """The champion/challenger decision, valid however often it is looked at.
 
-    action: Literal["promote", "keep", "need_more_labels"]
+    ``action``: ``promote`` (the challenger - champion difference's lower bound is above ``+delta``),
+    ``equivalent`` (the interval lies within ``+-delta``: no difference worth the labels, retire the copy),
+    ``retire`` (the upper bound is below ``+delta``: it cannot be worth its cost), ``need_more_labels`` (with
+    ``more_labels``, a projection). ``low``/``high``: the anytime-valid interval on the difference (a confidence
+    sequence, intersected with the disagreement bound) at this look; ``labels_spent``: labelled frames with
+    both predictions. ``keep`` only appears in results written before the confidence sequences.
+    """
+
+    action: Literal["promote", "equivalent", "retire", "need_more_labels", "keep"]
     more_labels: int | None
     reason: str
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    delta: float | None = None
+    labels_spent: int | None = None
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,18 +221,22 @@ class Agreement(Figures):
 # --------------------------------------------------------------------------------------------------
 class DriftP(NamedTuple):
     """One drift test's corrected p-value: ``test`` is ``softmax`` (``subject`` = role),
-    ``class_distribution`` (incumbent's predictions, no subject) or ``image`` (``subject`` = camera,
-    ``stat`` = image statistic, Bonferroni-corrected over the camera's statistics). ``p`` is None for a
-    test skipped for too few frames."""
+    ``class_distribution`` (incumbent's predictions, no subject), ``image`` (``subject`` = camera,
+    ``stat`` = image statistic, Bonferroni-corrected over the camera's statistics) -- these three against the
+    start of the run -- or ``training`` (against the model's training reference: ``subject`` = camera or role,
+    ``stat`` = ``feature:direction`` or ``predicted_class``). ``p`` is None for a test skipped for too few frames.
+    ``large``: the shift is large enough to act on (always True for the run-start tests; for ``training``, the
+    share beyond the training range is at least ``min_effect`` above the expected one)."""
 
-    test: Literal["softmax", "class_distribution", "image"]
+    test: Literal["softmax", "class_distribution", "image", "training"]
     subject: str | None
     stat: str | None
     p: float | None
+    large: bool = True
 
     @property
     def name(self) -> str:
-        """``softmax/incumbent``, ``class_distribution`` or ``image/<camera>/<stat>``."""
+        """``softmax/incumbent``, ``class_distribution``, ``image/<camera>/<stat>`` or ``training/<scope>/<feature:direction>``."""
         return "/".join(x for x in (self.test, self.subject, self.stat) if x is not None)
 
 
@@ -323,6 +340,72 @@ class ImageStatDrift(Figures):
 
 
 @dataclass(frozen=True)
+class TailShift(Figures):
+    """Production frames beyond one end of the training range of one feature (see
+    :mod:`pipeline.evaluation.reference`). ``share``: of the window's frames; ``expected``: under no drift."""
+
+    feature: str  # brightness | contrast | sharpness | noise | confidence
+    scope: str  # camera id (image statistics) or model role (confidence)
+    direction: Literal["low", "high"]
+    threshold: float  # the training reference's tail quantile
+    share: float
+    expected: float
+    n: int
+    n_eff: float
+    p_value: float  # one-sided, uncorrected
+    description: str
+
+    @property
+    def effect(self) -> float:
+        return self.share - self.expected
+
+
+@dataclass(frozen=True)
+class ClassMixShift(Figures):
+    """A model's predicted-class mix against its validation mix: total-variation distance and chi-square p."""
+
+    scope: str  # model role
+    tv_distance: float
+    n: int
+    n_eff: float
+    p_value: float
+    description: str
+
+
+@dataclass(frozen=True)
+class TrainingDrift(Figures):
+    """One window against the models' training reference profiles ("train-to-production drift").
+
+    ``drifted``: some test is significant (corrected p < ``alpha``) *and* large (>= ``min_effect``);
+    ``findings``: those tests' plain-words descriptions, largest first. ``n_tests`` is the Bonferroni count;
+    each corrected p is ``min(1, 2 * n_tests * p)`` (half of alpha goes to the reference quantiles' own
+    uncertainty).
+    """
+
+    tails: tuple[TailShift, ...]
+    class_mix: tuple[ClassMixShift, ...]
+    alpha: float
+    min_effect: float
+    n_tests: int
+    reference: str
+    drifted: bool
+    findings: tuple[str, ...]
+    p_min_corrected: float | None
+    largest_share_outside: float | None
+    method: str = ("share of frames beyond the training reference's 1%/99% quantiles (one-sided binomial on effective "
+                   "counts) and predicted-class mix (chi-square), Bonferroni; drifted = significant and large")
+
+    def corrected(self, p: float) -> float:
+        return min(1.0, p * 2 * max(1, self.n_tests))
+
+    def p_values(self) -> Iterator[DriftP]:
+        for t in self.tails:
+            yield DriftP("training", t.scope, f"{t.feature}:{t.direction}", self.corrected(t.p_value), t.effect >= self.min_effect)
+        for c in self.class_mix:
+            yield DriftP("training", c.scope, "predicted_class", self.corrected(c.p_value), c.tv_distance >= self.min_effect)
+
+
+@dataclass(frozen=True)
 class DriftFigures(Figures):
     """Every drift test of a window against the reference period.
 
@@ -338,6 +421,8 @@ class DriftFigures(Figures):
     reference_frames: int
     current_frames: int
     skipped: str | None = None  # no frame of the window lies after the reference period
+    baseline: str = "run_start"  # what the window is compared with: "training" (the model cards' reference) or "run_start"
+    training: TrainingDrift | None = None  # drift against training (baseline "training")
 
     def p_values(self, include_skipped: bool = False) -> Iterator[DriftP]:
         """Every test's corrected p-value: softmax per role, the class distribution, then each camera's image
@@ -352,6 +437,8 @@ class DriftFigures(Figures):
         for cam, im in self.image.items():
             for stat, p in im.corrected_p_values().items():
                 yield DriftP("image", cam, stat, p)
+        if self.training is not None:
+            yield from self.training.p_values()
 
     def skipped_tests(self) -> list[str]:
         """``softmax/<role>``, ``class_distribution``, ``image/<camera>`` of the tests skipped for too few frames."""
@@ -388,11 +475,26 @@ class Offline(Figures):
 
 @dataclass(frozen=True)
 class LabelFreeEstimate(Figures):
-    """Accuracy estimated without labels on every usable prediction (ATC, or the mean confidence)."""
+    """Accuracy estimated without labels on every usable prediction (ATC, or the mean confidence).
+
+    It never stands alone as a valid figure when it should not: ``contradicted_by_labels`` is True when the
+    window's labelled interval (``labelled_low``..``labelled_high``) does not contain it (None without labels);
+    ``unreliable`` names why it cannot be trusted even without labels (inputs outside the training range).
+    ``valid`` is False in either case: reports and plots draw such an estimate as contradicted/unreliable.
+    """
 
     value: float
     method: str
     n: int
+    contradicted_by_labels: bool | None = None
+    labelled_low: float | None = None
+    labelled_high: float | None = None
+    unreliable: str | None = None
+    expected_error: float | None = None  # mean absolute error measured by `shadowcam bench estimate`, when known
+
+    @property
+    def valid(self) -> bool:
+        return not self.contradicted_by_labels and self.unreliable is None
 
 
 @dataclass(frozen=True)
@@ -429,6 +531,9 @@ class ModelFigures(Figures):
     gap: Estimate | None
     estimated_accuracy: LabelFreeEstimate | None
     calibration: Calibration | None
+    # anytime-valid intervals (confidence sequences): valid however often the figure is looked at
+    accuracy_cs: Estimate | None = None
+    gap_cs: Estimate | None = None
 
 
 # --------------------------------------------------------------------------------------------------

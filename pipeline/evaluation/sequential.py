@@ -555,3 +555,97 @@ def sequential_decision(
 def decide(cs: ConfidenceSequence, delta: float = 0.01) -> SequentialDecision:
     """:func:`sequential_decision` on the latest interval of a :func:`paired_cs` result."""
     return sequential_decision(cs.low, cs.high, cs.n_labels, delta=delta, value=cs.value, alpha=cs.alpha, method=cs.method)
+
+
+# --------------------------------------------------------------------------------------------
+# the paired difference with the disagreement of every frame
+
+
+def _upper_cs_binary(a: np.ndarray, alpha: float, truncation: float) -> np.ndarray:
+    """Upper PrPl-EB CS at level ``alpha`` for the mean of 0/1 observations seen on every frame (no sampling)."""
+    hi = 1.0 - eb_lower_cs(1.0 - a, alpha, truncation)
+    return np.clip(np.minimum.accumulate(hi), 0.0, 1.0)
+
+
+def _ipw_lower(x: np.ndarray, w: np.ndarray, s: float, alpha: float, truncation: float) -> np.ndarray:
+    """Lower CS at ``alpha`` for the stream mean of a 0/1 quantity seen on labelled frames (IPW, scale ``s``)."""
+    lo = eb_lower_cs(s * w * x, alpha, truncation) / s
+    return np.clip(np.maximum.accumulate(lo), 0.0, 1.0)
+
+
+def paired_cs_with_disagreement(
+    champ_correct: Any,
+    chall_correct: Any,
+    disagree: Any,
+    inclusion_prob: Any = None,
+    alpha: float = 0.05,
+    *,
+    pi_floor: float | None = None,
+    truncation: float = DEFAULT_TRUNCATION,
+) -> ConfidenceSequence:
+    """Anytime-valid CS for ``accuracy(challenger) - accuracy(champion)`` that also uses what *every* frame says.
+
+    Two models can differ in correctness only on frames where their predictions differ, and every frame shows
+    whether they do (``disagree``: 0/1 on every frame of the stream, no label needed). Write the difference
+    ``D = Z_chall - Z_champ`` as ``D+ - D-`` with ``D+`` = challenger right and champion wrong, ``D-`` the
+    reverse, and ``B`` = they disagree and both are wrong. On every frame ``D+ + D- + B = A`` (the
+    disagreement indicator), so for the means ``E[D] = 2 E[D+] + E[B] - E[A] = E[A] - 2 E[D-] - E[B]``.
+    Four one-sided CSs at ``alpha/4`` each (union bound: all hold at all times with probability
+    ``>= 1 - alpha``): lower CSs for ``E[D+]``, ``E[D-]`` and ``E[B]`` from the labelled frames
+    (inverse-probability weighted, nonnegative observations that are zero on every frame where the models
+    agree, hence far less variable than the ``(1 +- D)/2`` observations of :func:`paired_cs`), and an upper CS
+    for ``E[A]`` from every frame. Then ``low = 2 LB(D+) + LB(B) - UB(A)`` and ``high = UB(A) - 2 LB(D-) - LB(B)``.
+    For two copies of one model (``A`` ~ 0) the interval collapses to about ``+-UB(A)`` without labels.
+
+    ``champ_correct``/``chall_correct``/``inclusion_prob``/``pi_floor`` as in :func:`paired_cs` (the same frames);
+    ``disagree``: (T,) 0/1, the models' predictions differ on that frame.
+    """
+    a = _check_alpha(alpha)
+    c = _check_truncation(truncation)
+    za = _stream(champ_correct, "champ_correct")
+    zb = _stream(chall_correct, "chall_correct")
+    if za.shape != zb.shape:
+        raise ValueError(f"champ_correct and chall_correct differ in length: {za.shape[0]} vs {zb.shape[0]}")
+    lab = ~np.isnan(za)
+    if (lab != ~np.isnan(zb)).any():
+        i = int(np.flatnonzero(lab != ~np.isnan(zb))[0])
+        raise ValueError(f"champ_correct and chall_correct must be labelled at the same frames; they differ at frame {i}")
+    dis = np.asarray(disagree, dtype=np.float64)
+    if dis.shape != za.shape or (dis.size and not np.isin(dis, (0.0, 1.0)).all()):
+        raise ValueError(f"disagree must be 0/1 on every frame, shape {za.shape}; got shape {dis.shape}")
+    agree_but_differ = lab & (dis == 0) & (za != zb)
+    if agree_but_differ.any():
+        i = int(np.flatnonzero(agree_but_differ)[0])
+        raise ValueError(f"frame {i}: the models agree (disagree=0) but only one is correct; correctness must come from the same labels")
+    pi = _stream_pi(inclusion_prob, lab)
+    s = _scale(pi, pi_floor)
+    w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
+    zza, zzb = np.where(lab, za, 0.0), np.where(lab, zb, 0.0)
+    d_plus = zzb * (1.0 - zza)
+    d_minus = zza * (1.0 - zzb)
+    both_wrong = np.where(lab, dis * (1.0 - zza) * (1.0 - zzb), 0.0)
+    q = a / 4.0
+    method = "prpl-eb-disagreement" if inclusion_prob is None else "prpl-eb-ipw-disagreement"
+    if za.size == 0:
+        return ConfidenceSequence(float("nan"), -1.0, 1.0, 0, 0, a, method, np.zeros(0), np.zeros(0))
+    lb_plus = _ipw_lower(d_plus, w, s, q, c)
+    lb_minus = _ipw_lower(d_minus, w, s, q, c)
+    lb_b = _ipw_lower(both_wrong, w, s, q, c)
+    ub_a = _upper_cs_binary(dis, q, c)
+    lows = np.clip(np.maximum.accumulate(2 * lb_plus + lb_b - ub_a), -1.0, 1.0)
+    highs = np.clip(np.minimum.accumulate(ub_a - 2 * lb_minus - lb_b), -1.0, 1.0)
+    value = float((w * (d_plus - d_minus)).mean())
+    return ConfidenceSequence(value, float(lows[-1]), float(highs[-1]), int(za.size), int(lab.sum()), a, method, lows, highs)
+
+
+def disagreement_bound(disagree: Any, alpha: float = 0.05, truncation: float = DEFAULT_TRUNCATION) -> ConfidenceSequence:
+    """``+-UB(A)``: an anytime-valid interval for ``accuracy(challenger) - accuracy(champion)`` from the disagreement
+    of every frame alone (no labels): the difference is at most the rate at which the predictions differ."""
+    a = _check_alpha(alpha)
+    dis = np.asarray(disagree, dtype=np.float64)
+    if dis.ndim != 1 or (dis.size and not np.isin(dis, (0.0, 1.0)).all()):
+        raise ValueError("disagree must be a 1-D array of 0/1, one per frame")
+    if dis.size == 0:
+        return ConfidenceSequence(float("nan"), -1.0, 1.0, 0, 0, a, "disagreement-bound", np.zeros(0), np.zeros(0))
+    ub = _upper_cs_binary(dis, a, _check_truncation(truncation))
+    return ConfidenceSequence(float("nan"), float(-ub[-1]), float(ub[-1]), int(dis.size), 0, a, "disagreement-bound", -ub, ub)

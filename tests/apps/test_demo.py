@@ -19,12 +19,11 @@ from tests.conftest import DEMO_TEST_TIMEOUT_S
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEMO_TEST_TIMEOUT_S)]
 
 MODEL = "conveyor-classifier"
-EXPECTED_CHECKS = (
-    "stream1: gap CI contains the true gap",
-    "stream1: incumbent ends >= 15 points below offline",
-    "stream2: challenger within 5 points of its offline accuracy on the same conditions",
-    "stream2: paired test recommends promotion",
-)
+from apps.demo import (CHECK_CONTRADICTED, CHECK_DRIFT_FIRST, CHECK_ENDS_BELOW, CHECK_FP16, CHECK_GAP_CI, CHECK_PROMOTE,
+                       CHECK_RETRAINED)
+
+EXPECTED_CHECKS = (CHECK_GAP_CI, CHECK_ENDS_BELOW, CHECK_FP16, CHECK_CONTRADICTED, CHECK_DRIFT_FIRST, CHECK_RETRAINED,
+                   CHECK_PROMOTE)
 
 
 @pytest.fixture(scope="module")
@@ -102,26 +101,32 @@ def test_stream1_gap_ci_contains_the_true_gap(summary):
 
 def test_all_checks_hold(summary):
     missing = [k for k in EXPECTED_CHECKS if k not in summary["checks"]]
-    failed = [k for k, ok in summary["checks"].items() if not ok and k != EXPECTED_CHECKS[2]]
+    failed = [k for k, ok in summary["checks"].items() if not ok]
     assert not missing and not failed, f"missing checks {missing}, failed checks {failed}\n{table(summary)}"
 
 
-def test_challenger_closes_the_gap_on_the_same_conditions(summary):
-    """Issue 5: the retrained challenger comes within 5 points of its own offline accuracy on the conditions it
-    meets in production (offline*: a fully labelled test clip from the same camera under night + motion blur + new
-    packaging).
+def test_retraining_check_is_measured_and_fails_for_a_model_not_retrained(summary):
+    """Issue 10: the challenger's own gap on stream 2 is at most half the champion's gap on the same frames. The
+    champion itself (a model that was not retrained) fails the same check on the same frames."""
+    from apps.demo import gap_halved
 
-    The demo's check compares point estimates. Here, on the --fast preset (~400 labels on stream 2, a 64 px model
-    whose training data depends on which frames the sampler drew), the test asserts what the data support: the
-    point estimates are within 5 points, or the production interval reaches within 5 points of offline*; and the
-    challenger's offline* accuracy is well above the champion's (the gap was closed by learning, not by a low bar).
-    """
     _, ch = row(summary, "challenger (stream 2)")
     _, inc = row(summary, "champion (stream 2)")
-    same, prod, (lo, hi) = ch["offline_same_conditions"], ch["prod_accuracy"], ch["prod_ci"]
-    assert summary["checks"][EXPECTED_CHECKS[2]] == (abs(same - prod) <= 0.05), table(summary)
-    assert abs(same - prod) <= 0.05 or lo - 0.05 <= same <= hi + 0.05, table(summary)
-    assert same >= inc["offline_same_conditions"] + 0.10, table(summary)
+    assert summary["checks"][CHECK_RETRAINED] == gap_halved(inc["gap"], ch["gap"]), table(summary)
+    assert ch["gap"] == pytest.approx(ch["offline_accuracy"] - ch["prod_accuracy"], abs=1e-9)
+    assert gap_halved(inc["gap"], inc["gap"]) is False, table(summary)
+    for m in (ch, inc):  # both gaps printed with the truth from every frame
+        assert m["true_gap"] == pytest.approx(m["offline_accuracy"] - m["true_prod_accuracy"])
+
+
+def test_decisions_drift_and_label_free_flags(summary):
+    assert summary["decisions"]["stream1"]["action"] == "equivalent", table(summary)
+    d2 = summary["decisions"]["stream2"]
+    assert d2["action"] == "promote" and d2["low"] > d2["delta"], table(summary)
+    first = summary["drift"]["stream2"][0]
+    assert first["baseline"] == "training" and first["drifted"] and first["finding"], first
+    # the first (day) window of stream 1 lies inside the training range
+    assert summary["drift"]["stream1"][0]["drifted"] is False, summary["drift"]["stream1"]
 
 
 def test_mlflow_store(summary, client):

@@ -28,6 +28,21 @@ def test_tiny_training_is_well_above_chance(tiny_run):
     assert 0 < r.card.temperature and 1 / 3 <= r.card.atc_threshold < 1
 
 
+def test_model_file_carries_the_training_reference(tiny_run):
+    """Drift against training needs the validation split as the model saw it, inside the ONNX file."""
+    from pipeline.evaluation.reference import TrainingReference
+    from pipeline.imagestats import STAT_NAMES
+
+    r = tiny_run.result
+    card = read_card(r.onnx_path)
+    ref = TrainingReference.from_dict(card.training_reference)
+    n_val = r.card.extra["val_size"]
+    assert ref.n == ref.n_total == n_val and ref.classes == tuple(SHAPE_CLASSES)
+    np.testing.assert_allclose(ref.probs.sum(axis=1), 1.0, atol=1e-3)
+    assert set(ref.image_stats) == set(STAT_NAMES) and all(len(v) == n_val for v in ref.image_stats.values())
+    assert (r.out_dir / "training_reference.json").is_file()
+
+
 def test_training_run_is_logged_and_registered(tiny_run, monkeypatch):
     from mlflow import MlflowClient
 

@@ -160,6 +160,10 @@ def test_promote_cli(store, onnx_files, capsys):
 
     tracking.register_onnx(onnx_files[0], "reg-cli", alias="champion")
     tracking.register_onnx(onnx_files[1], "reg-cli", alias="challenger")
+    from mlflow import MlflowClient  # the evaluation the promotion rests on (tests/pipeline/test_promote.py tests the rule)
+
+    MlflowClient().create_run(tracking.get_or_create_experiment(tracking.EVALUATION_EXPERIMENT, store), tags={
+        "shadowcam.kind": "evaluation", "shadow_model": "reg-cli:2", "decision": "promote"})
     assert main(["promote", "--model", "reg-cli"]) == 0
     out = capsys.readouterr().out
     assert "champion: 1 -> 2" in out and "previous_champion: (none) -> 1" in out

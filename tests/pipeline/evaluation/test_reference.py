@@ -59,7 +59,7 @@ def test_false_alarms_on_correlated_clean_windows_are_at_most_one_percent():
         if i % 50 == 0:
             ref = make_reference(rng)
         probs, stats, ts = correlated_window(rng)
-        res = training_drift(ref, {"incumbent": probs}, stats, ts=ts, prob_ts={"incumbent": ts}, alpha=0.01)
+        res = training_drift({"incumbent": ref}, {"incumbent": probs}, stats, ts=ts, prob_ts={"incumbent": ts}, alpha=0.01)
         sig += res.p_min_corrected < 0.01
         drifted += res.drifted
     assert sig / runs <= 0.01 + 0.007, f"false-alarm rate of the tests {sig / runs:.3f}"
@@ -80,7 +80,7 @@ def test_ignoring_the_correlation_would_raise_false_alarms():
             if i % 50 == 0:
                 ref = make_reference(rng)
             probs, stats, ts = correlated_window(rng, dwell=(10, 20))
-            hits += training_drift(ref, {"incumbent": probs}, stats, ts=ts, alpha=0.01).p_min_corrected < 0.01
+            hits += training_drift({"incumbent": ref}, {"incumbent": probs}, stats, ts=ts, alpha=0.01).p_min_corrected < 0.01
     finally:
         mod._n_eff = orig
     assert hits / 300 > 0.02
@@ -91,11 +91,12 @@ def test_a_darker_camera_is_flagged_with_a_plain_description():
     ref = make_reference(rng)
     probs, stats, ts = correlated_window(rng)
     stats["brightness"] = stats["brightness"] - 60  # night: far below the training range
-    res = training_drift(ref, {"incumbent": probs}, stats, cameras=np.full(600, "cam-7", object), ts=ts, alpha=0.01)
+    res = training_drift({"incumbent": ref}, {"incumbent": probs}, stats, cameras=np.full(600, "cam-7", object), ts=ts, alpha=0.01)
     assert res.drifted
     assert res.findings[0].startswith(("9", "10")) and "of cam-7's frames are darker than 99% of training frames" in res.findings[0]
     dark = [t for t in res.tails if t.feature == "brightness" and t.direction == "low"][0]
-    assert dark.share > 0.9 and res.p_values()["brightness/cam-7/low"] < 1e-6
+    assert dark.share > 0.9 and res.corrected(dark.p_value) < 1e-6
+    assert ("training", "cam-7", "brightness:low") in {(t.test, t.subject, t.stat) for t in res.p_values() if t.large}
 
 
 def test_a_collapsed_class_mix_is_flagged():
@@ -103,7 +104,7 @@ def test_a_collapsed_class_mix_is_flagged():
     ref = make_reference(rng)
     probs, stats, ts = correlated_window(rng)
     probs = np.tile([0.3, 0.4, 0.3], (600, 1))  # every frame says "b", barely
-    res = training_drift(ref, {"shadow": probs}, None, alpha=0.01)
+    res = training_drift({"shadow": ref}, {"shadow": probs}, None, alpha=0.01)
     assert res.drifted
     assert any("predicted-class mix (shadow model)" in f for f in res.findings)
     assert any("less confident than 99% of validation frames" in f for f in res.findings)
@@ -112,6 +113,8 @@ def test_a_collapsed_class_mix_is_flagged():
 def test_bad_arguments_are_refused():
     ref = make_reference(np.random.default_rng(5))
     with pytest.raises(ValueError, match="alpha"):
-        training_drift(ref, alpha=0)
+        training_drift({"incumbent": ref}, alpha=0)
+    with pytest.raises(ValueError, match="at least one training reference"):
+        training_drift({})
     with pytest.raises(ValueError, match="probs must be"):
         TrainingReference(("a", "b"), np.zeros((3, 3)), {}, 3)
