@@ -8,8 +8,9 @@ softmax and confidence, the predicted-class counts, and the image statistics of
 :func:`training_drift` asks, for one window of production frames, the question a person asks: *how many of
 these frames look like nothing the model was trained on?* For every image statistic (per camera) and for the
 model's confidence it counts the frames beyond the training range, the reference's ``tail`` (1%) and ``1 - tail``
-(99%) quantiles, in each direction ("38% of frames are darker than 99% of training frames"); for the predicted
-classes it compares the mix with the validation mix.
+(99%) quantiles, in each direction that hurts a model (:data:`DIRECTIONS`: darker or brighter, lower or higher
+contrast, blurrier, noisier, less confident: "38% of frames are darker than 99% of training frames"); for the
+predicted classes it compares the mix with the validation mix.
 
 Statistics (all pure functions of arrays):
 
@@ -46,6 +47,14 @@ REFERENCE_SCHEMA = 1
 DEFAULT_TAIL = 0.01
 DEFAULT_MIN_EFFECT = 0.10
 MAX_POINTS = 2000  # validation images kept in the profile (a random subset beyond this)
+
+# The directions in which a feature leaving the training range hurts a model: darker or brighter, flatter or
+# harsher contrast, blurrier (not sharper), noisier (not cleaner), less confident. A camera that is *cleaner* than
+# the training images (e.g. frames downscaled from a larger sensor are less noisy than rendered training images) is a
+# difference, not a shift to act on: those directions are not tested.
+DIRECTIONS: dict[str, tuple[str, ...]] = {
+    "brightness": ("low", "high"), "contrast": ("low", "high"), "sharpness": ("low",), "noise": ("high",), "confidence": ("low",),
+}
 
 # how a person says "below the training range" / "above it", per feature
 WORDS: dict[str, tuple[str, str]] = {
@@ -234,7 +243,8 @@ def training_drift(
         n_img = len(next(iter(image_stats.values())))
         cams = np.asarray(cameras) if cameras is not None else np.full(n_img, "all", object)
     stat_names = [k for k in STAT_NAMES if image_stats and k in image_stats and k in img_ref.image_stats]
-    n_planned = 2 * len(roles) + (2 * len(stat_names) * len(set(cams.tolist())) if cams is not None else 0)
+    n_img_tests = sum(len(DIRECTIONS.get(k, ("low", "high"))) for k in stat_names)
+    n_planned = 2 * len(roles) + (n_img_tests * len(set(cams.tolist())) if cams is not None else 0)
     # Bonferroni over the window's tests; within each, half of alpha for the reference quantile's own
     # uncertainty (estimated from n_ref validation images), half for the production count
     a_ref = alpha / (2 * max(1, n_planned))
@@ -254,7 +264,8 @@ def training_drift(
             sel = cams == cam
             for name in stat_names:
                 tails += _tail_tests(img_ref.image_stats[name], np.asarray(image_stats[name])[sel], name, str(cam),
-                                     None if ts is None else np.asarray(ts)[sel], None, tail, a_ref)
+                                     None if ts is None else np.asarray(ts)[sel], None, tail, a_ref,
+                                     DIRECTIONS.get(name, ("low", "high")))
     n_tests = len(tails) + len(mixes)
     k = 2 * max(1, n_tests)  # as TrainingDrift.corrected
     hits: list[tuple[float, str]] = []

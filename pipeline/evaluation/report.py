@@ -288,7 +288,7 @@ _TEMPLATE = r"""<!doctype html>
  h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
  table{border-collapse:collapse;margin:.6em 0;font-size:.9em} th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
  th{background:#f4f4f4} td.l,th.l{text-align:left} .decision{font-size:1.15em;padding:.7em 1em;border-radius:6px;margin:1em 0}
- .promote{background:#e6f4ea;border:1px solid #7cbf8e} .keep{background:#eef2f8;border:1px solid #8ea6c9}
+ .promote{background:#e6f4ea;border:1px solid #7cbf8e} .keep,.equivalent,.retire{background:#eef2f8;border:1px solid #8ea6c9}
  .need_more_labels{background:#fff6e0;border:1px solid #e0b85a} .alert{background:#fdecea;border:1px solid #e08a80;padding:.5em 1em;border-radius:6px;margin:.4em 0}
  .flag{color:#b3261e;font-weight:600} img{max-width:100%;border:1px solid #eee;margin:.5em 0} .muted{color:#777;font-size:.85em}
 </style></head><body>

@@ -35,7 +35,8 @@ import numpy as np
 from pipeline.types import Role
 
 ROLES = (Role.INCUMBENT.value, Role.SHADOW.value)
-ACTIONS = ("promote", "keep", "need_more_labels")
+# every decision action (pipeline.evaluation.sequential decides; "keep" is the fixed-sample rule of stats.recommend)
+ACTIONS = ("promote", "equivalent", "retire", "need_more_labels", "keep")
 
 F = TypeVar("F", bound="Figures")
 

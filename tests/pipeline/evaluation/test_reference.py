@@ -118,3 +118,17 @@ def test_bad_arguments_are_refused():
         training_drift({})
     with pytest.raises(ValueError, match="probs must be"):
         TrainingReference(("a", "b"), np.zeros((3, 3)), {}, 3)
+
+
+def test_a_cleaner_camera_is_not_a_shift_but_a_noisier_one_is():
+    """Less noise or more sharpness than training does not hurt a model: not tested; more noise / blur is."""
+    rng = np.random.default_rng(6)
+    ref = make_reference(rng)
+    probs, stats, ts = correlated_window(rng)
+    clean = dict(stats, noise=stats["noise"] - 80, sharpness=stats["sharpness"] + 80)
+    res = training_drift({"incumbent": ref}, {"incumbent": probs}, clean, ts=ts, alpha=0.01)
+    assert not res.drifted, res.findings
+    assert {(t.feature, t.direction) for t in res.tails if t.feature in ("noise", "sharpness")} == {("noise", "high"), ("sharpness", "low")}
+    noisy = dict(stats, noise=stats["noise"] + 80)
+    res = training_drift({"incumbent": ref}, {"incumbent": probs}, noisy, ts=ts, alpha=0.01)
+    assert res.drifted and "noisier than 99% of training frames" in res.findings[0]
