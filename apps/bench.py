@@ -592,6 +592,8 @@ def measure_size(cfg: BenchConfig, video: Path, size: int) -> dict[str, Any]:
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Measure everything (see the module docstring), write the markdown to ``cfg.out``, return the results."""
+    # absolute, so the runs' stores are not placed relative to their own work dir a second time
+    cfg = cfg.model_copy(update={"workdir": cfg.workdir.resolve()})
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     say = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)  # noqa: E731
     t_start = time.perf_counter()

@@ -404,8 +404,9 @@ def _pct(v: float | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
+    cell = lambda t: str(t).replace("|", "\\|")  # noqa: E731 (a "|" inside a cell would split it)
+    return ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(map(cell, r)) + " |" for r in rows), ""]
 
 
 def _condition(row: Mapping[str, Any]) -> str:

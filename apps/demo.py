@@ -322,23 +322,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                      "the retrained challenger runs in shadow; label until the anytime-valid decision is made")
     # the same camera later on: the scene (belt, lights) of stream 1, other parcels. The camera keeps running and
     # people keep labelling until the decision is made; the confidence sequence stays valid at every look.
-    runs2, manifests2, n_lab2 = [], [], 0
-    for rnd in range(cfg.stream2_max_rounds):
-        m2 = write_stream(wd / "streams" / f"shift2_{rnd}.mp4", n2, seed=cfg.seed + 202 + 1000 * rnd, phases=[(1.0, SHIFTED)],
-                          size=cfg.frame_size, fps=cfg.fps, dwell=cfg.dwell, camera=cfg.camera, progress=cfg.progress,
-                          scene_seed=cfg.seed + 101)
-        runs2.append(_run(cfg, m2.with_suffix(".mp4"), f"models:/{name}@champion", f"models:/{name}@challenger", db).run_id)
-        manifests2.append(m2)
-        store = PredictionStore(db)
-        try:
-            n_lab2 += simulate_labels(store, [m2], error_rate=cfg.annotator_error, seed=cfg.seed + 1 + rnd)
-            look = Evaluator(EvalConfig(run_ids=runs2, workdir=str(wd))).evaluate(store)
-        finally:
-            store.close()
-        d = look.decision
-        print(f"round {rnd + 1}: {n_lab2} labels so far; decision {d.action if d else None}: {d.reason if d else ''}")
-        if d is None or d.action != "need_more_labels":
-            break
+    runs2, manifests2, n_lab2 = _stream2_until_decided(cfg, name, db)
     res.labels_used["stream2"] = n_lab2
     res.stream2_rounds = len(runs2)
     store = PredictionStore(db)
@@ -391,6 +375,30 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     (wd / "demo_summary.json").write_text(json.dumps(asdict(res), indent=2, default=str))
     print(format_summary(res))
     return res
+
+
+def _stream2_until_decided(cfg: DemoConfig, name: str, db: str) -> tuple[list[str], list[Path], int]:
+    """Stream 2 in rounds (the same camera later: the scene of stream 1, other parcels), each labelled, until the
+    anytime-valid decision is made or ``stream2_max_rounds`` are spent. Returns (run ids, manifests, labels)."""
+    wd = cfg.workdir
+    runs, manifests, n_labels = [], [], 0
+    for rnd in range(cfg.stream2_max_rounds):
+        m = write_stream(wd / "streams" / f"shift2_{rnd}.mp4", cfg.stream2_frames, seed=cfg.seed + 202 + 1000 * rnd,
+                         phases=[(1.0, SHIFTED)], size=cfg.frame_size, fps=cfg.fps, dwell=cfg.dwell, camera=cfg.camera,
+                         progress=cfg.progress, scene_seed=cfg.seed + 101)
+        runs.append(_run(cfg, m.with_suffix(".mp4"), f"models:/{name}@champion", f"models:/{name}@challenger", db).run_id)
+        manifests.append(m)
+        store = PredictionStore(db)
+        try:
+            n_labels += simulate_labels(store, [m], error_rate=cfg.annotator_error, seed=cfg.seed + 1 + rnd)
+            look = Evaluator(EvalConfig(run_ids=runs, workdir=str(wd))).evaluate(store)
+        finally:
+            store.close()
+        d = look.decision
+        print(f"round {rnd + 1}: {n_labels} labels so far; decision {d.action if d else None}: {d.reason if d else ''}")
+        if d is None or d.action != "need_more_labels":
+            break
+    return runs, manifests, n_labels
 
 
 def _run(cfg: DemoConfig, video: Path, incumbent: str, shadow: str | None, db: str):

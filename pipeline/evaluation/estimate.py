@@ -39,7 +39,7 @@ scores above the threshold while its accuracy falls. The other estimators below 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -215,15 +215,25 @@ def training_range(reference_values: np.ndarray, tail: float = 0.01) -> tuple[fl
     return float(v[r - 1]), float(v[v.size - r])
 
 
+_ROUNDING = 1e-4  # absolute part of the tolerance of beyond_training_range (the reference keeps 4 decimals)
+
+
 def beyond_training_range(image_stats: Mapping[str, np.ndarray], reference_stats: Mapping[str, np.ndarray],
-                          tail: float = 0.01) -> np.ndarray:
+                          tail: float = 0.01, directions: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
     """Per frame: does any image statistic lie beyond the validation split's ``tail``/``1 - tail`` range?
 
     ``image_stats``: name -> (n,) values of the production frames (:func:`pipeline.imagestats.image_stats_batch`
     on the model-sized frames, as the store holds them); ``reference_stats``: name -> (n_ref,) values of the
     validation split (``TrainingReference.image_stats``). The statistics both name are used; a missing (NaN)
-    value never counts as beyond. Returns a boolean array (n,); it is the per-frame view of the tail shares
-    that :func:`pipeline.evaluation.reference.training_drift` tests (``TailShift.share``).
+    value never counts as beyond. ``directions``: name -> the ends that count (``"low"``, ``"high"``); default
+    both ends of every statistic (what ``shadowcam bench estimate`` measured). With
+    :data:`pipeline.evaluation.reference.DIRECTIONS` it is the per-frame view of the tail shares that
+    :func:`pipeline.evaluation.reference.training_drift` tests (``TailShift.share``). Returns a boolean array (n,).
+
+    A value within rounding of a threshold (``1e-4 + 1e-6 |t|``) counts as inside: the reference profile is stored
+    rounded (4 decimals) and production statistics are float32, and some statistics are quantised (``noise`` is a
+    multiple of 1.4826 grey levels, so its 1% quantile is often the most common value itself); without the
+    tolerance a float32 ``1.4826`` (``1.48259997``) would lie "below" a stored ``1.4826``.
     """
     names = [k for k in image_stats if k in reference_stats]
     if not names:
@@ -234,10 +244,17 @@ def beyond_training_range(image_stats: Mapping[str, np.ndarray], reference_stats
         raise ValueError(f"image statistics must all have one value per frame, got lengths {sorted(n)}")
     out = np.zeros(n.pop(), dtype=bool)
     for k in names:
+        ends = ("low", "high") if directions is None else tuple(directions.get(k, ("low", "high")))
+        bad = sorted(set(ends) - {"low", "high"})
+        if bad:
+            raise ValueError(f"directions[{k!r}] may hold 'low' and 'high', got {bad}")
         lo, hi = training_range(reference_stats[k], tail)
         x = np.asarray(image_stats[k], dtype=np.float64).ravel()
         with np.errstate(invalid="ignore"):
-            out |= (x < lo) | (x > hi)
+            if "low" in ends:
+                out |= x < lo - _ROUNDING - 1e-6 * abs(lo)
+            if "high" in ends:
+                out |= x > hi + _ROUNDING + 1e-6 * abs(hi)
     return out
 
 

@@ -142,6 +142,10 @@ def tail_bound(n_ref: int, tail: float, alpha: float) -> tuple[int, float]:
     return r, float(_st.beta.ppf(1.0 - alpha, r, n_ref - r + 1))
 
 
+def _tolerance(threshold: float) -> float:
+    return 1e-4 + 1e-6 * abs(threshold)
+
+
 def _n_eff(indicator: np.ndarray, ts: np.ndarray | None, groups: np.ndarray | None) -> float:
     n = len(indicator)
     if n == 0:
@@ -166,12 +170,14 @@ def _tail_tests(ref: np.ndarray, cur: np.ndarray, feature: str, scope: str, ts, 
     r, p0 = tail_bound(len(ref), tail, alpha_ref)
     out = []
     for direction in directions:
+        # the profile stores 4-5 decimals and production statistics are float32 (noise comes in steps of 1.4826):
+        # a value equal to the threshold up to that rounding is not beyond it
         if direction == "low":
             thr = float(ref[r - 1])
-            beyond = cur < thr
+            beyond = cur < thr - _tolerance(thr)
         else:
             thr = float(ref[len(ref) - r])
-            beyond = cur > thr
+            beyond = cur > thr + _tolerance(thr)
         n = len(cur)
         share = float(beyond.mean())
         n_eff = _n_eff(beyond, ts, groups)

@@ -221,6 +221,19 @@ def _scale(pi: np.ndarray, pi_floor: float | None) -> float:
     )
 
 
+def _paired_streams(champ_correct: Any, chall_correct: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both models' correctness streams (0/1, NaN where not labelled) and the labelled mask, checked alike."""
+    za = _stream(champ_correct, "champ_correct")
+    zb = _stream(chall_correct, "chall_correct")
+    if za.shape != zb.shape:
+        raise ValueError(f"champ_correct and chall_correct differ in length: {za.shape[0]} vs {zb.shape[0]}")
+    lab = ~np.isnan(za)
+    if (lab != ~np.isnan(zb)).any():
+        i = int(np.flatnonzero(lab != ~np.isnan(zb))[0])
+        raise ValueError(f"champ_correct and chall_correct must be labelled at the same frames; they differ at frame {i}")
+    return za, zb, lab
+
+
 def place_labels(positions: Any, n_frames: int, values: Any) -> np.ndarray:
     """A stream-length array with ``values`` at the labelled frames' ``positions`` and NaN elsewhere.
 
@@ -381,14 +394,7 @@ def paired_cs(
     labelled this equals ``eb_confidence_sequence(D, alpha, lo=-1, hi=1)``. ``n_labels``: paired labels.
     """
     a = _check_alpha(alpha)
-    za = _stream(champ_correct, "champ_correct")
-    zb = _stream(chall_correct, "chall_correct")
-    if za.shape != zb.shape:
-        raise ValueError(f"champ_correct and chall_correct differ in length: {za.shape[0]} vs {zb.shape[0]}")
-    lab = ~np.isnan(za)
-    if (lab != ~np.isnan(zb)).any():
-        i = int(np.flatnonzero(lab != ~np.isnan(zb))[0])
-        raise ValueError(f"champ_correct and chall_correct must be labelled at the same frames; they differ at frame {i}")
+    za, zb, lab = _paired_streams(champ_correct, chall_correct)
     pi = _stream_pi(inclusion_prob, lab)
     s = _scale(pi, pi_floor)
     w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
@@ -602,14 +608,7 @@ def paired_cs_with_disagreement(
     """
     a = _check_alpha(alpha)
     c = _check_truncation(truncation)
-    za = _stream(champ_correct, "champ_correct")
-    zb = _stream(chall_correct, "chall_correct")
-    if za.shape != zb.shape:
-        raise ValueError(f"champ_correct and chall_correct differ in length: {za.shape[0]} vs {zb.shape[0]}")
-    lab = ~np.isnan(za)
-    if (lab != ~np.isnan(zb)).any():
-        i = int(np.flatnonzero(lab != ~np.isnan(zb))[0])
-        raise ValueError(f"champ_correct and chall_correct must be labelled at the same frames; they differ at frame {i}")
+    za, zb, lab = _paired_streams(champ_correct, chall_correct)
     dis = np.asarray(disagree, dtype=np.float64)
     if dis.shape != za.shape or (dis.size and not np.isin(dis, (0.0, 1.0)).all()):
         raise ValueError(f"disagree must be 0/1 on every frame, shape {za.shape}; got shape {dis.shape}")

@@ -217,6 +217,12 @@ def test_document_shows_every_estimator_the_errors_and_the_verdict():
     # the estimators table: DoC's row, marked best, with its MAE on clean, <= 3, > 3
     line = next(ln for ln in text.splitlines() if ln.startswith("| DoC *"))
     assert [c.strip() for c in line.strip("|").split("|")][2:5] == ["1.0", "7.5", "30.0"]
+    # every table row has as many cells as its header ("|a - b|" in a description is escaped)
+    for block in text.split("\n\n"):
+        rows = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if rows:
+            widths = {len(re.split(r"(?<!\\)\|", ln.strip()[1:-1])) for ln in rows}
+            assert len(widths) == 1, block
 
 
 # --- the command -----------------------------------------------------------------------------------------------------

@@ -180,6 +180,24 @@ def test_beyond_training_range_is_the_union_over_statistics():
     assert beyond_training_range(own, own, 0.05).mean() == pytest.approx(0.16)
 
 
+def test_beyond_training_range_counts_only_the_directions_asked_for():
+    ref = {"brightness": np.arange(100.0), "sharpness": np.arange(100.0) * 10}
+    frames = {"brightness": np.array([-1.0, 100, 50, 50]), "sharpness": np.array([500.0, 500, -1, 2000])}
+    assert beyond_training_range(frames, ref).tolist() == [True, True, True, True]
+    only = {"brightness": ("low",), "sharpness": ("low",)}  # darker, blurrier
+    assert beyond_training_range(frames, ref, directions=only).tolist() == [True, False, True, False]
+    assert beyond_training_range(frames, ref, directions={"sharpness": ()}).tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="'low' and 'high'"):
+        beyond_training_range(frames, ref, directions={"sharpness": ("down",)})
+
+
+def test_beyond_training_range_ignores_float32_rounding_of_a_quantised_statistic():
+    """The noise statistic is a multiple of 1.4826; the reference stores 4 decimals, production float32 values."""
+    ref = {"noise": np.round(np.repeat([1.4826, 2.9652, 4.4478], [30, 50, 20]), 4)}
+    frames = {"noise": np.array([1.4826, 2.9652, 4.4478, 0.0, 5.9304], dtype=np.float32)}
+    assert beyond_training_range(frames, ref, 0.01).tolist() == [False, False, False, True, True]
+
+
 @pytest.mark.parametrize("frames, match", [
     ({"noise": np.ones(3)}, "no image statistic in common"),
     ({"brightness": np.ones(3), "sharpness": np.ones(2)}, "one value per frame"),

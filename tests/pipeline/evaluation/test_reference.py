@@ -132,3 +132,17 @@ def test_a_cleaner_camera_is_not_a_shift_but_a_noisier_one_is():
     noisy = dict(stats, noise=stats["noise"] + 80)
     res = training_drift({"incumbent": ref}, {"incumbent": probs}, noisy, ts=ts, alpha=0.01)
     assert res.drifted and "noisier than 99% of training frames" in res.findings[0]
+
+
+def test_values_equal_to_the_threshold_up_to_rounding_are_not_beyond_it():
+    """Noise comes in steps of 1.4826 and production stores float32 while the profile keeps 4-5 decimals."""
+    rng = np.random.default_rng(9)
+    ref = make_reference(rng)
+    step = 1.4826
+    noise_ref = np.round(step * rng.integers(1, 6, ref.n), 4)
+    ref = TrainingReference(ref.classes, ref.probs, {**ref.image_stats, "noise": noise_ref}, ref.n_total)
+    top = float(np.sort(noise_ref)[ref.n - 4])  # the 99% threshold (rank 4 of 450 from the top)
+    cur = np.full(600, np.float32(top), dtype=np.float32).astype(np.float64)
+    res = training_drift({"incumbent": ref}, None, {"noise": cur}, alpha=0.01)
+    noisy = [t for t in res.tails if t.feature == "noise"][0]
+    assert noisy.share == 0.0, (top, cur[0])
