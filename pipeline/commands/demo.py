@@ -14,14 +14,14 @@ DESCRIPTION = (
     "conditions drift (day -> night -> night + motion blur + new packaging) through the shadow runtime; label the "
     "sampled frames with the simulated annotator; log the train-to-production gap per window to MLflow; retrain with "
     "the production labels (alias challenger); run the challenger in shadow on fresh frames; promote only if the "
-    "paired test says so; print a summary. Default settings take about 10 minutes on a 2-core CPU, --fast about 3."
+    "anytime-valid decision says so; print a summary. Default settings take about 12 minutes on a 2-core CPU, --fast about 5."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoConfig.default
     p.add_argument("--workdir", default=str(d("workdir")), help="where everything goes (data, models, store, mlflow.db, reports)")
-    p.add_argument("--fast", action="store_true", help="smaller data and streams (about 3 minutes; what the tests run)")
+    p.add_argument("--fast", action="store_true", help="smaller data and streams (about 5 minutes; what the tests run)")
     p.add_argument("--seed", type=int, default=d("seed"), help="seed of every generator and training run")
     p.add_argument("--model-name", default=d("model_name"), help="registered model name in MLflow")
     p.add_argument("--annotator-error", type=float, default=d("annotator_error"), help="error rate of the simulated annotator")

@@ -164,8 +164,18 @@ def test_cli_end_to_end_retrain_with_production_labels_then_promote(tiny_run, tm
     assert res["test_accuracy"] >= 0.7  # starts from the trained weights
     tracking.configure()
     assert tracking.get_aliases("tiny") == {"challenger": "1", "champion": "2"}
-    assert main(["promote", "--model", "tiny"]) == 0
+    # no evaluation of the challenger yet: promotion is refused in one line, the aliases stay
+    assert main(["promote", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no evaluation of tiny:1" in err
+    assert tracking.get_aliases("tiny") == {"challenger": "1", "champion": "2"}
+    # an override with a reason is recorded on the versions
+    assert main(["promote", "--model", "tiny", "--force", "--reason", "CLI end-to-end test"]) == 0
     assert tracking.get_aliases("tiny") == {"champion": "1", "previous_champion": "2"}
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_model_version("tiny", "1").tags
+    assert tags["shadowcam.promotion_forced"] == "true" and tags["shadowcam.promotion_reason"] == "CLI end-to-end test"
 
 
 def test_cli_reports_data_errors_in_one_line(tmp_path, capsys):
