@@ -28,7 +28,7 @@ class DemoConfig(_Strict):
     stream2_frames: int = Field(default=1500, ge=1)  # per round of stream 2
     # stream 2 goes on in rounds of stream2_frames (the camera keeps running, people keep labelling) until the
     # anytime-valid decision is made, or this many rounds: looking after every round is what the decision allows
-    stream2_max_rounds: int = Field(default=8, ge=1)
+    stream2_max_rounds: int = Field(default=12, ge=1)
     frame_size: tuple[int, int] = (240, 320)  # (h, w) of the production camera
     dwell: tuple[int, int] = (3, 6)  # frames each item stays in view (a fast belt: many parcels per minute)
     fps: float = Field(default=10.0, gt=0)  # simulated camera frame rate (timestamps come from the video's own clock)

@@ -185,7 +185,8 @@ def _role_row(result: EvaluationResult, role: str) -> dict:
     m = result.models.get(role)
     if m is None:
         return {"model": None, "offline_accuracy": None, "prod_accuracy": None, "prod_ci": [None, None], "gap": None,
-                "gap_ci": [None, None], "estimated_accuracy": None, "estimate_contradicted": None, "estimate_unreliable": None,
+                "gap_ci": [None, None], "gap_cs": [None, None], "estimated_accuracy": None, "estimate_contradicted": None,
+                "estimate_unreliable": None,
                 "n_labeled": None}
     acc, gap, est = m.accuracy, m.gap, m.estimated_accuracy
     return {
@@ -193,6 +194,7 @@ def _role_row(result: EvaluationResult, role: str) -> dict:
         "offline_accuracy": m.offline.test_accuracy if m.offline else None,
         "prod_accuracy": acc.value if acc else None, "prod_ci": [acc.low, acc.high] if acc else [None, None],
         "gap": gap.value if gap else None, "gap_ci": [gap.low, gap.high] if gap else [None, None],
+        "gap_cs": [m.gap_cs.low, m.gap_cs.high] if m.gap_cs else [None, None],  # anytime-valid
         "estimated_accuracy": est.value if est else None,
         "estimate_contradicted": est.contradicted_by_labels if est else None,
         "estimate_unreliable": est.unreliable if est else None,
