@@ -491,7 +491,6 @@ class LabelFreeEstimate(Figures):
     labelled_low: float | None = None
     labelled_high: float | None = None
     unreliable: str | None = None
-    expected_error: float | None = None  # mean absolute error measured by `shadowcam bench estimate`, when known
 
     @property
     def valid(self) -> bool:

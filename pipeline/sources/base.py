@@ -22,6 +22,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from pipeline.sources.uri import SourceSpec
@@ -88,3 +89,12 @@ class FrameSource(Protocol):
 
 
 __all__ = ["Corrupt", "EndOfStream", "FrameSource", "NonImage", "Picture", "Restart", "SourceItem", "Status"]
+
+
+def release_capture(capture: "cv2.VideoCapture | None") -> None:
+    """Release an OpenCV capture (video files and live streams close alike); None is a no-op."""
+    if capture is not None:
+        try:
+            capture.release()
+        except cv2.error:  # pragma: no cover - release does not normally raise
+            pass

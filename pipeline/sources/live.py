@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import CameraHealthConfig, SourceConfig
-from pipeline.sources.base import Corrupt, Picture, Restart, SourceItem, Status
+from pipeline.sources.base import Corrupt, Picture, Restart, SourceItem, Status, release_capture
 from pipeline.sources.ffmpeg import decode_thread_params
 from pipeline.sources.uri import SourceSpec
 from pipeline.types import HealthKind
@@ -195,12 +195,8 @@ class LiveFrames:
         return "stopped"
 
     def close(self) -> None:
-        if self.capture is not None:
-            try:
-                self.capture.release()
-            except cv2.error:  # pragma: no cover - release does not normally raise
-                pass
-            self.capture = None
+        release_capture(self.capture)
+        self.capture = None
 
 
 __all__ = ["LIVE_CLOCK_TOLERANCE_S", "LiveFrames", "backoff_delay", "tcp_reachable"]

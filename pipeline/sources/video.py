@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import SourceConfig
-from pipeline.sources.base import Corrupt, EndOfStream, Picture, Restart, SourceItem, Status
+from pipeline.sources.base import Corrupt, EndOfStream, Picture, Restart, SourceItem, Status, release_capture
 from pipeline.sources.ffmpeg import decode_thread_params
 from pipeline.sources.uri import SourceSpec
 from pipeline.types import CameraUnavailableError, HealthKind
@@ -99,12 +99,8 @@ class VideoFrames:
         return decoded, last_pos, period
 
     def close(self) -> None:
-        if self.capture is not None:
-            try:
-                self.capture.release()
-            except cv2.error:  # pragma: no cover - release does not normally raise
-                pass
-            self.capture = None
+        release_capture(self.capture)
+        self.capture = None
 
 
 __all__ = ["MAX_CONSECUTIVE_FILE_FAILURES", "VideoFrames", "open_file_capture"]

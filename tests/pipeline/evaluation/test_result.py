@@ -90,7 +90,7 @@ ADDED_PREFIXES = (
     "meta.config.delta", "meta.config.pi_floor", "meta.methods.drift_training", "meta.methods.decision",
 )
 ADDED_IN_MODELS = (".accuracy_cs", ".gap_cs", ".estimated_accuracy.contradicted_by_labels", ".estimated_accuracy.labelled_low",
-                   ".estimated_accuracy.labelled_high", ".estimated_accuracy.unreliable", ".estimated_accuracy.expected_error")
+                   ".estimated_accuracy.labelled_high", ".estimated_accuracy.unreliable")
 
 
 def _added(path: str) -> bool:
