@@ -102,9 +102,28 @@ class ShadowConfig(_Strict):
     max_pending_batches: int = Field(default=2, ge=1)  # more waiting than this: shed (skip) shadow work
 
 
+class LabelTarget(_Strict):
+    """How much certainty the labels should buy, per camera or per model (``SamplingConfig.target``).
+
+    ``kind="half_width"``: label until the production-accuracy interval (``level``) is at most +-``half_width``
+    (e.g. +-2 points at 95%). ``kind="decision"``: label until the champion/challenger decision is made (the
+    anytime-valid decision of the evaluator). While the target is met the sampler's rate is multiplied by
+    ``met_factor``; while drift against the training reference is detected it is multiplied by ``drift_factor``
+    (capped so no probability exceeds 1). ``check_every_s``: how often the run re-reads the store to check.
+    """
+
+    kind: Literal["half_width", "decision"] = "half_width"
+    half_width: float = Field(default=0.02, gt=0, lt=0.5)
+    level: float = Field(default=0.95, gt=0, lt=1)
+    scope: Literal["camera", "model"] = "camera"
+    met_factor: float = Field(default=0.1, gt=0, le=1)  # > 0: every frame keeps a chance (unbiased estimates)
+    drift_factor: float = Field(default=2.0, ge=1)
+    check_every_s: float = Field(default=60.0, gt=0)
+
+
 class SamplingConfig(_Strict):
     enabled: bool = True
-    strategy: Literal["uniform", "stratified", "disagreement", "uncertainty"] = "uniform"
+    strategy: Literal["uniform", "stratified", "disagreement", "uncertainty", "neyman"] = "uniform"
     rate: float = Field(default=0.05, gt=0, le=1)  # target share of frames sent for labels
     uniform_floor: float = Field(default=0.2, ge=0, le=1)  # share of the rate spent uniformly (mixing)
     budget_per_camera_per_hour: int | None = Field(default=None, ge=1)
@@ -113,6 +132,19 @@ class SamplingConfig(_Strict):
     seed: int = 0
     disagreement_boost: float = Field(default=10.0, ge=1)  # disagreement strategy: odds of incumbent != shadow frames vs others
     jpeg_quality: int = Field(default=90, ge=1, le=100)
+    # neyman: strata of predicted correctness = the incumbent's calibrated confidence cut at these edges (x agreement
+    # with the shadow when there is one); labels go to strata in proportion to their share x sd of correctness,
+    # the sd estimated from the stratum's labels once it has `neyman_min_labels`, before that from its confidence
+    neyman_edges: tuple[float, ...] = (0.6, 0.8, 0.9, 0.97, 0.995)
+    neyman_min_labels: int = Field(default=20, ge=2)
+    target: LabelTarget | None = None  # label target (None: sample at `rate` throughout)
+
+    @field_validator("neyman_edges")
+    @classmethod
+    def _edges_increasing(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < e < 1 for e in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"neyman_edges must be increasing confidences in (0, 1), got {list(v)}")
+        return v
 
 
 class StoreConfig(_Strict):
@@ -326,6 +358,12 @@ class EvalConfig(_Strict):
     # Fixed scale of the inverse-probability-weighted confidence sequences: the smallest inclusion probability the
     # sampler uses (uniform_floor * rate). None: read from the evaluated runs' sampling config.
     pi_floor: float | None = Field(default=None, gt=0, le=1)
+    # Accuracy, gap and paired difference: "model_assisted" (active PPI++ with a cross-fitted proxy of "this
+    # prediction is correct", pipeline.evaluation.ppi) when the window has at least `proxy_min_labels` labelled
+    # frames, else (or with "classical") the inverse-probability-weighted / Wilson estimate of pipeline.evaluation.stats
+    estimator: Literal["model_assisted", "classical"] = "model_assisted"
+    proxy_folds: int = Field(default=5, ge=2)
+    proxy_min_labels: int = Field(default=40, ge=10)
 
     @field_validator("reference", mode="before")
     @classmethod

@@ -19,6 +19,9 @@ Threads of a run::
                joins each batch with its shadow result, image statistics, sampler,
                batched transactions (PredictionStore.write_batch, retried) - see pipeline.writer
 
+* With a label target (``sampling.target``) or the ``neyman`` strategy, a "label-feedback" daemon thread
+  (:class:`LabelFeedbackLoop`) re-reads the store on its own connection every ``target.check_every_s`` and sets the
+  sampler's rate factors / neyman strata; its failures are logged and counted, never fatal.
 * The served output (``on_prediction``) is produced on the main thread right after the incumbent answers; it
   never waits for the shadow, the sampler or the store.
 * The writer joins a batch with its shadow result only when the batch was queued for the shadow; the wait is
@@ -59,7 +62,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.batching import Batcher, PrefetchingBatcher
-from pipeline.config import RunConfig
+from pipeline.config import EvalConfig, RunConfig, SamplingConfig
 from pipeline.metrics import HealthServer, Metrics
 from pipeline.modelcard import check_compatible
 from pipeline.runtime import OnnxClassifier, usable_cores
@@ -72,10 +75,11 @@ from pipeline.writer import WRITER_QUEUE_BATCHES, StoreWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DRAIN_TIMEOUT_S", "WRITER_QUEUE_BATCHES", "Pipeline", "PipelineBuilder", "RunSummary", "Runner",
+__all__ = ["DRAIN_TIMEOUT_S", "WRITER_QUEUE_BATCHES", "LabelFeedbackLoop", "Pipeline", "PipelineBuilder", "RunSummary", "Runner",
            "StoreWriter", "is_realtime", "new_run_id"]
 
 DRAIN_TIMEOUT_S = 30.0  # after a stop signal: at most this long serving frames already queued
+NEYMAN_FEEDBACK_EVERY_S = 60.0  # strategy "neyman" without a label target: how often the strata's labels are re-read
 EVENTS_EVERY_S = 0.25  # how often the serve loop collects the cameras' health events
 
 
@@ -347,6 +351,103 @@ class PipelineBuilder:
         return doc
 
 
+# --- label targets and neyman feedback ------------------------------------------------------------------------------
+
+class LabelFeedbackLoop:
+    """A daemon thread that re-reads the store every ``check_every_s`` (``SamplingConfig.target``; 60 s for the
+    ``neyman`` strategy without a target) and feeds the sampler: the label target's rate factors
+    (:class:`pipeline.labeling.targets.TargetController`) and the ``neyman`` strata's labels
+    (``LabelSampler.update_feedback``). The first check runs at start (labels of earlier runs count at once).
+
+    It opens its own :class:`PredictionStore` connection (the run's writer has its own). The labels that count are
+    those of this run and the earlier runs of the same incumbent model (same incumbent *and* shadow for a
+    ``decision`` target). A failing check is logged and counted (``errors``), never fatal; ``stop()`` ends the
+    thread (a check in progress finishes in the background: the thread is a daemon).
+    """
+
+    def __init__(self, sampling: SamplingConfig, sampler: Any, store_url: str, run_id: str, incumbent: str,
+                 shadow: str | None, eval_config: EvalConfig | None = None):
+        from pipeline.labeling.targets import TargetController
+
+        self.sampling = sampling
+        self.sampler = sampler
+        self.store_url = store_url
+        self.run_id = run_id
+        self.incumbent, self.shadow = incumbent, shadow
+        target = sampling.target
+        self.controller = TargetController(target, eval_config) if target is not None else None
+        self.neyman = sampling.strategy == "neyman"
+        self.every_s = target.check_every_s if target is not None else NEYMAN_FEEDBACK_EVERY_S
+        self.checks = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.neyman_strata = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="label-feedback", daemon=True)
+
+    def start(self) -> "LabelFeedbackLoop":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def check(self, store: PredictionStore) -> None:
+        """One round: the target's statuses and rate factors, then the neyman feedback."""
+        from pipeline.labeling.targets import neyman_feedback, target_runs
+
+        runs = store.list_runs()
+        target = self.controller.config if self.controller is not None else None
+        run_ids = target_runs(runs, target, self.incumbent, self.shadow)
+        if self.run_id not in run_ids:
+            run_ids.append(self.run_id)
+        if self.controller is not None:
+            statuses = self.controller.check(store, self.sampler, run_ids)
+            log.info("label_target %s", "; ".join(s.message for s in statuses) or "no cameras yet")
+        if self.neyman:
+            fb = neyman_feedback(store, target_runs(runs, None, self.incumbent) or [self.run_id], self.sampling.neyman_edges)
+            self.sampler.update_feedback(fb)
+            self.neyman_strata = len(fb)
+        self.checks += 1
+
+    def summary(self) -> dict[str, Any]:
+        """What the run summary records (``RunSummary.extra["label_target"]``): the last statuses and factors
+        (camera -> factor, ``"*"`` for every camera), checks and errors."""
+        out: dict[str, Any] = {"checks": self.checks, "errors": self.errors, "every_s": self.every_s}
+        if self.last_error:
+            out["last_error"] = self.last_error
+        if self.controller is not None:
+            out["target"] = self.controller.config.model_dump(mode="json")
+            out["target_status"] = [s.to_dict() for s in self.controller.last_statuses]
+            out["factors"] = {("*" if k is None else k): v for k, v in self.controller.last_factors.items()}
+        if self.neyman:
+            out["neyman_strata"] = self.neyman_strata
+        return out
+
+    def _loop(self) -> None:
+        store: PredictionStore | None = None
+        try:
+            while True:
+                try:
+                    if store is None:
+                        store = PredictionStore(self.store_url)
+                    self.check(store)
+                except Exception as e:  # never fatal: the run goes on at the last factors
+                    self.errors += 1
+                    self.last_error = f"{e.__class__.__name__}: {e}"
+                    if self.errors <= 3:
+                        log.exception("label_feedback_failed run_id=%s", self.run_id)
+                    else:
+                        log.warning("label_feedback_failed run_id=%s %s", self.run_id, self.last_error)
+                if self._stop.wait(self.every_s):
+                    break
+        finally:
+            if store is not None:
+                store.close()
+
+
 # --- the runner -------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -408,6 +509,7 @@ class Runner:
         self.readers: list[Any] = []
         self.pair: ShadowPair | None = None
         self.writer: StoreWriter | None = None
+        self.label_feedback: LabelFeedbackLoop | None = None
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask a running :meth:`run` to drain and finish (thread-safe)."""
@@ -455,6 +557,13 @@ class Runner:
             r.start()
         p.batcher.start()
         running.callback(p.batcher.stop)
+        sampling = self.cfg.sampling
+        if p.sampler is not None and (sampling.target is not None or sampling.strategy == "neyman"):
+            self.label_feedback = LabelFeedbackLoop(
+                sampling, p.sampler, p.store_url, self.run_id, p.incumbent.model_id,
+                p.shadow.model_id if p.shadow is not None else None, EvalConfig(workdir=str(p.workdir)),
+            ).start()
+            running.callback(self.label_feedback.stop)
 
     def _serve(self, p: Pipeline) -> _Tally:
         """The serve loop: batches until stopped, sources finished or ``max_frames``; then drain what was read."""
@@ -552,6 +661,8 @@ class Runner:
         counts = getattr(p.sampler, "counts", None)
         if isinstance(counts, dict):
             extra["sampling"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in counts.items()}
+        if self.label_feedback is not None:
+            extra["label_target"] = self.label_feedback.summary()
         return RunSummary(
             run_id=self.run_id,
             stop_reason=self._stop_reason or "stopped",

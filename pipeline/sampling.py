@@ -21,9 +21,22 @@ Strategies (``SamplingConfig.strategy``), with ``r = rate`` and ``f = uniform_fl
   rate so the mean of ``q`` stays ``r``. Frames without a shadow prediction get ``q = r``.
 * ``uncertainty``: ``q = r * u / mean(u)`` with ``u = 1 - margin`` (top-1 minus top-2 probability; the
   larger of the incumbent's and the shadow's), so low-margin / high-entropy frames are favoured.
+* ``neyman``: strata of *predicted correctness* (:func:`neyman_stratum`: camera x the incumbent's calibrated
+  confidence cut at ``neyman_edges`` x agreement with the shadow). Neyman allocation: ``q_h = r * sd_h /
+  sum_g(share_g * sd_g)``, so a stratum gets labels in proportion to its share of frames times the standard
+  deviation of "the incumbent is right" in it -- the allocation that minimises the variance of a stratified
+  accuracy estimate for a given number of labels. ``sd_h = sqrt(p_h (1 - p_h))`` with ``p_h`` the stratum's
+  labelled accuracy once it has ``neyman_min_labels`` labels (:meth:`LabelSampler.update_feedback`; the runner
+  feeds it from the store), before that its mean confidence; ``sd_h`` is floored at :data:`NEYMAN_SD_FLOOR` so
+  a stratum the model is sure of is still looked at (a confident model under shift is exactly the one that is
+  wrong without knowing it).
 
 ``q`` is capped at 1 (a capped probability is still the true one; the realised rate is then a little
 below ``r``).
+
+Rate factors (:meth:`LabelSampler.set_rate_factor`): a label target (``SamplingConfig.target``) multiplies a
+camera's probabilities by a factor -- lower once the target is met, higher while drift is detected. The factor is
+set from what the store held *before* the draw, so the recorded ``pi`` is still the probability the frame had.
 
 Budget (``budget_per_camera_per_hour``): per camera we estimate, over a trailing 10-minute window of
 the sampler's clock, the expected number of samples per hour at the unscaled probabilities, and scale
@@ -49,12 +62,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -68,6 +83,7 @@ RATE_WINDOW_S = 600.0  # trailing window for the per-camera frame-rate estimate 
 MIN_SPAN_S = 1.0  # the span of that window is floored at this (conservative at start-up)
 _PRIOR_DISAGREE = (0.1, 10.0)  # prior disagreement rate and its weight in frames
 _PRIOR_UNCERTAINTY = (0.5, 10.0)  # prior mean of u = 1 - margin and its weight
+NEYMAN_SD_FLOOR = 0.1  # neyman: no stratum's sd of correctness is taken below this
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -85,6 +101,34 @@ def margin(probs: np.ndarray) -> float:
         return 1.0
     top = np.partition(probs, -2)[-2:]
     return float(top[1] - top[0])
+
+
+def neyman_stratum(camera: str, incumbent_probs: np.ndarray, shadow_label: str | None, incumbent_label: str,
+                   edges: Sequence[float]) -> tuple[str, int, int]:
+    """The ``neyman`` stratum of a frame: (camera, confidence bin of the incumbent, agreement).
+
+    The bin is the number of ``edges`` at or below the incumbent's top probability (0 .. len(edges)); agreement
+    is 1 when the shadow predicts the incumbent's class, 0 when it does not, -1 without a shadow prediction.
+    """
+    conf = float(np.max(incumbent_probs)) if incumbent_probs.size else 0.0
+    b = int(np.searchsorted(np.asarray(edges, dtype=np.float64), conf, side="right"))
+    agree = -1 if shadow_label is None else int(shadow_label == incumbent_label)
+    return (camera, b, agree)
+
+
+@dataclass
+class _Stratum:
+    frames: int = 0
+    conf_sum: float = 0.0
+    labelled: int = 0
+    correct: int = 0
+
+    def sd(self, min_labels: int) -> float:
+        if self.labelled >= min_labels:
+            p = (self.correct + 0.5) / (self.labelled + 1.0)  # shrunk a little: a stratum with no errors yet keeps an sd
+        else:
+            p = self.conf_sum / self.frames if self.frames else 0.5
+        return max(math.sqrt(max(p * (1.0 - p), 0.0)), NEYMAN_SD_FLOOR)
 
 
 @dataclass
@@ -118,6 +162,11 @@ class LabelSampler:
         self._u_sum = 0.0
         self._u_n = 0
         self._cams: dict[str, _CameraState] = {}
+        self._neyman: dict[tuple[str, int, int], _Stratum] = {}
+        self._factor_default = 1.0
+        self._factor: dict[str, float] = {}
+        # update_feedback / set_rate_factor come from the run's label-feedback thread, offer from the store writer
+        self._lock = threading.Lock()
         self.last_probabilities = np.zeros(0)
         self.counts = {"frames": 0, "sampled": 0, "expected": 0.0, "double_label": 0, "write_failures": 0}
         if cfg.uniform_floor == 0 and cfg.strategy != "uniform":
@@ -131,6 +180,10 @@ class LabelSampler:
     def inclusion_probabilities(self, batch: FrameBatch, incumbent: Sequence[Prediction], shadow: Sequence[Prediction | None]) -> np.ndarray:
         """The probability each frame of ``batch`` is drawn with. Updates the running statistics,
         so call it once per batch (``offer`` does)."""
+        with self._lock:
+            return self._inclusion_probabilities(batch, incumbent, shadow)
+
+    def _inclusion_probabilities(self, batch: FrameBatch, incumbent: Sequence[Prediction], shadow: Sequence[Prediction | None]) -> np.ndarray:
         n = len(batch)
         if len(incumbent) != n or len(shadow) != n:
             raise ValueError(f"offer: batch has {n} frames but {len(incumbent)} incumbent and {len(shadow)} shadow predictions")
@@ -170,13 +223,55 @@ class LabelSampler:
             m0, w0 = _PRIOR_UNCERTAINTY
             mean_u = (self._u_sum + m0 * w0) / (self._u_n + w0)
             q = r * u / mean_u if mean_u > 0 else np.full(n, r)
+        elif strat == "neyman":
+            keys = [neyman_stratum(c, p.probs, None if s is None else s.label, p.label, cfg.neyman_edges)
+                    for c, p, s in zip(cams, incumbent, shadow)]
+            for k, p in zip(keys, incumbent):
+                st = self._neyman.setdefault(k, _Stratum())
+                st.frames += 1
+                st.conf_sum += float(np.max(p.probs)) if p.probs.size else 0.0
+            m = cfg.neyman_min_labels
+            total = sum(st.frames for st in self._neyman.values())
+            mean_sd = sum(st.frames * st.sd(m) for st in self._neyman.values()) / total
+            q = np.array([r * self._neyman[k].sd(m) / mean_sd for k in keys])
         else:  # pragma: no cover - config validation rejects other names
             raise ValueError(f"unknown sampling strategy {strat!r}")
         if strat == "uniform":
             pi = q  # exactly r (the floor mix would only add rounding)
         else:
             pi = np.minimum(f * r + (1.0 - f) * np.minimum(q, 1.0), 1.0)
-        return pi * self._budget_scale(cams, pi)
+        pi = pi * self._budget_scale(cams, pi)
+        factor = np.array([self._factor.get(c, self._factor_default) for c in cams])
+        return np.minimum(pi * factor, 1.0)
+
+    # --- inputs from outside the stream ------------------------------------------------------------
+    def update_feedback(self, labelled: Mapping[tuple[str, int, int], tuple[int, int]]) -> None:
+        """Labels so far per ``neyman`` stratum: ``{stratum: (labelled frames, incumbent correct)}`` (totals, not
+        increments). Strata with ``neyman_min_labels`` labels then use their labelled accuracy for Neyman."""
+        for k, (n, c) in labelled.items():
+            if n < 0 or c < 0 or c > n:
+                raise ValueError(f"update_feedback: stratum {k} needs 0 <= correct <= labelled, got {c} of {n}")
+        with self._lock:
+            for k, (n, c) in labelled.items():
+                st = self._neyman.setdefault(tuple(k), _Stratum())
+                st.labelled, st.correct = int(n), int(c)
+
+    def set_rate_factor(self, factor: float, camera: str | None = None) -> None:
+        """Multiply the probabilities of ``camera``'s next frames (every camera's when None) by ``factor``
+        (a label target met: < 1; drift detected: > 1). Probabilities are capped at 1."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"rate factor must be a finite number > 0 (a frame with probability 0 could never be "
+                             f"labelled and estimates would be biased), got {factor!r}")
+        with self._lock:
+            if camera is None:
+                self._factor_default = float(factor)
+                self._factor.clear()
+            else:
+                self._factor[camera] = float(factor)
+
+    def rate_factor(self, camera: str) -> float:
+        """The factor currently applied to ``camera``'s frames (1 unless a label target set one)."""
+        return self._factor.get(camera, self._factor_default)
 
     def _budget_scale(self, cams: list[str], pi: np.ndarray) -> np.ndarray:
         now = float(self.clock())

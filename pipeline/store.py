@@ -576,6 +576,36 @@ class PredictionStore:
             )]
         return frame_rows, pred_rows, sample_rows, label_rows
 
+    # --- label-target queries (pipeline.labeling.targets) -----------------------------------------------
+    def camera_ids(self, run_ids: Sequence[str]) -> list[str]:
+        """The cameras with at least one frame in runs ``run_ids``, sorted."""
+        q = sa.select(frames.c.camera_id).where(frames.c.run_id.in_(list(run_ids))).distinct().order_by(frames.c.camera_id)
+        with self.engine.connect() as conn:
+            return [cam for (cam,) in conn.execute(q)]
+
+    def labelled_frame_rows(self, run_ids: Sequence[str]) -> tuple[list[tuple], list[tuple]]:
+        """The predictions and labels of the *labelled* frames of runs ``run_ids``: ``(predictions, labels)``.
+
+        * predictions: ``(frame_id, camera_id, role, probs, label, degraded)``, ``probs`` a float32 array,
+          ``degraded`` None for a normal answer, in the order they were written;
+        * labels: ``(frame_id, label)``, oldest first (``unsure`` included).
+        """
+        f, p, lb = frames, predictions, labels
+        in_scope = f.c.run_id.in_(list(run_ids))
+        labelled = sa.select(lb.c.frame_id).distinct()
+        with self.engine.connect() as conn:
+            pred_rows = [
+                (fid, cam, role, probs_from_json(probs), label, degraded)
+                for fid, cam, role, probs, label, degraded in conn.execute(
+                    sa.select(p.c.frame_id, f.c.camera_id, p.c.role, p.c.probs, p.c.label, p.c.degraded)
+                    .join(f, f.c.frame_id == p.c.frame_id).where(in_scope & p.c.frame_id.in_(labelled)).order_by(p.c.id)
+                )
+            ]
+            label_rows = [tuple(r) for r in conn.execute(
+                sa.select(lb.c.frame_id, lb.c.label).join(f, f.c.frame_id == lb.c.frame_id).where(in_scope).order_by(lb.c.ts, lb.c.id)
+            )]
+        return pred_rows, label_rows
+
 
 def probs_from_json(text: str) -> np.ndarray:
     return np.asarray(json.loads(text), dtype=np.float32)

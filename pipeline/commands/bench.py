@@ -4,7 +4,10 @@
 
 * ``throughput``: throughput and latency on this machine, ``docs/benchmarks.md`` (see :mod:`apps.bench`);
 * ``estimate``: every label-free accuracy estimator against the truth on the synthetic shift suite,
-  ``docs/label_free.md`` (see :mod:`apps.bench_estimate`).
+  ``docs/label_free.md`` (see :mod:`apps.bench_estimate`);
+* ``labels``: labels a +-2-point 95% interval on production accuracy needs, per sampling strategy x estimator,
+  against uniform sampling + Wilson, on the demo's clean and shifted streams, ``docs/label_efficiency.md``
+  (see :mod:`apps.bench_labels`).
 
 Examples::
 
@@ -13,6 +16,8 @@ Examples::
     shadowcam bench --arch mobilenet_v3_small --img-size 96 --frames 2000 --out docs/benchmarks_mnv3.md
     shadowcam bench estimate                         # trains two models (~2 min each on 2 cores), then 41 test sets
     shadowcam bench estimate --model a.onnx --shadow b.onnx --shifts night,glare --n 100 --out /tmp/lf.md
+    shadowcam bench labels                           # trains two models, renders 2 x 3000 frames, simulates labelings
+    shadowcam bench labels --model a.onnx --shadow b.onnx --reps 20 --strategies uniform,neyman --out /tmp/le.md
 
 Needs the training extras (torch, torchvision, albumentations): the throughput bench's naive baseline runs
 PyTorch eager and exports torchvision models; the estimate bench renders shifted sets and may train.
@@ -29,7 +34,8 @@ from pipeline.config import ARCHS
 
 NAME = "bench"
 HELP = ("benchmark end-to-end throughput and latency against a naive loop and the raw ONNX Runtime bound; "
-        "`bench estimate`: label-free accuracy estimates against the truth")
+        "`bench estimate`: label-free accuracy estimates against the truth; `bench labels`: labels needed per "
+        "sampling strategy and estimator")
 DESCRIPTION = (
     "Export two torchvision classifiers to ONNX, generate a 640x480 conveyor video, then measure on this machine: "
     "the raw ONNX Runtime throughput of both models, a naive cv2 + torchvision + PyTorch eager loop, the end-to-end "
@@ -38,7 +44,11 @@ DESCRIPTION = (
     "against the targets (end-to-end >= 2x naive, >= 80% of the raw bound, p99 with shadow <= 1.10x without). "
     "`shadowcam bench estimate` instead trains (or takes) an incumbent and a shadow, runs labelled synthetic test sets "
     "of every camera shift at every severity through the runtime, and writes each label-free accuracy estimator's "
-    "estimate against the truth, with its mean absolute error, to docs/label_free.md."
+    "estimate against the truth, with its mean absolute error, to docs/label_free.md. "
+    "`shadowcam bench labels` trains (or takes) the same two models, scores the demo's clean and shifted camera "
+    "streams, simulates repeated labelings with every sampling strategy and writes how many labels the classical and "
+    "the model-assisted estimator need for a +-2-point 95% interval, against uniform sampling + Wilson, to "
+    "docs/label_efficiency.md."
 )
 
 
@@ -71,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", nargs="?", choices=tuple(BENCHES), default="throughput",
                    help="which bench: " + "; ".join(f"{k}: {b.help}" for k, b in BENCHES.items()))
     p.add_argument("--out", default=argparse.SUPPRESS,
-                   help=f"markdown report to write (default {d('out')}; estimate: docs/label_free.md)")
+                   help=f"markdown report to write (default {d('out')}; estimate: docs/label_free.md; labels: "
+                        "docs/label_efficiency.md)")
     p.add_argument("--frames", type=int, default=argparse.SUPPRESS, help=f"frames of the generated video ({_both('frames')})")
     p.add_argument("--arch", default=d("arch"), help=f"torchvision architecture of both models ({', '.join(ARCHS)})")
     p.add_argument("--img-size", type=int, default=argparse.SUPPRESS,
@@ -86,17 +97,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"latency runs per variant, alternating ({_both('latency_repeats')})")
     p.add_argument("--workdir", default=argparse.SUPPRESS,
                    help=f"models, video, stores and bench_results.json go here (default {d('workdir')}; estimate: "
-                        "runs/bench_estimate, its models and test sets)")
+                        "runs/bench_estimate, its models and test sets; labels: runs/bench_labels, its models and "
+                        "scored pools)")
     p.add_argument("--seed", type=int, default=d("seed"),
                    help="seed of the video and the model weights (estimate: of the training set and the incumbent; "
                         "the shadow and the test sets use seed + 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: runs in seconds; numbers are not meaningful")
     p.add_argument("--no-progress", action="store_true", help="no progress messages")
-    e = p.add_argument_group("estimate", "options of `shadowcam bench estimate` (defaults: apps.bench_estimate.EstimateBenchConfig)")
+    e = p.add_argument_group("estimate", "options of `shadowcam bench estimate` (defaults: apps.bench_estimate.EstimateBenchConfig); "
+                                         "--model, --shadow, --train-images and --render-size also of `bench labels`")
     e.add_argument("--model", default=argparse.SUPPRESS, metavar="FILE.onnx",
                    help="incumbent to measure (ONNX file or models:/ URI); default: train one with the training defaults")
     e.add_argument("--shadow", default=argparse.SUPPRESS, metavar="FILE.onnx",
-                   help="shadow model beside it (the disagreement estimators need two); default: train one (next seed)")
+                   help="shadow model beside it (the disagreement estimators and the labels bench's proxy need two); "
+                        "default: train one (next seed)")
     e.add_argument("--n", type=int, default=argparse.SUPPRESS, help="labelled test images per shift x severity and clean")
     e.add_argument("--shifts", type=_names, default=argparse.SUPPRESS,
                    help="comma-separated shifts of models/shifts.py to measure; default: all of them")
@@ -104,7 +118,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--labels", type=int, default=argparse.SUPPRESS,
                    help="labelled frames per test set for recalibrated ATC, the one estimator that uses labels")
     e.add_argument("--train-images", type=int, default=argparse.SUPPRESS, help="clean training images when a model is trained")
-    e.add_argument("--render-size", type=int, default=argparse.SUPPRESS, help="pixel size of the rendered square test images")
+    e.add_argument("--render-size", type=int, default=argparse.SUPPRESS,
+                   help="pixel size of the rendered square test images (labels: of the training images)")
+    lb = p.add_argument_group("labels", "options of `shadowcam bench labels` (defaults: apps.bench_labels.LabelBenchConfig)")
+    lb.add_argument("--pool-frames", type=int, default=argparse.SUPPRESS,
+                    help="frames of each stream (clean, shifted) rendered and scored: the pools the streams are drawn from")
+    lb.add_argument("--stream-frames", type=int, default=argparse.SUPPRESS,
+                    help="frames per simulated stream (drawn from the pool with replacement)")
+    lb.add_argument("--rate", type=float, default=argparse.SUPPRESS, help="the sampler's rate (share of frames labelled)")
+    lb.add_argument("--check-every", type=int, default=argparse.SUPPRESS, help="frames between two looks at the interval")
+    lb.add_argument("--reps", type=int, default=argparse.SUPPRESS, help="simulated labelings per stream x strategy")
+    lb.add_argument("--strategies", type=_names, default=argparse.SUPPRESS,
+                    help="comma-separated sampling strategies (uniform is the baseline and must be one); default: all")
+    lb.add_argument("--half-width", type=float, default=argparse.SUPPRESS,
+                    help="the target: interval half-width in accuracy (0.02 = +-2 points)")
+    lb.add_argument("--workers", type=int, default=argparse.SUPPRESS, help="simulation processes (default: up to 2 cores)")
 
 
 @dataclass(frozen=True)
@@ -210,10 +238,49 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+LABELS_OPTIONS = ("model", "shadow", "train_images", "render_size", "pool_frames", "stream_frames", "rate",
+                  "check_every", "reps", "strategies", "half_width", "workers")
+
+
+def _labels(args: argparse.Namespace) -> int:
+    import shlex
+
+    from apps.bench_labels import LabelBenchConfig, run_label_bench  # the runtime, the renderer: when the command runs
+
+    given = {k: getattr(args, k) for k in ("out", "workdir", *LABELS_OPTIONS) if hasattr(args, k)}
+    parts = ["shadowcam bench labels"]
+    for k, v in given.items():
+        parts.append(f"--{k.replace('_', '-')} " + shlex.quote(",".join(map(str, v)) if isinstance(v, tuple) else str(v)))
+    if args.seed != BenchConfig.default("seed"):
+        parts.append(f"--seed {args.seed}")
+    if args.quick:
+        parts.append("--quick")
+    kw = {**given, "seed": args.seed, "command": " ".join(parts)}
+    cfg = LabelBenchConfig.quick_config(**kw) if args.quick else LabelBenchConfig(**kw)
+    res = run_label_bench(cfg, progress=not args.no_progress)
+    s = res["summary"]
+    fmt = lambda v: "not reached" if v is None or v == float("inf") else f"{v:.0f}"  # noqa: E731
+    for row in s["rows"]:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        cov = "-" if row["coverage"] is None else f"{row['coverage'] * 100:.0f}%"
+        print(f"{row['stream']:<8} {row['strategy']:<13} {row['estimator']:<15} median {fmt(row['median']):>11} labels "
+              f"{ratio:>6}  coverage {cov}")
+    b = s["best"]
+    if b:
+        print(f"best: {b['strategy']} + {b['estimator']} (" + ", ".join(f"{n} {v:.2f}x" for n, v in b["ratios"].items())
+              + ")")
+    print(f"target <= {s['target_ratio']:g}x uniform + Wilson on the shifted stream, <= {s['max_ratio']:.1f}x on both: "
+          f"{s['verdict']}")
+    print(f"report written to {cfg.out}")
+    return 0
+
+
 BENCHES: dict[str, Bench] = {
     "throughput": Bench("throughput and latency of `shadowcam run` against a naive loop and the raw ONNX Runtime bound",
                         ("frames", "arch", "img_size", "other_sizes", "batch_size", "repeats", "latency_frames",
                          "latency_repeats"), _throughput),
     "estimate": Bench("label-free accuracy estimators against the truth on the synthetic camera shifts",
                       ESTIMATE_OPTIONS, _estimate),
+    "labels": Bench("labels a +-2-point 95% accuracy interval needs per sampling strategy and estimator, against "
+                    "uniform + Wilson", LABELS_OPTIONS, _labels),
 }

@@ -2,6 +2,7 @@
 
     shadowcam label serve    --db URL [--host 127.0.0.1] [--port 8765] [--token TOKEN:ANNOTATOR ...]
                              [--tokens-file FILE] [--show-predictions] [--classes a,b,c] [--image-root DIR]
+                             [--target 2pts@95|decision] [--target-scope camera|model]
     shadowcam label export   --db URL --pending [--format csv|jsonl|labelstudio] [--out FILE]
     shadowcam label import   FILE --db URL [--annotator NAME] [--classes a,b,c]
     shadowcam label simulate --db URL --manifest FILE [--manifest FILE ...] [--error-rate 0.05] [--seed 0]
@@ -37,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--show-predictions", action="store_true", help="offer a collapsed 'reveal model predictions' toggle (off: never shown)")
     s.add_argument("--classes", default=None, help="comma-separated class names (default: those of the newest run in the store)")
     s.add_argument("--image-root", default=None, help="folder relative image paths are resolved against; images outside it are refused (default: current directory, no restriction)")
+    s.add_argument("--target", default=None, metavar="TARGET",
+                   help="label target shown above the frame: '2pts@95' or '±2@95%%' (accuracy interval of ±2 points at 95%%), "
+                        "or 'decision' (until the champion/challenger decision is reached); default: none shown")
+    s.add_argument("--target-scope", choices=["camera", "model"], default="camera",
+                   help="the target holds per camera or for the model as a whole")
 
     e = sub.add_parser("export", help="write the frames awaiting labels for an external tool", formatter_class=fmt)
     e.add_argument("--db", required=True, help="prediction store: SQLite path or SQLAlchemy URL")
@@ -99,7 +105,10 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipeline.labeling.app import create_app, parse_token_specs, read_tokens_file
+    from pipeline.labeling.targets import parse_target
     from pipeline.types import ConfigError
+
+    target = parse_target(args.target, scope=args.target_scope) if args.target else None
 
     tokens = parse_token_specs(args.token)
     if args.tokens_file:
@@ -112,9 +121,12 @@ def _serve(args: argparse.Namespace) -> int:
         generated = secrets.token_urlsafe(12)
         tokens = {generated: "annotator"}
     app = create_app(args.db, class_names=_classes(args.classes), tokens=tokens, image_root=args.image_root,
-                     show_predictions=args.show_predictions)
+                     show_predictions=args.show_predictions, target=target)
     host = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"labeling page: http://{host}:{args.port}/  ({len(tokens)} annotator token(s), classes: {', '.join(app.state.class_names)})", flush=True)
+    if target is not None:
+        what = "the champion/challenger decision" if target.kind == "decision" else f"±{100 * target.half_width:g} points"
+        print(f"label target: {what} at {100 * target.level:g}% per {target.scope}", flush=True)
     if generated:
         print(f"no --token given: log in with token {generated} (annotator 'annotator')", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

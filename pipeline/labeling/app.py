@@ -13,6 +13,12 @@ away; the frame then goes to the next annotator).
 Model predictions are never rendered unless the app was created with ``show_predictions=True``;
 then they sit collapsed behind a "reveal" toggle, so they do not anchor the annotator.
 
+With a label target (``create_app(..., target=LabelTarget(...))``, ``shadowcam label serve --target 2pts@95``) the
+page shows, above the frame, how far the target is from being met (one line per camera or for the model,
+:mod:`pipeline.labeling.targets`); ``/api/progress`` returns the same statuses as JSON. The store is evaluated at
+most every ``target_refresh_s`` seconds: the first page load evaluates, later ones read the cached statuses while a
+background thread refreshes them once they are older than that.
+
 Auth: each annotator has a token (``tokens={token: annotator}``). Logging in sets an HttpOnly,
 SameSite=Strict cookie naming the annotator, signed and timestamped with itsdangerous
 (:class:`~itsdangerous.URLSafeTimedSerializer`); a cookie whose signature does not match, or that is
@@ -35,6 +41,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadData, URLSafeTimedSerializer
 
+from pipeline.config import EvalConfig, LabelTarget
 from pipeline.labeling import queue
 from pipeline.store import PredictionStore, QueuedSample, StoredPrediction
 from pipeline.types import UNSURE, ConfigError, Label, LabelImportError
@@ -105,6 +112,55 @@ class _Leases:
                     del self._d[frame_id]
 
 
+class _TargetBoard:
+    """The label target's statuses for the page: evaluated on first use, then at most every ``refresh_s`` seconds,
+    in a background thread (a page load never waits for a re-evaluation, only for the very first one)."""
+
+    def __init__(self, store: PredictionStore, target: LabelTarget, refresh_s: float, eval_config: EvalConfig | None):
+        self.store, self.target, self.refresh_s, self.eval_config = store, target, refresh_s, eval_config
+        self._lock = threading.Lock()  # guards the snapshot
+        self._first = threading.Lock()  # one first evaluation at a time
+        self._snapshot: dict | None = None
+        self._at = 0.0  # time.monotonic() of the snapshot
+        self._refreshing = False
+
+    def _compute(self) -> None:
+        from pipeline.labeling.targets import target_runs, target_status
+
+        statuses, error = [], None
+        try:
+            runs = self.store.list_runs()
+            if not runs:
+                error = "no runs in the store yet"
+            else:
+                newest = runs[-1]
+                run_ids = target_runs(runs, self.target, newest["incumbent_model"], newest["shadow_model"])
+                statuses = [s.to_dict() for s in target_status(self.store, self.target, self.eval_config, run_ids)]
+        except Exception as e:  # the page stays up; the reason is shown instead of the statuses
+            log.warning("label target not evaluated: %s: %s", e.__class__.__name__, e)
+            error = f"not evaluated ({e.__class__.__name__}: {e})"
+        snap = dict(target=self.target.model_dump(mode="json"), statuses=statuses, error=error, computed_at=time.time(),
+                    met=bool(statuses) and all(s["met"] for s in statuses))
+        with self._lock:
+            self._snapshot, self._at, self._refreshing = snap, time.monotonic(), False
+
+    def get(self) -> dict:
+        with self._lock:
+            snap = self._snapshot
+            stale = snap is not None and time.monotonic() - self._at >= self.refresh_s and not self._refreshing
+            if stale:
+                self._refreshing = True
+        if snap is None:
+            with self._first:
+                if self._snapshot is None:
+                    self._compute()
+            with self._lock:
+                return self._snapshot  # type: ignore[return-value]
+        if stale:
+            threading.Thread(target=self._compute, name="label-target-refresh", daemon=True).start()
+        return snap
+
+
 def create_app(
     store_url: str | PredictionStore,
     class_names: Sequence[str] | None = None,
@@ -113,6 +169,9 @@ def create_app(
     show_predictions: bool = False,
     secret_key: str | bytes | None = None,
     lease_s: float = 300.0,
+    target: LabelTarget | None = None,
+    target_refresh_s: float = 30.0,
+    target_eval: EvalConfig | None = None,
 ) -> FastAPI:
     """Build the labeling app.
 
@@ -125,6 +184,10 @@ def create_app(
         show_predictions: render the models' predictions behind a collapsed "reveal" toggle.
         secret_key: cookie signing key (default: random per process).
         lease_s: how long a frame shown to one annotator is held back from the others.
+        target: a label target to show above the frame (and in ``/api/progress``): its statuses over the runs of
+            the newest run's incumbent model (and shadow, for a ``decision`` target).
+        target_refresh_s: the statuses are re-evaluated at most this often (in the background).
+        target_eval: how the target's evaluation runs (model cards, workdir); its alpha is the target's level.
 
     Which samples need two annotators is decided by the sampler (``samples.double_label``).
     """
@@ -140,6 +203,9 @@ def create_app(
     signer = session_serializer(secret_key or secrets.token_bytes(32))
     root = Path(image_root).resolve() if image_root is not None else None
     leases = _Leases(lease_s)
+    if target_refresh_s < 0:
+        raise ConfigError(f"target_refresh_s must be >= 0 seconds, got {target_refresh_s}")
+    board = _TargetBoard(store, target, target_refresh_s, target_eval) if target is not None else None
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
     # keys: 1..9 for the first nine classes, u for unsure, s for skip
@@ -150,6 +216,7 @@ def create_app(
     app = FastAPI(title="shadowcam labeling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.class_names = classes
+    app.state.target = target
 
     def who(request: Request) -> str | None:
         name = _annotator_from_cookie(signer, request.cookies.get(COOKIE))
@@ -233,7 +300,7 @@ def create_app(
             preds = store.predictions_for_frame(frame.frame_id)
         return page(
             request, "label.html", annotator=annotator, frame=frame, buttons=buttons, progress=progress(annotator),
-            show_predictions=show_predictions, preds=preds,
+            show_predictions=show_predictions, preds=preds, target=board.get() if board is not None else None,
         )
 
     @app.post("/label")
@@ -281,7 +348,10 @@ def create_app(
         annotator = who(request)
         if annotator is None:
             return JSONResponse({"error": "log in first"}, status_code=401)
-        return JSONResponse(progress(annotator))
+        doc = progress(annotator)
+        if board is not None:
+            doc["target"] = board.get()
+        return JSONResponse(doc)
 
     return app
 
