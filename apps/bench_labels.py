@@ -93,8 +93,11 @@ class LabelBenchConfig(_Strict):
     workdir: Path = Path("runs/bench_labels")
     model: str | None = None  # incumbent ONNX file or models:/ URI; None: train one (as `bench estimate` does)
     shadow: str | None = None  # shadow ONNX file or models:/ URI; None: train one (next seed)
+    pools: Path | None = None  # the scored pools of an earlier run (its workdir's pools.npz): no models, no rendering
     pool_frames: int = Field(default=3000, ge=20)  # rendered and scored frames per stream (clean, shifted)
-    stream_frames: int = Field(default=40000, ge=10)  # frames per simulated stream, drawn from the pool with replacement
+    # frames per simulated stream, drawn from the pool with replacement: 6000 labels at the default rate, 2.5x what
+    # uniform + Wilson needs for +-2 points at 50% accuracy, so the strategies that need more still get there
+    stream_frames: int = Field(default=60000, ge=10)
     rate: float = Field(default=0.1, gt=0, le=1)  # the sampler's rate (share of frames sent for labels)
     uniform_floor: float = Field(default=_demo("uniform_floor"), ge=0, le=1)  # the sampler's uniform share (the demo's)
     check_every: int = Field(default=250, ge=1)  # frames between two looks at the interval
@@ -123,6 +126,8 @@ class LabelBenchConfig(_Strict):
         if bad or len(set(self.strategies)) != len(self.strategies) or BASELINE[0] not in self.strategies:
             raise ValueError(f"strategies must be distinct names from {', '.join(STRATEGIES)} including "
                              f"{BASELINE[0]} (the baseline); got {list(self.strategies)}")
+        if self.pools is not None and (self.model or self.shadow):
+            raise ValueError("give either pools (scored by an earlier run) or model/shadow, not both")
         if self.check_every > self.stream_frames:
             raise ValueError(f"check_every ({self.check_every}) must not exceed stream_frames ({self.stream_frames})")
         return self
@@ -180,8 +185,9 @@ class Pool:
                 "mean_confidence": float(np.asarray(self.probs["incumbent"]).max(axis=1).mean())}
 
 
-def save_pools(pools: Mapping[str, Pool], path: Path) -> None:
-    """The scored pools as one ``.npz`` (rerun the simulations without rendering: :func:`load_pools`)."""
+def save_pools(pools: Mapping[str, Pool], path: Path, models: Mapping[str, Any] | None = None) -> None:
+    """The scored pools (and a description of the ``models`` that scored them) as one ``.npz``: the simulations can
+    be rerun on them without models or rendering (:func:`load_pools`, ``LabelBenchConfig.pools``)."""
     arrays: dict[str, np.ndarray] = {}
     for name, p in pools.items():
         arrays[f"{name}/labels"] = np.asarray(p.labels)
@@ -189,24 +195,28 @@ def save_pools(pools: Mapping[str, Pool], path: Path) -> None:
             arrays[f"{name}/probs/{r}"] = np.asarray(p.probs[r])
         for k, v in p.stats.items():
             arrays[f"{name}/stats/{k}"] = np.asarray(v)
-    meta = {name: {"class_names": list(p.class_names), "camera": p.camera} for name, p in pools.items()}
-    arrays["meta"] = np.array(json.dumps(meta))
+    meta = {"pools": {name: {"class_names": list(p.class_names), "camera": p.camera} for name, p in pools.items()},
+            "models": dict(models or {})}
+    arrays["meta"] = np.array(json.dumps(meta, default=str))
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
 
 
-def load_pools(path: Path) -> dict[str, Pool]:
+def load_pools(path: Path) -> tuple[dict[str, Pool], dict[str, Any]]:
+    """The pools and the models' description written by :func:`save_pools`."""
     try:
         z = np.load(path)
         meta = json.loads(str(z["meta"]))
-    except (OSError, KeyError, ValueError) as e:
-        raise DataError(f"{path}: not a pools file written by save_pools ({e})") from None
+        meta["pools"], meta["models"]
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: not a pools file written by save_pools ({type(e).__name__}: {e})") from None
     out = {}
-    for name, m in meta.items():
+    for name, m in meta["pools"].items():
         probs = {r: z[f"{name}/probs/{r}"] for r in _ROLES}
         stats = {k.split("/", 2)[2]: z[k] for k in z.files if k.startswith(f"{name}/stats/")}
         out[name] = Pool(name, z[f"{name}/labels"], probs, stats, tuple(m["class_names"]), m["camera"])
-    return out
+    return out, meta["models"]
 
 
 def stream_phases(name: str) -> list[tuple[float, list[str]]]:
@@ -257,7 +267,7 @@ class Stop:
         return (self.high - self.low) / 2.0
 
 
-class _Prepared:
+class PreparedPool:
     """What every simulation of a pool reuses: per pool frame its predictions (for the sampler), correctness,
     the shadow's class and the ``neyman`` stratum."""
 
@@ -286,7 +296,7 @@ def _folds(n: int, k: int) -> np.ndarray:
     return ppi.fold_ids(np.arange(n), k)  # a key per stream position: two draws of one pool frame are two frames
 
 
-def simulate_labeling(prep: _Prepared, strategy: str, cfg: LabelBenchConfig, stream_seed: Sequence[int],
+def simulate_labeling(prep: PreparedPool, strategy: str, cfg: LabelBenchConfig, stream_seed: Sequence[int],
                       draw_seed: Sequence[int], estimators: Sequence[str] = ESTIMATORS) -> dict[str, Stop]:
     """One simulated stream labelled with ``strategy``: labels needed by each estimator (see the module docstring).
 
@@ -333,7 +343,7 @@ def simulate_labeling(prep: _Prepared, strategy: str, cfg: LabelBenchConfig, str
     return stops
 
 
-def estimate_at(prep: _Prepared, idx: np.ndarray, labelled: np.ndarray, pi: np.ndarray, folds: np.ndarray,
+def estimate_at(prep: PreparedPool, idx: np.ndarray, labelled: np.ndarray, pi: np.ndarray, folds: np.ndarray,
                 estimator: str, cfg: LabelBenchConfig) -> tuple[float, float, float]:
     """(value, low, high) of ``estimator`` on the stream frames ``idx`` (pool indices) with their draws ``labelled``,
     inclusion probabilities ``pi`` and proxy folds. Reads a frame's correctness only where it is labelled."""
@@ -355,7 +365,7 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(pools: Mapping[str, Pool], cfg: LabelBenchConfig) -> None:
     edges = SamplingConfig.default("neyman_edges")
-    _WORKER.update(cfg=cfg, order=list(pools), prepared={name: _Prepared(p, edges) for name, p in pools.items()})
+    _WORKER.update(cfg=cfg, order=list(pools), prepared={name: PreparedPool(p, edges) for name, p in pools.items()})
 
 
 def _one(task: tuple[str, str, int]) -> tuple[tuple[str, str, int], dict[str, Stop]]:
@@ -480,14 +490,17 @@ def run_label_bench(cfg: LabelBenchConfig, progress: bool = True, pools: Mapping
                     ) -> dict[str, Any]:
     """Everything in the module docstring; writes ``cfg.out`` and its ``.json`` beside it; returns the results.
 
-    ``pools``: scored pools to simulate on (e.g. :func:`load_pools`; any names, ``shifted`` ranks the best
-    combination); None: take or train the models and render the demo's clean and shifted streams.
+    ``pools``: scored pools to simulate on (any names; ``shifted`` ranks the best combination); None: those of
+    ``cfg.pools``, else take or train the models and render the demo's clean and shifted streams.
     """
     say = (lambda m: print(f"[bench labels] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)  # noqa: E731
     t_start = time.perf_counter()
     seconds: dict[str, Any] = {"training": {}}
     models: dict[str, Any] = {}
-    if pools is None:
+    if pools is None and cfg.pools is not None:
+        pools, models = load_pools(cfg.pools)
+        say(f"the scored pools of {cfg.pools}: " + ", ".join(f"{n} ({len(p.labels)} frames)" for n, p in pools.items()))
+    elif pools is None:
         cfg.workdir.mkdir(parents=True, exist_ok=True)
         ecfg = EstimateBenchConfig(workdir=cfg.workdir, model=cfg.model, shadow=cfg.shadow, train_images=cfg.train_images,
                                    train_epochs=cfg.train_epochs, render_size=cfg.render_size, seed=cfg.seed)
@@ -503,7 +516,7 @@ def run_label_bench(cfg: LabelBenchConfig, progress: bool = True, pools: Mapping
         say(f"rendering and scoring {cfg.pool_frames} frames of each stream ({', '.join(STREAMS)})")
         pools = build_pools(cfg, classifiers, progress, say)
         del classifiers
-        save_pools(pools, cfg.workdir / "pools.npz")
+        save_pools(pools, cfg.workdir / "pools.npz", models)
         seconds["pools"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     say(f"{len(pools)} streams x {len(cfg.strategies)} strategies x {cfg.reps} labelings of {cfg.stream_frames} frames "
@@ -584,11 +597,11 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         "",
     ]
     if best:
-        ratios = ", ".join(f"{_x(v)} on the {n} stream" for n, v in best["ratios"].items())
+        ratios = " and ".join(f"{_x(v)} on the {n} stream" for n, v in best["ratios"].items())
         lines += [f"- best combination (lowest ratio on the {s['ranked_on']} stream among those within "
                   f"{s['max_ratio']:.1f}x of uniform + Wilson on every stream, with coverage not significantly below "
-                  f"{level:g}%): **{_combo(best['strategy'], best['estimator'])}**: {ratios} the labels of uniform "
-                  "+ Wilson (median over the labelings)"]
+                  f"{level:g}%): **{_combo(best['strategy'], best['estimator'])}**: {ratios} (median labels needed, "
+                  "relative to uniform + Wilson's)"]
     lines += [f"- target (issue 11): <= {s['target_ratio']:g}x the labels of uniform + Wilson on the shifted stream "
               f"and never more than {s['max_ratio']:.1f}x on either stream: **{s['verdict']}**"]
     rows_by = {(x["stream"], x["strategy"], x["estimator"]): x for x in s["rows"]}
@@ -631,8 +644,10 @@ def render_markdown(r: Mapping[str, Any]) -> str:
               f"interval holds the truth; \"too low\" when it is below {level:g}% at a one-sided binomial p < "
               f"{UNDERCOVER_P:g} (such a combination cannot be the best). A labeling that never reached the target "
               "counts as needing more labels than any that did.", ""]
-    if r.get("models"):
+    if r.get("models") or c.get("pools"):
         lines += ["## Models", ""]
+        if c.get("pools"):
+            lines += [f"The pools were scored by an earlier run (`{c['pools']}`), with these models:", ""]
         lines += _table(["role", "model", "arch", "input", "test accuracy (clean)", "trained here (s)"],
                         [[k, f"`{i['model']}`", i["arch"], "x".join(map(str, i["input_size"])), _pct(i["test_accuracy"]),
                           "-" if i.get("trained_here_s") is None else f"{i['trained_here_s']:.0f}"]

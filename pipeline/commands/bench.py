@@ -121,6 +121,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--render-size", type=int, default=argparse.SUPPRESS,
                    help="pixel size of the rendered square test images (labels: of the training images)")
     lb = p.add_argument_group("labels", "options of `shadowcam bench labels` (defaults: apps.bench_labels.LabelBenchConfig)")
+    lb.add_argument("--pools", default=argparse.SUPPRESS, metavar="POOLS.npz",
+                    help="simulate on the scored pools of an earlier run (its workdir's pools.npz) instead of taking "
+                         "or training models and rendering the streams")
     lb.add_argument("--pool-frames", type=int, default=argparse.SUPPRESS,
                     help="frames of each stream (clean, shifted) rendered and scored: the pools the streams are drawn from")
     lb.add_argument("--stream-frames", type=int, default=argparse.SUPPRESS,
@@ -238,7 +241,7 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-LABELS_OPTIONS = ("model", "shadow", "train_images", "render_size", "pool_frames", "stream_frames", "rate",
+LABELS_OPTIONS = ("model", "shadow", "pools", "train_images", "render_size", "pool_frames", "stream_frames", "rate",
                   "check_every", "reps", "strategies", "half_width", "workers")
 
 

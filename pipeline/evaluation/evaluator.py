@@ -18,6 +18,16 @@ Rules the figures follow (they are repeated in every result's ``meta.methods``):
 * **Weights.** A labelled frame's inclusion probability comes from ``samples``; a labelled frame without a
   sample row (e.g. imported labels) gets probability 1, and a note says how many. Equal probabilities give
   Wilson intervals; unequal ones an inverse-probability-weighted (Hajek) estimate (``stats.accuracy_estimate``).
+* **Model-assisted estimates** (``EvalConfig.estimator="model_assisted"``, the default): accuracy, per-camera
+  accuracy and with them the gap use every frame of the window, not only the labelled ones
+  (:mod:`pipeline.evaluation.ppi`: active PPI++ with a proxy of "this prediction is correct" fitted on the labels,
+  cross-fitted over folds of frame ids, combined with the inclusion probabilities). Used when the window has
+  ``proxy_min_labels`` labelled frames and every labelled frame came from the sampler; otherwise, and with ``estimator="classical"``, the
+  classical estimate stands, and a note says why. Sampled frames still waiting for a label (or labelled ``unsure``)
+  scale the inclusion probabilities by the share of samples resolved (missing at random, as the classical ratio
+  estimate assumes). Every figure names its estimator (``method``) and its effective number of labels (``n_eff``:
+  what uniform sampling + Wilson would need for the same width); ``accuracy_classical`` keeps the classical one.
+  The paired difference stays classical (McNemar, and the anytime-valid decision): see :mod:`~pipeline.evaluation.ppi`.
 * **Gap** = offline test accuracy from the model card − production accuracy (``stats.gap_estimate``, both
   sample sizes). No card, no gap: a note says why.
 * **Drift** (``EvalConfig.drift_baseline``), by default **against training**: each window's frames against the
@@ -64,7 +74,7 @@ from pipeline import tracking
 from pipeline.config import EvalConfig, ReferenceDuration, ReferenceRange, parse_duration, parse_reference
 from pipeline.evaluation import drift as drift_mod
 from pipeline.evaluation import estimate as estimate_mod
-from pipeline.evaluation import sequential, stats
+from pipeline.evaluation import ppi, sequential, stats
 from pipeline.evaluation.reference import TrainingReference, training_drift
 from pipeline.evaluation.result import (
     ROLES,
@@ -82,6 +92,7 @@ from pipeline.evaluation.result import (
     Meta,
     ModelFigures,
     Offline,
+    ProxyInfo,
     ReferencePeriod,
     Window,
 )
@@ -421,6 +432,19 @@ def _cs_estimate(cs: sequential.ConfidenceSequence) -> Estimate:
 
 
 @dataclass(frozen=True)
+class _Assist:
+    """One role's inputs to the model-assisted estimates: its usable frames of the window (indices into the
+    loaded data), which are labelled, whether it was right there (read where labelled), the inclusion
+    probabilities (scaled by the resolved share; NaN where unlabelled) and the cross-fitted proxy."""
+
+    frames: np.ndarray
+    labelled: np.ndarray
+    correct: np.ndarray
+    pi: np.ndarray
+    proxy: ppi.Proxy
+
+
+@dataclass(frozen=True)
 class _Context:
     """What one ``evaluate``/``evaluate_windows`` call resolves once: models, cards, notes, reference period."""
 
@@ -558,6 +582,7 @@ class Evaluator:
         strategies = Counter(s for s in d.strategy[labeled] if s is not None)
 
         drift = self._drift(d, ctx, mask, ref, cur, notes)
+        assist = self._assist(d, mask, notes)
         models_out: dict[str, ModelFigures | None] = {}
         methods: dict[str, dict[str, str]] = {}
         for role in ROLES:
@@ -565,7 +590,7 @@ class Evaluator:
             if ctx.models[role] is None and not rp.has.any():
                 models_out[role] = None
                 continue
-            models_out[role], m = self._role_figures(d, ctx, role, rp, mask, pi_all, notes, drift)
+            models_out[role], m = self._role_figures(d, ctx, role, rp, mask, pi_all, notes, drift, assist)
             for k, v in m.items():
                 methods.setdefault(k, {})[role] = v
 
@@ -614,8 +639,55 @@ class Evaluator:
         )
         return EvaluationResult(counts, models_out, paired, decision, drift, agreement, meta)
 
+    # --- model-assisted estimation (pipeline.evaluation.ppi) ------------------------------------------------------
+    def _assist(self, d: _Data, mask: np.ndarray, notes: list[str]) -> dict[str, "_Assist"]:
+        """Per role: the cross-fitted proxy on the role's usable frames of the window and the inclusion
+        probabilities the model-assisted estimates use; roles for which it does not apply are left out (and a
+        note says why)."""
+        cfg = self.config
+        out: dict[str, _Assist] = {}
+        if cfg.estimator != "model_assisted":
+            return out
+        other = {Role.INCUMBENT.value: Role.SHADOW.value, Role.SHADOW.value: Role.INCUMBENT.value}
+        for role in ROLES:
+            rp = d.roles[role]
+            usable = mask & rp.has & ~rp.degraded & ~np.isnan(rp.probs).any(axis=1)
+            lab = usable & (d.truth >= 0)
+            n_lab = int(lab.sum())
+            if n_lab == 0:
+                continue
+            if n_lab < cfg.proxy_min_labels:
+                notes.append(f"{role}: {n_lab} labelled frames (< proxy_min_labels {cfg.proxy_min_labels}): classical estimates")
+                continue
+            if np.isnan(d.incl[lab]).any():
+                notes.append(f"{role}: some labelled frames have no sample row (imported labels): no sampling design to "
+                             "combine with every frame's predictions; classical estimates")
+                continue
+            sampled = usable & ~np.isnan(d.incl)
+            share = n_lab / int(sampled.sum())
+            if share < 1.0:
+                notes.append(f"{role}: {int(sampled.sum()) - n_lab} sampled frame(s) without a truth yet (pending or "
+                             f"unsure): model-assisted estimates scale the inclusion probabilities by {share:.3f}")
+            op = d.roles[other[role]]
+            other_pred = np.where(op.has & ~op.degraded, op.pred, -1)[usable] if op.has.any() else None
+            X, names = ppi.correctness_features(rp.probs[usable], other_pred, {k: d.image_stats[k][usable] for k in STAT_NAMES})
+            correct = (rp.pred[usable] == d.truth[usable]).astype(np.float64)
+            folds = ppi.fold_ids(d.frame_ids[usable], cfg.proxy_folds)
+            proxy = ppi.crossfit_proxy(X, correct, lab[usable], folds, names)
+            pi = np.where(lab, d.incl * share, np.nan)[usable]
+            out[role] = _Assist(np.flatnonzero(usable), lab[usable], correct, pi, proxy)
+        return out
+
+    def _assisted_accuracy(self, a: "_Assist", sub: np.ndarray | None = None) -> tuple[Estimate, tuple[float, ...]]:
+        s = slice(None) if sub is None else sub
+        r = ppi.model_assisted_accuracy(a.correct[s], a.labelled[s], a.pi[s], a.proxy.values[s], alpha=self.config.alpha)
+        n_eff = ppi.proportion_n_eff(r.value, r.se)
+        method = (f"model-assisted (active PPI++: {r.n} labels + {r.N} frames' predictions; proxy AUC "
+                  f"{a.proxy.auc:.2f}); Wilson at the effective size")
+        return Estimate(r.value, r.low, r.high, r.se, r.n, n_eff if math.isfinite(n_eff) else float(r.n), method), r.lam
+
     def _role_figures(self, d: _Data, ctx: _Context, role: str, rp: _RolePreds, mask: np.ndarray, pi_all: np.ndarray,
-                      notes: list[str], drift: DriftFigures) -> tuple[ModelFigures, dict[str, str]]:
+                      notes: list[str], drift: DriftFigures, assist: dict[str, "_Assist"]) -> tuple[ModelFigures, dict[str, str]]:
         cfg = self.config
         alpha = cfg.alpha
         C = len(d.classes)
@@ -626,6 +698,13 @@ class Evaluator:
         w = _weights_or_none(pi)
         methods: dict[str, str] = {}
         acc = stats.accuracy_estimate(correct, pi, alpha=alpha) if sel.any() else None
+        acc_classical, proxy_info = None, None
+        a = assist.get(role)
+        if a is not None and acc is not None:
+            acc_classical = acc
+            acc, lam = self._assisted_accuracy(a)
+            proxy_info = ProxyInfo(a.proxy.method, a.proxy.features, a.proxy.folds, a.proxy.labels, a.proxy.auc,
+                                   a.proxy.brier, lam)
         if acc is not None:
             methods["accuracy"] = acc.method
         names = np.array(d.classes + ["<none>"], dtype=object)
@@ -636,6 +715,10 @@ class Evaluator:
         for cam in sorted(set(d.cameras[sel])):
             cm = d.cameras[sel] == cam
             per_camera[str(cam)] = stats.accuracy_estimate(correct[cm], pi[cm], alpha=alpha)
+            if a is not None:
+                sub = d.cameras[a.frames] == cam
+                if int((a.labelled & sub).sum()) >= cfg.proxy_min_labels:
+                    per_camera[str(cam)] = self._assisted_accuracy(a, sub)[0]
         in_cls = y_pred >= 0  # a non-degraded prediction outside the class list counts as wrong, shown apart
         t_in, p_in = list(names[y_true[in_cls]]), list(names[y_pred[in_cls]])
         confusion = Confusion(
@@ -691,6 +774,8 @@ class Evaluator:
             calibration=calib,
             accuracy_cs=acc_cs,
             gap_cs=gap_cs,
+            accuracy_classical=acc_classical,
+            proxy=proxy_info,
         )
         return figures, methods
 

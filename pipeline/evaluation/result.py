@@ -516,6 +516,20 @@ class Calibration(Figures):
 
 
 @dataclass(frozen=True)
+class ProxyInfo(Figures):
+    """The cross-fitted proxy of "this prediction is correct" behind a model-assisted estimate
+    (:func:`pipeline.evaluation.ppi.crossfit_proxy`): how it was made and how well it ranks the labelled frames."""
+
+    method: str
+    features: tuple[str, ...]
+    folds: int
+    labels: int
+    auc: float  # NaN when the labelled frames hold one outcome only
+    brier: float
+    lam: tuple[float, ...] = ()  # the power-tuned coefficients of the controls (constant, proxy) for the accuracy
+
+
+@dataclass(frozen=True)
 class ModelFigures(Figures):
     """One role's figures. ``accuracy`` is None without labelled, non-degraded predictions; ``gap`` without a
     model card (or card figures); ``estimated_accuracy`` without usable predictions."""
@@ -534,6 +548,10 @@ class ModelFigures(Figures):
     # anytime-valid intervals (confidence sequences): valid however often the figure is looked at
     accuracy_cs: Estimate | None = None
     gap_cs: Estimate | None = None
+    # ``accuracy`` is model-assisted when the evaluator could (EvalConfig.estimator): then this is the classical
+    # (Wilson / inverse-probability weighted) estimate of the same labels, for comparison; None when ``accuracy`` is it
+    accuracy_classical: Estimate | None = None
+    proxy: ProxyInfo | None = None
 
 
 # --------------------------------------------------------------------------------------------------

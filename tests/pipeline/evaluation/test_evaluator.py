@@ -40,7 +40,8 @@ def _ok(rows, role):
 
 def test_uniform_sample_exact_figures(tmp_path, models):
     store, spec = _store(tmp_path, models)
-    res = Evaluator(EvalConfig()).evaluate(store)
+    # the classical figures, exactly (the model-assisted ones are tested in test_evaluator_model_assisted.py)
+    res = Evaluator(EvalConfig(estimator="classical")).evaluate(store)
     exp = expected(spec)
     rows = exp["rows"]
 
@@ -287,7 +288,7 @@ def test_eval_config_defaults_are_declared_once_and_recorded_with_the_same_keys(
               "run_ids", "calibration_bins"]
     keys = list(EvalConfig().model_dump(mode="json"))
     assert keys[:len(former)] == former  # users' scripts read these; new settings only add keys after them
-    assert keys[len(former):] == ["drift_baseline", "drift_min_effect", "delta", "pi_floor"]
+    assert keys[len(former):] == ["drift_baseline", "drift_min_effect", "delta", "pi_floor", "estimator", "proxy_folds", "proxy_min_labels"]
 
 
 @pytest.mark.parametrize("cam,part", [("camA", "camA"), ("rtsp://10.0.0.5:554/dock 1", "rtsp___10.0.0.5_554_dock 1"), ("../x", "_x"), ("", "_")])
@@ -422,3 +423,23 @@ def test_registry_uri_resolves_to_the_version_that_made_the_predictions(tmp_path
     assert (tmp_path / ".cache" / "models").is_dir()
     acc = res.models["incumbent"].accuracy.value
     assert res.models["incumbent"].gap.value == pytest.approx(0.95 - acc)
+
+
+def test_model_assisted_accuracy_by_default_with_the_classical_kept_beside_it(tmp_path, models):
+    store, spec = _store(tmp_path, models)
+    res = Evaluator(EvalConfig()).evaluate(store)
+    classical = Evaluator(EvalConfig(estimator="classical")).evaluate(store)
+    for role in ("incumbent", "shadow"):
+        m, c = res.models[role], classical.models[role]
+        assert m.accuracy.method.startswith("model-assisted (active PPI++")
+        assert m.accuracy_classical == c.accuracy  # the same labels' classical figure, kept for comparison
+        assert c.accuracy_classical is None and c.proxy is None
+        assert m.proxy is not None and m.proxy.labels == m.accuracy.n == c.accuracy.n
+        assert m.proxy.folds == EvalConfig().proxy_folds and len(m.proxy.lam) == 2
+        assert m.accuracy.low <= m.accuracy.value <= m.accuracy.high and m.accuracy.n_eff > 0
+        assert m.gap.value == pytest.approx(m.offline.test_accuracy - m.accuracy.value)
+    assert res.meta.methods["accuracy"]["incumbent"] == res.models["incumbent"].accuracy.method
+    # too few labels for a proxy: the classical figure stands and a note says why
+    few = Evaluator(EvalConfig(proxy_min_labels=10_000)).evaluate(store)
+    assert few.models["incumbent"].accuracy == classical.models["incumbent"].accuracy
+    assert any("proxy_min_labels" in n for n in few.meta.notes)

@@ -88,9 +88,11 @@ def scenarios(tmp_path_factory) -> dict[str, EvaluationResult]:
 ADDED_PREFIXES = (
     "data.decision.", "data.drift.baseline", "data.drift.training", "meta.config.drift_baseline", "meta.config.drift_min_effect",
     "meta.config.delta", "meta.config.pi_floor", "meta.methods.drift_training", "meta.methods.decision",
+    # issue 11: model-assisted estimates
+    "meta.config.estimator", "meta.config.proxy_folds", "meta.config.proxy_min_labels",
 )
 ADDED_IN_MODELS = (".accuracy_cs", ".gap_cs", ".estimated_accuracy.contradicted_by_labels", ".estimated_accuracy.labelled_low",
-                   ".estimated_accuracy.labelled_high", ".estimated_accuracy.unreliable")
+                   ".estimated_accuracy.labelled_high", ".estimated_accuracy.unreliable", ".accuracy_classical", ".proxy")
 
 
 def _added(path: str) -> bool:
