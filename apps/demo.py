@@ -42,6 +42,7 @@ from pipeline.evaluation import alerts as alerts_mod
 from pipeline.evaluation import report
 from pipeline.evaluation.evaluator import EvalConfig, Evaluator
 from pipeline.evaluation.result import EvaluationResult
+from pipeline.evaluation.ppi import wilson_labels_for_half_width
 from pipeline.evaluation.stats import wilson_interval
 from pipeline.labeling.simulate import normalize_ref, simulate_labels
 from pipeline.runner import Runner
@@ -187,7 +188,7 @@ def _role_row(result: EvaluationResult, role: str) -> dict:
         return {"model": None, "offline_accuracy": None, "prod_accuracy": None, "prod_ci": [None, None], "gap": None,
                 "gap_ci": [None, None], "gap_cs": [None, None], "estimated_accuracy": None, "estimate_contradicted": None,
                 "estimate_unreliable": None,
-                "n_labeled": None}
+                "n_labeled": None, "estimator": None, "n_eff": None, "uniform_wilson_labels": None}
     acc, gap, est = m.accuracy, m.gap, m.estimated_accuracy
     return {
         "model": m.model,
@@ -199,7 +200,19 @@ def _role_row(result: EvaluationResult, role: str) -> dict:
         "estimate_contradicted": est.contradicted_by_labels if est else None,
         "estimate_unreliable": est.unreliable if est else None,
         "n_labeled": m.n_labeled,
+        # what the labels bought: the estimator, its effective labels, and what uniform sampling + Wilson would have
+        # needed for the same interval width
+        "estimator": acc.method if acc else None,
+        "n_eff": acc.n_eff if acc else None,
+        "uniform_wilson_labels": _uniform_wilson_labels(acc),
     }
+
+
+def _uniform_wilson_labels(acc) -> int | None:
+    """Labels uniform sampling + a Wilson interval needs for the width ``acc`` reached (at its accuracy)."""
+    if acc is None or not (0 < (acc.high - acc.low) / 2 < 0.5) or acc.value != acc.value:
+        return None
+    return wilson_labels_for_half_width(acc.value, (acc.high - acc.low) / 2)
 
 
 def _drift_row(w: EvaluationResult) -> dict:
@@ -456,6 +469,13 @@ def format_summary(res: DemoResult) -> str:
     for d in res.drift.get("stream2", [])[:1]:
         lines.append(f"stream 2, first window: {'drifted from training: ' + str(d.get('finding')) if d.get('drifted') else 'no drift from training'}")
     lines.append(f"\nlabels used: {res.labels_used}")
+    lines.append("what the labels bought (production accuracy interval): labels spent vs labels uniform sampling + Wilson "
+                 "would have needed for the same width")
+    for tag, m in res.models.items():
+        if m.get("uniform_wilson_labels") is not None:
+            ratio = m["n_labeled"] / m["uniform_wilson_labels"] if m["uniform_wilson_labels"] else float("nan")
+            lines.append(f"  {tag:<44} {m['n_labeled']:>5} spent, {m['uniform_wilson_labels']:>5} uniform + Wilson "
+                         f"({ratio:.2f}x); {str(m.get('estimator')).split(';')[0]}")
     for stream, d in res.decisions.items():
         rounds = f" after {res.stream2_rounds} round(s) of labelling" if stream == "stream2" and res.stream2_rounds else ""
         lines.append(f"decision ({stream}, anytime-valid, challenger - champion{rounds}): {d.get('action')} - {d.get('reason')}")

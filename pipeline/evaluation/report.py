@@ -307,7 +307,7 @@ _TEMPLATE = r"""<!doctype html>
 <td>{{ pct(m.offline.test_accuracy) if m.offline else "–" }}{% if m.offline %} <span class="muted">(n={{ m.offline.test_size }})</span>{% endif %}</td>
 <td>{{ est(m.gap, signed=True) }}</td><td>{% if m.estimated_accuracy %}{% if m.estimated_accuracy.valid %}{{ pct(m.estimated_accuracy.value) }}{% else %}<s>{{ pct(m.estimated_accuracy.value) }}</s> <span class="flag">{% if m.estimated_accuracy.contradicted_by_labels %}contradicted by labels{% else %}unreliable{% endif %}</span>{% endif %}{% else %}–{% endif %}</td><td>{{ pct(m.calibration.ece) if m.calibration else "–" }}</td></tr>{% endfor %}
 </table>
-<p class="muted">{% for role, m in models %}{{ role }}: accuracy {{ m.accuracy.method if m.accuracy else "–" }}, label-free estimate {{ m.estimated_accuracy.method if m.estimated_accuracy else "–" }}{% if not loop.last %}; {% endif %}{% endfor %}</p>
+<p class="muted">{% for role, m in models %}{{ role }}: accuracy {{ m.accuracy.method if m.accuracy else "–" }}{% if m.accuracy %} ({{ m.accuracy.n }} labels, worth {{ "%.0f"|format(m.accuracy.n_eff) }} uniformly sampled ones){% endif %}{% if m.accuracy_classical %}; classical on the same labels {{ pct(m.accuracy_classical.value) }} [{{ pct(m.accuracy_classical.low) }}, {{ pct(m.accuracy_classical.high) }}]{% endif %}, label-free estimate {{ m.estimated_accuracy.method if m.estimated_accuracy else "–" }}{% if not loop.last %}; {% endif %}{% endfor %}</p>
 {% if images.gap_over_time %}<img alt="gap over time" src="data:image/png;base64,{{ images.gap_over_time }}">{% endif %}
 
 <h2>Champion / challenger decision</h2>
