@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pi-floor", type=float, default=None,
                    help="scale of the weighted confidence sequences: the smallest inclusion probability the sampler "
                         "uses; when omitted, read from the runs' sampling config")
+    p.add_argument("--estimator", choices=("model_assisted", "classical"), default=EvalConfig.default("estimator"),
+                   help="accuracy and gap: model_assisted uses every frame's predictions with the labels (active PPI++, "
+                        "cross-fitted proxy; classical figures kept beside them), classical only the labelled frames")
+    p.add_argument("--proxy-min-labels", type=int, default=EvalConfig.default("proxy_min_labels"),
+                   help="labelled frames a window needs before its figures are model-assisted")
     p.add_argument("--experiment", default=EVALUATION_EXPERIMENT, help="MLflow experiment")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full result (overall, windows, alerts) as JSON")
@@ -102,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
             alpha=args.alpha, reference=parse_reference(args.reference), min_effect=args.min_effect, cumulative=args.cumulative,
             incumbent_card=args.incumbent_card, shadow_card=args.shadow_card, cache_dir=args.cache_dir, run_ids=args.runs,
             workdir=str(workdir), delta=args.delta, drift_baseline=args.drift_baseline, drift_min_effect=args.drift_min_effect,
-            pi_floor=args.pi_floor,
+            pi_floor=args.pi_floor, estimator=args.estimator, proxy_min_labels=args.proxy_min_labels,
         )
         alert_cfg = _alert_config(args, store)
         ev = Evaluator(cfg)
