@@ -22,8 +22,8 @@ miscalibrated one (under shift: confident and wrong) gets a ``lambda`` near the 
 classical inverse-probability (Hajek-like) estimate -- the fall-back happens on its own, from the data.
 
 The proxy (:func:`crossfit_proxy`) is a small logistic regression of "correct" on what is known on every frame
-(:func:`correctness_features`: the model's calibrated confidence and margin, agreement with the other model, the
-frame's image statistics). **Cross-fitting** keeps it honest: every frame (labelled or not) belongs to one of ``K``
+(:func:`correctness_features`: the model's calibrated confidence and margin, its predicted class, agreement with the
+other model, the frame's image statistics). **Cross-fitting** keeps it honest: every frame (labelled or not) belongs to one of ``K``
 folds, and its proxy value comes from the regression fitted on the labelled frames of the *other* folds, so no
 frame's label or draw enters its own proxy (Zrnic & Candes 2024, "Cross-prediction-powered inference").
 
@@ -106,12 +106,17 @@ def correctness_features(probs: np.ndarray, other_pred: np.ndarray | None = None
     margin = top[:, -1] - (top[:, -2] if p.shape[1] > 1 else 0.0)
     cols = [np.log(conf / (1 - conf)), margin]
     names = list(FEATURES_BASE[:2])
+    # the predicted class (one-hot, the first class as the baseline): a model is not equally right on every class,
+    # and a shift often hits one class (a new packaging type) harder than the others
+    pred = p.argmax(axis=1)
+    for c in range(1, p.shape[1]):
+        cols.append((pred == c).astype(np.float64))
+        names.append(f"predicted_class_{c}")
     if other_pred is not None:
         o = np.asarray(other_pred)
         if o.shape != (N,):
             raise ValueError(f"other_pred must have shape ({N},), got {o.shape}")
         has = o >= 0
-        pred = p.argmax(axis=1)
         cols += [has.astype(np.float64), (has & (o == pred)).astype(np.float64)]
         names += list(FEATURES_BASE[2:])
     for k, v in (image_stats or {}).items():
@@ -139,6 +144,11 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, ridge: float = 1.0, iters: int = 
     beta[0] = math.log(pbar / (1 - pbar))
     pen = np.full(k + 1, ridge)
     pen[0] = 0.0
+    def objective(b: np.ndarray) -> float:  # penalised negative log-likelihood
+        eta = A @ b
+        return float(np.sum(np.logaddexp(0.0, eta) - y * eta) + 0.5 * np.sum(pen * b * b))
+
+    current = objective(beta)
     for _ in range(iters):
         eta = np.clip(A @ beta, -30, 30)
         mu = 1.0 / (1.0 + np.exp(-eta))
@@ -146,8 +156,19 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, ridge: float = 1.0, iters: int = 
         grad = A.T @ (y - mu) - pen * beta
         H = (A * wgt[:, None]).T @ A + np.diag(pen) + 1e-9 * np.eye(k + 1)
         step = np.linalg.solve(H, grad)
-        beta = beta + step
-        if float(np.max(np.abs(step))) < 1e-8:
+        # damped Newton: halve the step until the objective does not rise (nearly separable labels, e.g. a
+        # model right on 97% of frames, make plain Newton steps swing wider and wider)
+        t = 1.0
+        while t > 1e-6:
+            cand = beta + t * step
+            value = objective(cand)
+            if value <= current + 1e-12:
+                break
+            t *= 0.5
+        else:
+            break
+        beta, current = cand, value
+        if float(np.max(np.abs(t * step))) < 1e-8:
             break
     return beta
 

@@ -122,7 +122,7 @@ def scenarios() -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("shifted", [False, True], ids=["calibrated", "shifted"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_accuracy_interval_covers_the_truth_in_93_to_97_percent(scenarios, strategy, shifted):
+def test_accuracy_and_gap_intervals_cover_the_truth(scenarios, strategy, shifted):
     """1,000 simulated labelings of a stream whose truth is known (the mean over its frames of the probability of
     being right): labels, draws and the proxy's cross-fit vary. ~360 labels each."""
     w, pi, X, names = scenarios[(shifted, strategy)]
@@ -130,7 +130,9 @@ def test_accuracy_interval_covers_the_truth_in_93_to_97_percent(scenarios, strat
     truth = float(w["p_right"].mean())
     rng = np.random.default_rng(100 + 10 * STRATEGIES.index(strategy) + shifted)
     folds = ppi.fold_ids([f"f{i}" for i in range(n)], 5)
-    hits, labels = 0, []
+    offline_p, offline_n = 0.95, 600  # the model card's test split: the gap's other half
+    hits = gap_hits = 0
+    labels = []
     for _ in range(SIMS):
         right = rng.random(n) < w["p_right"]
         lab = rng.random(n) < pi
@@ -138,7 +140,12 @@ def test_accuracy_interval_covers_the_truth_in_93_to_97_percent(scenarios, strat
         proxy = ppi.crossfit_proxy(X, right, lab, folds, names)
         acc = ppi.model_assisted_accuracy(right, lab, pi, proxy.values)
         hits += acc.low <= truth <= acc.high
+        prod = stats.Estimate(acc.value, acc.low, acc.high, acc.se, acc.n, ppi.proportion_n_eff(acc.value, acc.se), "ppi")
+        gap = stats.gap_estimate(rng.binomial(offline_n, offline_p) / offline_n, offline_n, prod)
+        gap_hits += gap.low <= offline_p - truth <= gap.high
     assert 0.93 <= hits / SIMS <= 0.97, (strategy, shifted, hits / SIMS, np.mean(labels))
+    # the gap: stats.gap_estimate (MOVER) over the offline Wilson interval and this one
+    assert 0.93 <= gap_hits / SIMS <= 0.97, (strategy, shifted, gap_hits / SIMS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,3 +236,15 @@ def test_bad_input_is_refused_with_the_field_named():
         ppi.correctness_features(np.full((3, 2), 0.5), np.zeros(2))
     empty = ppi.active_mean(np.zeros(4), np.zeros(4, bool), np.full(4, 0.5))
     assert math.isnan(empty.value) and (empty.low, empty.high) == (0.0, 1.0)
+
+
+def test_logistic_fit_stays_finite_on_nearly_separable_labels():
+    """A model right on 97% of frames, its errors all at low confidence: plain Newton steps diverge there (the
+    proxy then collapses to a constant); the damped fit stays finite and ranks the frames."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 1.0, (2000, 1))
+    y = (x[:, 0] > 1.2).astype(float)
+    beta = ppi.fit_logistic(x, y, ridge=1.0)
+    assert np.all(np.isfinite(beta)) and np.abs(beta).max() < 50
+    p = ppi.predict_logistic(beta, x)
+    assert p[y == 1].min() > p[y == 0].max() - 0.2 and 0.9 < p.mean() < 1.0
