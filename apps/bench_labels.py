@@ -277,6 +277,7 @@ class PreparedPool:
         self.probs = np.asarray(pool.probs["incumbent"], dtype=np.float64)
         inc = self.probs.argmax(axis=1)
         sh_probs = np.asarray(pool.probs["shadow"], dtype=np.float64)
+        self.shadow_probs = sh_probs
         self.shadow_pred = sh_probs.argmax(axis=1)
         self.correct = pool.correct()
         self.stats = {k: np.asarray(v, dtype=np.float64) for k, v in pool.stats.items()}
@@ -353,7 +354,7 @@ def estimate_at(prep: PreparedPool, idx: np.ndarray, labelled: np.ndarray, pi: n
         e = accuracy_estimate(y[labelled], pi[labelled], cfg.alpha)
         return e.value, e.low, e.high
     X, names = ppi.correctness_features(prep.probs[idx], prep.shadow_pred[idx],
-                                        {k: v[idx] for k, v in prep.stats.items()})
+                                        {k: v[idx] for k, v in prep.stats.items()}, other_probs=prep.shadow_probs[idx])
     proxy = ppi.crossfit_proxy(X, y, labelled, folds, names)
     m = ppi.model_assisted_accuracy(y, labelled, pi, proxy.values, cfg.alpha)
     return m.value, m.low, m.high

@@ -34,9 +34,9 @@ class DemoConfig(_Strict):
     fps: float = Field(default=10.0, gt=0)  # simulated camera frame rate (timestamps come from the video's own clock)
     window_s: float = Field(default=60.0, gt=0)  # evaluation window, in simulated seconds
     sample_rate: float = Field(default=0.2, ge=0, le=1)
-    # the best strategy of docs/label_efficiency.md (`shadowcam bench labels`), with the evaluator's model-assisted
-    # estimate (EvalConfig.estimator, its default)
-    sample_strategy: Literal["uniform", "stratified", "disagreement", "uncertainty", "neyman"] = "neyman"
+    # the best combination of docs/label_efficiency.md (`shadowcam bench labels`): uniform sampling with the
+    # evaluator's model-assisted estimate (EvalConfig.estimator, its default)
+    sample_strategy: Literal["uniform", "stratified", "disagreement", "uncertainty", "neyman"] = "uniform"
     uniform_floor: float = Field(default=0.3, ge=0, le=1)
     annotator_error: float = Field(default=0.0, ge=0, le=1)
     epochs: int | None = Field(default=None, ge=1)  # None: the training default

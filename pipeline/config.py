@@ -363,7 +363,7 @@ class EvalConfig(_Strict):
     # frames, else (or with "classical") the inverse-probability-weighted / Wilson estimate of pipeline.evaluation.stats
     estimator: Literal["model_assisted", "classical"] = "model_assisted"
     proxy_folds: int = Field(default=5, ge=2)
-    proxy_min_labels: int = Field(default=40, ge=10)
+    proxy_min_labels: int = Field(default=100, ge=10)
 
     @field_validator("reference", mode="before")
     @classmethod

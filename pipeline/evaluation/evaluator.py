@@ -670,7 +670,9 @@ class Evaluator:
                              f"unsure): model-assisted estimates scale the inclusion probabilities by {share:.3f}")
             op = d.roles[other[role]]
             other_pred = np.where(op.has & ~op.degraded, op.pred, -1)[usable] if op.has.any() else None
-            X, names = ppi.correctness_features(rp.probs[usable], other_pred, {k: d.image_stats[k][usable] for k in STAT_NAMES})
+            other_probs = np.where((op.has & ~op.degraded)[:, None], op.probs, np.nan)[usable] if op.has.any() else None
+            X, names = ppi.correctness_features(rp.probs[usable], other_pred, {k: d.image_stats[k][usable] for k in STAT_NAMES},
+                                                other_probs=other_probs)
             correct = (rp.pred[usable] == d.truth[usable]).astype(np.float64)
             folds = ppi.fold_ids(d.frame_ids[usable], cfg.proxy_folds)
             proxy = ppi.crossfit_proxy(X, correct, lab[usable], folds, names)

@@ -95,7 +95,8 @@ def neyman_feedback(w: dict, pi: np.ndarray, rng: np.random.Generator) -> dict:
 
 
 def features(w: dict) -> tuple[np.ndarray, tuple[str, ...]]:
-    return ppi.correctness_features(w["probs"], w["shadow"], {"brightness": w["brightness"]})
+    return ppi.correctness_features(w["probs"], w["shadow"], {"brightness": w["brightness"]},
+                                    other_probs=np.array([_shadow_probs(w, i) for i in range(w["probs"].shape[0])]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
