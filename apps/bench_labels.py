@@ -24,7 +24,7 @@ Every number of ``docs/label_efficiency.md`` (and its raw results, ``docs/label_
      Hajek + Wilson at n_eff otherwise);
    * ``model_assisted``: :func:`pipeline.evaluation.ppi.model_assisted_accuracy` with the cross-fitted proxy of
      :func:`~pipeline.evaluation.ppi.crossfit_proxy` (features: :func:`~pipeline.evaluation.ppi.correctness_features`
-     of the incumbent's probabilities, the shadow's predicted class and the image statistics; folds by stream
+     of the incumbent's probabilities, the shadow's class and probabilities and the image statistics; folds by stream
      position, so two draws of one pool frame are two frames), once ``proxy_min_labels`` frames are labelled
      (classical before, as the evaluator does).
 
@@ -617,8 +617,11 @@ def render_markdown(r: Mapping[str, Any]) -> str:
               "when every labelled frame had the same probability (uniform), else the Hajek estimate with a Wilson "
               "interval at its effective number of labels.",
               f"- **{ESTIMATOR_TITLES['model_assisted']}**: `pipeline.evaluation.ppi.model_assisted_accuracy`: active "
-              "inference with power tuning, the control variate a proxy of \"the incumbent is right\" (logistic "
-              "regression on its confidence and margin, agreement with the shadow and the image statistics), "
+              "inference with power tuning, the control variate a proxy of \"the incumbent is right\" (ridge logistic "
+              "regression on `pipeline.evaluation.ppi.correctness_features`: the incumbent's confidence, margin, "
+              "confidence bin and log-probabilities, its predicted class alone and times its confidence, agreement "
+              "with the shadow and the shadow's probability of the incumbent's class, the image statistics alone, "
+              "squared and times the confidence), "
               f"cross-fitted over {c['proxy_folds']} folds of the stream's frames; used once {c['proxy_min_labels']} "
               "frames are labelled (classical before, as the evaluator does).", ""]
     head = ["strategy", "estimator", "labels needed: median [25%-75%]", "ratio to uniform + Wilson",
