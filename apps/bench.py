@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -899,3 +899,11 @@ def number(cell: str) -> float:
     if not m:
         raise ValueError(f"not a number: {cell!r}")
     return float(m.group(1))
+
+
+def write_document(results: Mapping[str, Any], out: Path, render: Callable[[Mapping[str, Any]], str]) -> None:
+    """Write a bench's document (``render(results)``) to ``out`` and its raw results beside it (``out`` with .json)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(results))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -29,7 +29,6 @@ label-free".
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -42,7 +41,7 @@ import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
-from apps.bench import machine_info
+from apps.bench import machine_info, write_document
 from models.data import list_source
 from models.shifts import SEVERITIES, SHIFTS
 from models.synthetic import generate_dataset
@@ -392,10 +391,8 @@ def run_estimate_bench(cfg: EstimateBenchConfig, progress: bool = True) -> dict[
 
 
 def write_results(results: Mapping[str, Any], out: Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(results))
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    """``out`` (the markdown document) and ``out`` with .json (the raw results)."""
+    write_document(results, out, render_markdown)
 
 
 # --- the document ------------------------------------------------------------------------------------------------------

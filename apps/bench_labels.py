@@ -58,7 +58,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from scipy import stats as _st
 
-from apps.bench import machine_info
+from apps.bench import machine_info, write_document
 from apps.bench_estimate import EstimateBenchConfig, prepare_models, score_set
 from apps.config import DemoConfig
 from apps.demo import SHIFTED
@@ -542,10 +542,8 @@ def run_label_bench(cfg: LabelBenchConfig, progress: bool = True, pools: Mapping
 
 
 def write_results(results: Mapping[str, Any], out: Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(results))
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    """``out`` (the markdown document) and ``out`` with .json (the raw results)."""
+    write_document(results, out, render_markdown)
 
 
 # --- the document ------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from apps.config import BenchConfig
 from pipeline.config import ARCHS
@@ -211,16 +212,13 @@ def _throughput(args: argparse.Namespace) -> int:
     return 0
 
 
-ESTIMATE_OPTIONS = ("model", "shadow", "n", "shifts", "severities", "labels", "train_images", "render_size")
-
-
-def _estimate(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace, what: str, options: tuple[str, ...], cls: Any) -> Any:
+    """The bench's config from the options given (the others keep the config's defaults), with the command line
+    that reproduces it recorded in ``command``."""
     import shlex
 
-    from apps.bench_estimate import EstimateBenchConfig, run_estimate_bench  # torch, the runtime: when the command runs
-
-    given = {k: getattr(args, k) for k in ("out", "workdir", *ESTIMATE_OPTIONS) if hasattr(args, k)}
-    parts = ["shadowcam bench estimate"]
+    given = {k: getattr(args, k) for k in ("out", "workdir", *options) if hasattr(args, k)}
+    parts = [f"shadowcam bench {what}"]
     for k, v in given.items():
         parts.append(f"--{k.replace('_', '-')} " + shlex.quote(",".join(map(str, v)) if isinstance(v, tuple) else str(v)))
     if args.seed != BenchConfig.default("seed"):
@@ -228,7 +226,16 @@ def _estimate(args: argparse.Namespace) -> int:
     if args.quick:
         parts.append("--quick")
     kw = {**given, "seed": args.seed, "command": " ".join(parts)}
-    cfg = EstimateBenchConfig.quick_config(**kw) if args.quick else EstimateBenchConfig(**kw)
+    return cls.quick_config(**kw) if args.quick else cls(**kw)
+
+
+ESTIMATE_OPTIONS = ("model", "shadow", "n", "shifts", "severities", "labels", "train_images", "render_size")
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from apps.bench_estimate import EstimateBenchConfig, run_estimate_bench  # torch, the runtime: when the command runs
+
+    cfg = _config(args, "estimate", ESTIMATE_OPTIONS, EstimateBenchConfig)
     res = run_estimate_bench(cfg, progress=not args.no_progress)
     s = res["summary"]
     pts = lambda v: "-" if v is None else f"{v * 100:.1f}"  # noqa: E731
@@ -246,20 +253,9 @@ LABELS_OPTIONS = ("model", "shadow", "pools", "train_images", "render_size", "po
 
 
 def _labels(args: argparse.Namespace) -> int:
-    import shlex
-
     from apps.bench_labels import LabelBenchConfig, run_label_bench  # the runtime, the renderer: when the command runs
 
-    given = {k: getattr(args, k) for k in ("out", "workdir", *LABELS_OPTIONS) if hasattr(args, k)}
-    parts = ["shadowcam bench labels"]
-    for k, v in given.items():
-        parts.append(f"--{k.replace('_', '-')} " + shlex.quote(",".join(map(str, v)) if isinstance(v, tuple) else str(v)))
-    if args.seed != BenchConfig.default("seed"):
-        parts.append(f"--seed {args.seed}")
-    if args.quick:
-        parts.append("--quick")
-    kw = {**given, "seed": args.seed, "command": " ".join(parts)}
-    cfg = LabelBenchConfig.quick_config(**kw) if args.quick else LabelBenchConfig(**kw)
+    cfg = _config(args, "labels", LABELS_OPTIONS, LabelBenchConfig)
     res = run_label_bench(cfg, progress=not args.no_progress)
     s = res["summary"]
     fmt = lambda v: "not reached" if v is None or v == float("inf") else f"{v:.0f}"  # noqa: E731

@@ -48,6 +48,8 @@ from typing import Mapping
 import numpy as np
 from scipy import stats as _st
 
+from pipeline.evaluation.stats import wilson_at
+
 FEATURES_BASE = ("logit_confidence", "margin", "has_other", "agrees_with_other")
 MIN_LABELS_PER_FOLD = 5  # a fold's regression needs this many labelled frames of each outcome, else the constant
 
@@ -360,17 +362,6 @@ def model_assisted_accuracy(correct: np.ndarray, labelled: np.ndarray, pi: np.nd
     # value +- z se when the accuracy is near 1
     low, high = wilson_at(res.value, n_eff, _z(alpha))
     return ActiveMean(res.value, low, high, res.se, res.n, res.N, res.lam, res.phi)
-
-
-def wilson_at(p: float, n: float, z: float) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``p`` at a (possibly fractional) sample size ``n``."""
-    if n <= 0:
-        return 0.0, 1.0
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2.0 * n)) / denom
-    half = z * math.sqrt(max(p * (1.0 - p) / n + z2 / (4.0 * n * n), 0.0)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def wilson_labels_for_half_width(p: float, half_width: float, alpha: float = 0.05) -> int:

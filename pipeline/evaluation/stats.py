@@ -76,7 +76,7 @@ def _prob_array(x: Any, n: int, name: str) -> np.ndarray:
     return p
 
 
-def _wilson_at(p: float, n: float, z: float) -> tuple[float, float]:
+def wilson_at(p: float, n: float, z: float) -> tuple[float, float]:
     """Wilson score interval for an observed proportion ``p`` at a (possibly fractional) size ``n``."""
     if n <= 0:
         return 0.0, 1.0
@@ -100,7 +100,7 @@ def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 
     ``statsmodels.stats.proportion.proportion_confint(k, n, alpha, method="wilson")``, clipped to [0, 1].
     (:func:`weighted_accuracy` needs the interval at a fractional effective size, which statsmodels does
-    not take: that one is ``_wilson_at``.)
+    not take: that one is ``wilson_at``.)
     """
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
@@ -135,7 +135,7 @@ def weighted_accuracy(
     p = float((w * y).sum() / sw)
     kish = float(sw * sw / (w * w).sum())
     if n == 1:
-        lo, hi = _wilson_at(p, 1.0, z)
+        lo, hi = wilson_at(p, 1.0, z)
         return Estimate(p, lo, hi, float("nan"), 1, 1.0, method)
     u = w * (y - p) / sw  # linearized influence values; they sum to 0
     if strata is None:
@@ -162,7 +162,7 @@ def weighted_accuracy(
         n_eff = min(n + 2.0 * math.sqrt(n), p * (1.0 - p) / var)
     else:
         n_eff = min(float(n), kish)  # p at 0 or 1: no variance information, use Kish's effective size
-    lo, hi = _wilson_at(p, n_eff, z)
+    lo, hi = wilson_at(p, n_eff, z)
     return Estimate(p, lo, hi, se, n, n_eff, method)
 
 
@@ -201,7 +201,7 @@ def gap_estimate(offline_accuracy: float, offline_n: int, prod: Estimate, alpha:
         return Estimate(float("nan"), -1.0, 1.0, float("nan"), 0, 0.0, method)
     z = _z(alpha)
     p1, n1 = float(offline_accuracy), int(offline_n)
-    l1, u1 = _wilson_at(p1, float(n1), z)
+    l1, u1 = wilson_at(p1, float(n1), z)
     p2, l2, u2 = prod.value, prod.low, prod.high
     d = p1 - p2
     low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
