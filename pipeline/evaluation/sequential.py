@@ -39,6 +39,16 @@ supermartingale when the conditional mean of ``x_t`` is ``m``; Ville's inequalit
 This needs ``x_t >= 0`` and ``xbar_{t-1}`` in ``[0, 1]`` only, *not* ``x_t <= 1`` (``confseq`` documents
 its lower CS for "observations in [0, inf]").
 
+What it covers on a drifting stream
+-----------------------------------
+The supermartingale above is built from ``lambda_t (x_t - m_t)``; when the conditional mean ``m_t`` changes over
+time (a camera drifting from day to night), ``low_t`` bounds the *bet-weighted* average ``sum lambda_i m_i /
+sum lambda_i``, and the predictable bets shrink over time, so early frames weigh more than late ones. The
+accuracy and gap sequences therefore describe the stream's accuracy when it is steady within the evaluated scope;
+on a drifting stream they lag behind it (the demo's stream 1, sampled uniformly: the gap sequence ended at
+[4.2, 20.0] points against a true 23.9). Evaluate steady windows (``evaluate_windows``) for them; the fixed-sample
+intervals of :mod:`~pipeline.evaluation.stats` / :mod:`~pipeline.evaluation.ppi` cover the scope's average.
+
 Inverse-probability-weighted (IPW) observations
 -----------------------------------------------
 Labels come from Poisson sampling: frame ``t`` of the stream is labelled (``I_t = 1``) with the

@@ -90,26 +90,33 @@ def test_summary_numbers_are_measured(summary):
 
 def test_stream1_gap_interval_contains_the_true_gap(summary):
     """Issue 4's Done-when, measured: the incumbent's train-to-production gap on stream 1 against the true gap
-    (offline accuracy minus the accuracy on EVERY frame of the stream, from the generator).
+    (offline accuracy minus the accuracy on EVERY frame of the stream, from the generator), with the demo's 95% CI
+    (model-assisted since issue 11).
 
-    The demo's own check uses the fixed-sample 95% CI; one demo is one draw of it, which misses the truth in ~5% of
-    runs by design (more with correlated frames), so CI cannot assert it on a single run. What must hold on every run
-    with overwhelming probability is the anytime-valid interval (confidence sequence): asserted here. The 95% check
-    stays in the demo's summary, reported [ok] or [NO]."""
+    The anytime-valid gap interval (``gap_cs``) is *not* asserted on stream 1: stream 1 drifts on purpose (day ->
+    night -> blur), and the confidence sequence's predictable bets weigh early frames more, so on a drifting stream it
+    covers a bet-weighted average of the changing accuracy, not the stream's overall accuracy (with uniform sampling
+    it missed the true gap: [4.2, 20.0] vs 23.9 points). It is asserted on stream 2, whose conditions are steady."""
     key = CHECK_GAP_CI
     assert key in summary["checks"], f"check {key!r} was not computed\n{table(summary)}"
     _, inc = row(summary, "champion (stream 1)")
     assert inc["true_gap"] == pytest.approx(inc["offline_accuracy"] - inc["true_prod_accuracy"])
     assert summary["checks"][key] == (inc["gap_ci"][0] <= inc["true_gap"] <= inc["gap_ci"][1]), table(summary)
-    lo, hi = inc["gap_cs"]
-    assert lo is not None and lo <= inc["true_gap"] <= hi, (inc["gap_cs"], table(summary))
+    assert summary["checks"][key], table(summary)
+
+
+def test_stream2_anytime_valid_gap_intervals_contain_the_true_gaps(summary):
+    """On stream 2 (steady conditions) the anytime-valid gap interval of both models holds the true gap."""
+    for tag in ("champion (stream 2)", "retrained challenger (stream 2)"):
+        _, m = row(summary, tag)
+        lo, hi = m["gap_cs"]
+        assert lo is not None and m["true_gap"] is not None and lo <= m["true_gap"] <= hi, (tag, m["gap_cs"], table(summary))
 
 
 def test_all_checks_hold(summary):
-    """Every check is computed and holds; the one that is a single draw of a 95% interval (CHECK_GAP_CI) is asserted
-    through its anytime-valid counterpart in the test above."""
+    """Every check is computed and holds."""
     missing = [k for k in EXPECTED_CHECKS if k not in summary["checks"]]
-    failed = [k for k, ok in summary["checks"].items() if not ok and k != CHECK_GAP_CI]
+    failed = [k for k, ok in summary["checks"].items() if not ok]
     assert not missing and not failed, f"missing checks {missing}, failed checks {failed}\n{table(summary)}"
 
 
@@ -185,3 +192,15 @@ def test_html_reports(summary, demo_workdir):
         assert html.is_file(), f"{name}: {html} missing"
         text = html.read_text()
         assert "<html" in text.lower() and len(text) > 1000, f"{name}: {path} is not a report"
+
+
+def test_summary_says_what_the_labels_bought(summary):
+    """Issue 11: every model row names its estimator and the labels uniform sampling + Wilson would have needed for
+    the width it reached (at least as many as a Wilson interval of that width needs at that accuracy)."""
+    from pipeline.evaluation.ppi import wilson_labels_for_half_width
+
+    for tag, m in summary["models"].items():
+        assert m["estimator"] and m["estimator"].startswith("model-assisted"), (tag, m["estimator"])
+        half = (m["prod_ci"][1] - m["prod_ci"][0]) / 2
+        assert m["uniform_wilson_labels"] == wilson_labels_for_half_width(m["prod_accuracy"], half), tag
+        assert m["n_eff"] > 0
