@@ -217,9 +217,12 @@ def test_agrees_with_ppi_py_under_uniform_sampling():
 def test_wilson_labels_for_half_width_matches_statsmodels():
     for p, hw in ((0.9, 0.02), (0.7, 0.02), (0.5, 0.05)):
         n = ppi.wilson_labels_for_half_width(p, hw)
-        for m, ok in ((n, True), (n - 1, False)):
-            lo, hi = proportion_confint(round(p * m), m, method="wilson")
-            # at the same proportion (not a rounded count): the function's own half-width
+        # statsmodels' Wilson interval at the count nearest p: about the width asked for, at n and not at n / 2
+        lo, hi = proportion_confint(round(p * n), n, method="wilson")
+        assert (hi - lo) / 2 == pytest.approx(hw, rel=0.05)
+        lo, hi = proportion_confint(round(p * n / 2), n // 2, method="wilson")
+        assert (hi - lo) / 2 > 1.3 * hw
+        # exactly: the smallest n whose Wilson half-width at proportion p is within hw
         z = 1.959963984540054
         half = lambda m: z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)  # noqa: E731
         assert half(n) <= hw < half(n - 1)
