@@ -269,10 +269,6 @@ class LabelSampler:
             else:
                 self._factor[camera] = float(factor)
 
-    def rate_factor(self, camera: str) -> float:
-        """The factor currently applied to ``camera``'s frames (1 unless a label target set one)."""
-        return self._factor.get(camera, self._factor_default)
-
     def _budget_scale(self, cams: list[str], pi: np.ndarray) -> np.ndarray:
         now = float(self.clock())
         scale = np.ones(len(cams))

@@ -28,9 +28,9 @@ folds, and its proxy value comes from the regression fitted on the labelled fram
 frame's label or draw enters its own proxy (Zrnic & Candes 2024, "Cross-prediction-powered inference").
 
 The paired challenger - champion difference is *not* estimated here: a model-assisted interval for it (the
-difference is 0 without a label where the two models agree; PPI++ on the disagreements) covered the truth in only
-82-99% of simulated evaluations depending on the sampling strategy (few labelled disagreements, heavy weights), so
-the evaluator keeps the classical paired test and the anytime-valid decision for it.
+difference is 0 without a label where the two models agree; PPI++ on the disagreements) was tried and did not
+keep its coverage in simulation under every sampling strategy (few labelled disagreements carrying heavy weights),
+so the evaluator keeps the classical paired test and the anytime-valid decision for it.
 
 ``n_eff``: the number of labels a uniform sample with a Wilson interval would need for the same width,
 ``p (1 - p) / se^2`` -- the labels the design and the proxy saved
@@ -75,8 +75,7 @@ class Proxy:
 @dataclass(frozen=True)
 class ActiveMean:
     """Result of :func:`active_mean`: ``value`` with a ``1 - alpha`` interval ``[low, high]``, its ``se``, the
-    labelled frames ``n`` and the stream's frames ``N``, the tuned ``lam`` (one per control variate) and the
-    per-frame terms ``phi`` (their mean is ``value``; a ratio or a sum of estimates combines them)."""
+    labelled frames ``n`` and the stream's frames ``N``, and the tuned ``lam`` (one per control variate)."""
 
     value: float
     low: float
@@ -85,7 +84,6 @@ class ActiveMean:
     n: int
     N: int
     lam: tuple[float, ...]
-    phi: np.ndarray
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -109,9 +107,8 @@ def correctness_features(probs: np.ndarray, other_pred: np.ndarray | None = None
     right, nor equally calibrated, on every class, and a shift often hits one class harder); agreement with the other
     model, alone and times the confidence logit, and the other model's log-probability of this model's class; each
     image statistic, its square and its product with the confidence logit (a dark frame makes a sure model less
-    right). A ridge-penalised logistic regression on them (:func:`crossfit_proxy`) explained about half the variance
-    of "right" on the demo's shifted stream, against about 0.4 with confidence, class and agreement alone
-    (docs/label_efficiency.md measures what that buys).
+    right). A ridge-penalised logistic regression on them is the proxy (:func:`crossfit_proxy`);
+    docs/label_efficiency.md (``shadowcam bench labels``) measures what it buys.
     """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 1:
@@ -274,8 +271,7 @@ def _z(alpha: float) -> float:
 
 
 def active_mean(y: np.ndarray, labelled: np.ndarray, pi: np.ndarray, controls: np.ndarray | None = None,
-                alpha: float = 0.05, bounds: tuple[float, float] = (0.0, 1.0), model_mean: np.ndarray | None = None,
-                model_second: np.ndarray | None = None, dof: int | None = None, floor_from_fit: bool = False) -> ActiveMean:
+                alpha: float = 0.05, bounds: tuple[float, float] = (0.0, 1.0), binary_floor: bool = False) -> ActiveMean:
     """The stream mean of ``y`` from a Poisson sample, with power-tuned control variates (module docstring).
 
     ``y``: (N,) values (read only where ``labelled``); ``labelled``: (N,) bool; ``pi``: (N,) inclusion probabilities
@@ -283,15 +279,12 @@ def active_mean(y: np.ndarray, labelled: np.ndarray, pi: np.ndarray, controls: n
     (a constant column is typical; None = only the constant, the classical estimate). The interval is clipped to
     ``bounds``.
 
-    Small samples: the empirical variance of ``phi`` is too often small when few labels fall where the sampler
-    rarely looks (no error seen yet among heavily weighted frames; 89-91% coverage at 150 labels in simulation).
-    With ``model_mean`` (and ``model_second``, default ``model_mean``: E[y|frame] and E[y^2|frame] by the proxy),
-    the standard error is the larger of the empirical one and the one the proxy's model of ``y`` implies, whose
-    ``1/pi`` part is estimated from the labelled frames (Horvitz-Thompson), so it needs no ``pi`` on unlabelled ones.
-    ``floor_from_fit``: the same floor with the tuned controls' own prediction ``g = lambda' h`` (clipped to [0, 1])
-    as ``E[y|frame]`` for a 0/1 ``y``: the proxy recalibrated by the regression, so a miscalibrated or useless proxy
-    does not inflate it (a useless one gives the classical variance).
-    ``dof``: use Student's t with this many degrees of freedom instead of the normal quantile (few informative labels).
+    ``binary_floor`` (for a 0/1 ``y``): with few labels the empirical variance of ``phi`` is too often small (no
+    error seen yet among the heavily weighted frames the sampler rarely picks), so the standard error becomes the
+    larger of the empirical one and the one implied by the tuned fit ``g = lambda' h`` (clipped to [0, 1]) taken as
+    ``P(y = 1 | frame)`` (``E[phi^2 | frame] = g^2 + g (1 - g) / pi`` for ``g`` in [0, 1]), its ``1/pi`` part estimated from the labelled
+    frames (Horvitz-Thompson), so no ``pi`` is needed on unlabelled ones. Being the proxy recalibrated by the
+    regression, a miscalibrated or useless proxy does not inflate it (a useless one gives the classical variance).
     """
     lab = np.asarray(labelled, dtype=bool)
     N = lab.shape[0]
@@ -305,11 +298,11 @@ def active_mean(y: np.ndarray, labelled: np.ndarray, pi: np.ndarray, controls: n
             raise ValueError("pi must lie in (0, 1] on every labelled frame")
         if not np.all(np.isfinite(yv[lab])):
             raise ValueError("y must be finite on every labelled frame")
-    z = _z(alpha) if dof is None else float(_st.t.ppf(1.0 - alpha / 2.0, max(int(dof), 1)))
+    z = _z(alpha)
     h = np.ones((N, 1)) if controls is None else np.asarray(controls, dtype=np.float64).reshape(N, -1)
     n = int(lab.sum())
     if N == 0 or n == 0:
-        return ActiveMean(float("nan"), bounds[0], bounds[1], float("nan"), n, N, (), np.zeros(0))
+        return ActiveMean(float("nan"), bounds[0], bounds[1], float("nan"), n, N, ())
     r = np.zeros(N)
     r[lab] = 1.0 / pv[lab]
     base = np.zeros(N)
@@ -324,23 +317,17 @@ def active_mean(y: np.ndarray, labelled: np.ndarray, pi: np.ndarray, controls: n
     lam = -np.linalg.solve(czz + ridge * np.eye(czz.shape[0]), czb)
     phi = base + Z @ lam
     value = float(phi.mean())
-    k = h.shape[1]
-    var = float(((phi - value) ** 2).sum() / max(N - k, 1)) / N
-    if floor_from_fit and model_mean is None:
-        model_mean = np.clip(h @ lam, bounds[0], bounds[1])
-        if model_second is not None:  # E[y^2] >= |E[y]| for y in {-1, 0, 1}
-            model_second = np.maximum(np.asarray(model_second, dtype=np.float64), np.abs(model_mean))
-    if model_mean is not None:
-        m = np.asarray(model_mean, dtype=np.float64)
-        s2 = m if model_second is None else np.asarray(model_second, dtype=np.float64)
+    var = float(((phi - value) ** 2).sum() / max(N - h.shape[1], 1)) / N
+    if binary_floor:
         g = h @ lam
-        # E[phi^2 | frame] = g^2 + 2 g (m - g) + E[(y - g)^2 | frame] / pi;  the last term summed by Horvitz-Thompson
-        resid2 = np.maximum(s2 - 2 * g * m + g * g, 0.0)
+        m = np.clip(g, 0.0, 1.0)
+        # E[phi^2 | frame] = g^2 + 2 g (m - g) + E[(y - g)^2 | frame] / pi, with E[(y - g)^2] = m - 2 g m + g^2
+        resid2 = np.maximum(m - 2 * g * m + g * g, 0.0)
         second = float(np.sum(g * g + 2 * g * (m - g))) + float(np.sum(resid2[lab] / pv[lab] ** 2))
         var = max(var, (second / N - float(m.mean()) ** 2) / N)
     se = math.sqrt(max(var, 0.0))
     low, high = max(bounds[0], value - z * se), min(bounds[1], value + z * se)
-    return ActiveMean(value, low, high, se, n, N, tuple(float(v) for v in lam), phi)
+    return ActiveMean(value, low, high, se, n, N, tuple(float(v) for v in lam))
 
 
 def proportion_n_eff(p: float, se: float) -> float:
@@ -354,14 +341,14 @@ def model_assisted_accuracy(correct: np.ndarray, labelled: np.ndarray, pi: np.nd
                             alpha: float = 0.05) -> ActiveMean:
     """A model's accuracy over the stream: :func:`active_mean` with controls ``[1, proxy]``."""
     f = np.asarray(proxy, dtype=np.float64)
-    res = active_mean(correct, labelled, pi, np.column_stack([np.ones(f.shape[0]), f]), alpha, (0.0, 1.0), floor_from_fit=True)
+    res = active_mean(correct, labelled, pi, np.column_stack([np.ones(f.shape[0]), f]), alpha, (0.0, 1.0), binary_floor=True)
     n_eff = proportion_n_eff(res.value, res.se)
     if not math.isfinite(n_eff) or n_eff <= 0:
         return res
     # a Wilson interval at the effective size (as stats.weighted_accuracy): inside [0, 1], and better than
     # value +- z se when the accuracy is near 1
     low, high = wilson_at(res.value, n_eff, _z(alpha))
-    return ActiveMean(res.value, low, high, res.se, res.n, res.N, res.lam, res.phi)
+    return ActiveMean(res.value, low, high, res.se, res.n, res.N, res.lam)
 
 
 def wilson_labels_for_half_width(p: float, half_width: float, alpha: float = 0.05) -> int:

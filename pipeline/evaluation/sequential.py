@@ -45,8 +45,8 @@ The supermartingale above is built from ``lambda_t (x_t - m_t)``; when the condi
 time (a camera drifting from day to night), ``low_t`` bounds the *bet-weighted* average ``sum lambda_i m_i /
 sum lambda_i``, and the predictable bets shrink over time, so early frames weigh more than late ones. The
 accuracy and gap sequences therefore describe the stream's accuracy when it is steady within the evaluated scope;
-on a drifting stream they lag behind it (the demo's stream 1, sampled uniformly: the gap sequence ended at
-[4.2, 20.0] points against a true 23.9). Evaluate steady windows (``evaluate_windows``) for them; the fixed-sample
+on a drifting stream they lag behind it (the demo's stream 1, which drifts from day to night, is such a stream:
+``tests/apps/test_demo.py`` asserts the anytime-valid gap only on the steady stream 2). Evaluate steady windows (``evaluate_windows``) for them; the fixed-sample
 intervals of :mod:`~pipeline.evaluation.stats` / :mod:`~pipeline.evaluation.ppi` cover the scope's average.
 
 Inverse-probability-weighted (IPW) observations

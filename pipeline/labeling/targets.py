@@ -261,11 +261,6 @@ class TargetController:
         self.last_statuses, self.last_factors = statuses, factors
         return statuses
 
-    @staticmethod
-    def neyman_feedback(store: PredictionStore, run_ids: Sequence[str], edges: Sequence[float]) -> dict[Stratum, tuple[int, int]]:
-        """:func:`neyman_feedback` (for ``LabelSampler.update_feedback``)."""
-        return neyman_feedback(store, run_ids, edges)
-
 
 # --------------------------------------------------------------------------------------------------
 # the CLI's short form

