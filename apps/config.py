@@ -38,6 +38,9 @@ class DemoConfig(_Strict):
     # evaluator's model-assisted estimate (EvalConfig.estimator, its default)
     sample_strategy: Literal["uniform", "stratified", "disagreement", "uncertainty", "neyman"] = "uniform"
     uniform_floor: float = Field(default=0.3, ge=0, le=1)
+    # stream 1 also draws a training sample (SamplingConfig.training: uncertainty, this mean share of the frames the
+    # evaluation sample left) for the retraining that follows; the evaluator leaves those labels out. 0: none
+    training_sample_rate: float = Field(default=0.15, ge=0, le=1)
     annotator_error: float = Field(default=0.0, ge=0, le=1)
     epochs: int | None = Field(default=None, ge=1)  # None: the training default
     # model input size: 96 px keeps the details the shifted frames still show (a label or a tear on a blurred

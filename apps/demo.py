@@ -47,7 +47,7 @@ from pipeline.evaluation.stats import wilson_interval
 from pipeline.labeling.simulate import normalize_ref, simulate_labels
 from pipeline.runner import Runner
 from pipeline.runtime import OnnxClassifier
-from pipeline.store import PredictionStore
+from pipeline.store import TRAINING_PREFIX, PredictionStore, samples
 from pipeline.types import DataError
 
 log = logging.getLogger("shadowcam.demo")
@@ -266,7 +266,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                      f"through `shadowcam run`, champion serving, challenger in shadow")
     m1 = write_stream(wd / "streams" / "shift1.mp4", n1, seed=cfg.seed + 101, phases=phases, size=cfg.frame_size,
                       fps=cfg.fps, dwell=cfg.dwell, camera=cfg.camera, progress=cfg.progress)
-    run1 = _run(cfg, m1.with_suffix(".mp4"), f"models:/{name}@champion", shadow_uri, db)
+    run1 = _run(cfg, m1.with_suffix(".mp4"), f"models:/{name}@champion", shadow_uri, db, training=True)
 
     # 3 --------------------------------------------------------------------------------------------------
     steps("label1", "The simulated annotator labels the sampled frames (ground truth from the generator)")
@@ -275,6 +275,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         n_lab = simulate_labels(store, [m1], error_rate=cfg.annotator_error, seed=cfg.seed)
         print(f"{n_lab} labels written")
         res.labels_used["stream1"] = n_lab
+        n_train = sum(1 for r in store.table_rows(samples, where=samples.c.strategy.like(f"{TRAINING_PREFIX}%"))
+                      if r["frame_id"].startswith(run1.run_id))
+        if n_train:  # of which drawn for retraining only (the evaluator leaves them out)
+            res.labels_used["stream1 training sample"] = n_train
 
         # 4 ----------------------------------------------------------------------------------------------
         steps("evaluate1", f"Evaluate in {cfg.window_s:.0f} s windows: the train-to-production gap opening, logged to MLflow")
@@ -416,13 +420,15 @@ def _stream2_until_decided(cfg: DemoConfig, name: str, db: str) -> tuple[list[st
     return runs, manifests, n_labels
 
 
-def _run(cfg: DemoConfig, video: Path, incumbent: str, shadow: str | None, db: str):
+def _run(cfg: DemoConfig, video: Path, incumbent: str, shadow: str | None, db: str, training: bool = False):
+    """One `shadowcam run` of ``video``; ``training``: also draw the training sample (cfg.training_sample_rate)."""
+    train_sample = {"strategy": "uncertainty", "rate": cfg.training_sample_rate} if training and cfg.training_sample_rate > 0 else None
     rc = RunConfig.model_validate({
         "sources": [{"uri": str(video), "id": cfg.camera}],
         "incumbent": {"uri": incumbent},
         "shadow": {"uri": shadow} if shadow else None,
         "sampling": {"strategy": cfg.sample_strategy, "rate": cfg.sample_rate, "uniform_floor": cfg.uniform_floor,
-                     "seed": cfg.seed, "double_label_share": 0.05},
+                     "seed": cfg.seed, "double_label_share": 0.05, "training": train_sample},
         "store": {"url": db},
         "workdir": str(cfg.workdir),
     })

@@ -121,6 +121,20 @@ class LabelTarget(_Strict):
     check_every_s: float = Field(default=60.0, gt=0)
 
 
+class TrainingSampleConfig(_Strict):
+    """Extra frames drawn for *retraining* (active learning), on top of the evaluation sample.
+
+    The evaluation sample (``SamplingConfig.strategy``/``rate``) stays as it is, so accuracy estimates keep their
+    design; of the frames it did not draw, each is drawn for training with probability ``rate * u / mean(u)``
+    (``uncertainty``: ``u = 1 - margin``) or boosted where the incumbent and the shadow disagree
+    (``disagreement``). These samples are recorded with strategy ``training:<strategy>``: people label them like
+    any other and retraining uses them, but the evaluator leaves them out (``PredictionStore.evaluation_rows``),
+    since a frame picked for being hard would bias an accuracy estimate that does not know its probability."""
+
+    strategy: Literal["uncertainty", "disagreement"] = "uncertainty"
+    rate: float = Field(default=0.05, gt=0, le=1)  # mean share of the frames the evaluation sample left
+
+
 class SamplingConfig(_Strict):
     enabled: bool = True
     strategy: Literal["uniform", "stratified", "disagreement", "uncertainty", "neyman"] = "uniform"
@@ -138,6 +152,7 @@ class SamplingConfig(_Strict):
     neyman_edges: tuple[float, ...] = (0.6, 0.8, 0.9, 0.97, 0.995)
     neyman_min_labels: int = Field(default=20, ge=2)
     target: LabelTarget | None = None  # label target (None: sample at `rate` throughout)
+    training: TrainingSampleConfig | None = None  # extra frames for retraining, left out of estimates
 
     @field_validator("neyman_edges")
     @classmethod

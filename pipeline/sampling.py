@@ -54,6 +54,13 @@ hash when anything was replaced). A failed write is logged and the frame is not 
 labelling queue would have nothing to show); failures unrelated to the frame's label only scale all
 probabilities by the same factor, which the Hajek estimator is immune to.
 
+Training sample (``SamplingConfig.training``): retraining learns most from the frames the model finds hard,
+which the evaluation design above (uniform, by default) rarely picks. Of the frames the evaluation draw left, each
+is drawn again, independently, with an active-learning probability (uncertainty or disagreement, mean
+``training.rate``) and recorded with strategy ``training:<strategy>`` (:data:`TRAINING_PREFIX`). The evaluator
+leaves those frames' labels out, so the evaluation sample and its probabilities are exactly what they would be
+without a training sample; retraining uses every label.
+
 ``double_label_share`` of the samples (independent draws) are flagged ``double_label`` to measure
 annotator agreement.
 """
@@ -74,7 +81,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from pipeline.config import SamplingConfig
-from pipeline.store import SampleRecord
+from pipeline.store import TRAINING_PREFIX, SampleRecord
 from pipeline.types import FrameBatch, Prediction
 
 log = logging.getLogger(__name__)
@@ -168,7 +175,12 @@ class LabelSampler:
         # update_feedback / set_rate_factor come from the run's label-feedback thread, offer from the store writer
         self._lock = threading.Lock()
         self.last_probabilities = np.zeros(0)
-        self.counts = {"frames": 0, "sampled": 0, "expected": 0.0, "double_label": 0, "write_failures": 0}
+        self._t_u_sum = 0.0  # training sample: running mean of its score
+        self._t_u_n = 0
+        self._t_dis = 0
+        self._t_has = 0
+        self.counts = {"frames": 0, "sampled": 0, "expected": 0.0, "double_label": 0, "write_failures": 0,
+                       "training": 0}
         if cfg.uniform_floor == 0 and cfg.strategy != "uniform":
             log.warning(
                 "sampling uniform_floor=0 with strategy %s: frames the strategy scores 0 can never be labeled, "
@@ -244,6 +256,35 @@ class LabelSampler:
         factor = np.array([self._factor.get(c, self._factor_default) for c in cams])
         return np.minimum(pi * factor, 1.0)
 
+    def training_probabilities(self, incumbent: Sequence[Prediction], shadow: Sequence[Prediction | None]) -> np.ndarray:
+        """The probability each frame of a batch is drawn for the training sample (given the evaluation sample
+        left it): ``training.rate`` times the frame's score over the running mean score, capped at 1. Updates the
+        running statistics, so call it once per batch (``offer`` does)."""
+        t = self.cfg.training
+        n = len(incumbent)
+        if t is None:
+            return np.zeros(n)
+        with self._lock:
+            if t.strategy == "uncertainty":
+                u = np.array([max(1.0 - margin(p.probs), 0.0 if s is None else 1.0 - margin(s.probs))
+                              for p, s in zip(incumbent, shadow)], dtype=np.float64)
+                self._t_u_sum += float(u.sum())
+                self._t_u_n += n
+                m0, w0 = _PRIOR_UNCERTAINTY
+                mean_u = (self._t_u_sum + m0 * w0) / (self._t_u_n + w0)
+                q = t.rate * u / mean_u if mean_u > 0 else np.full(n, t.rate)
+            else:  # disagreement: the evaluation's disagreement weighting, at the training rate
+                has = np.array([s is not None for s in shadow])
+                dis = np.array([s is not None and s.label != p.label for s, p in zip(shadow, incumbent)])
+                self._t_has += int(has.sum())
+                self._t_dis += int(dis.sum())
+                d0, w0 = _PRIOR_DISAGREE
+                d = (self._t_dis + d0 * w0) / (self._t_has + w0)
+                kappa = self.cfg.disagreement_boost
+                q_agree = t.rate / (d * kappa + 1.0 - d)
+                q = np.where(dis, kappa * q_agree, np.where(has, q_agree, t.rate))
+        return np.minimum(q, 1.0)
+
     # --- inputs from outside the stream ------------------------------------------------------------
     def update_feedback(self, labelled: Mapping[tuple[str, int, int], tuple[int, int]]) -> None:
         """Labels so far per ``neyman`` stratum: ``{stratum: (labelled frames, incumbent correct)}`` (totals, not
@@ -298,6 +339,9 @@ class LabelSampler:
         pi = self.inclusion_probabilities(batch, incumbent, shadow)
         self.last_probabilities = pi
         draws = self.rng.random(len(batch)) < pi
+        # the training sample draws from what the evaluation sample left, with its own random numbers
+        q_train = self.training_probabilities(incumbent, shadow)
+        train_draws = (~draws & (self.rng.random(len(batch)) < q_train)) if self.cfg.training is not None else np.zeros(len(batch), bool)
         now = float(self.clock())
         out: list[SampleRecord] = []
         self.counts["frames"] += len(batch)
@@ -306,21 +350,25 @@ class LabelSampler:
             st = self._cams[fr.camera_id]
             st.frames += 1
             st.expected += float(pi[i])
-            if not draws[i]:
+            if not (draws[i] or train_draws[i]):
                 continue
-            double = bool(self.rng.random() < self.cfg.double_label_share)
+            for_training = bool(train_draws[i])
+            double = bool(self.rng.random() < self.cfg.double_label_share) and not for_training
             path = self._save(fr.camera_id, fr.frame_id, fr.image)
             if path is None:
                 continue
-            st.sampled += 1
-            self.counts["sampled"] += 1
-            self.counts["double_label"] += int(double)
+            if for_training:
+                self.counts["training"] += 1
+            else:
+                st.sampled += 1
+                self.counts["sampled"] += 1
+                self.counts["double_label"] += int(double)
             out.append(
                 SampleRecord(
                     frame_id=fr.frame_id,
                     camera_id=fr.camera_id,
-                    strategy=self.strategy,
-                    inclusion_prob=float(pi[i]),
+                    strategy=f"{TRAINING_PREFIX}{self.cfg.training.strategy}" if for_training else self.strategy,
+                    inclusion_prob=float(q_train[i] if for_training else pi[i]),
                     image_path=str(path),
                     sampled_at=now,
                     double_label=double,

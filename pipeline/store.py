@@ -550,6 +550,9 @@ class PredictionStore:
           the order they were written, ``probs`` a float32 array, ``degraded`` None for a normal answer;
         * samples of those frames: ``(frame_id, inclusion_prob, strategy)``;
         * labels of those frames: ``(frame_id, label, annotator, ts)``, oldest first.
+
+        Frames sampled only for retraining (strategy ``training:...``, ``SamplingConfig.training``) are not part
+        of the evaluation sample: their sample rows and labels are left out (their frames and predictions stay).
         """
         unknown = [k for k in image_stats if k not in frames.c]
         if unknown:
@@ -568,11 +571,12 @@ class PredictionStore:
                 )
             ]
             sample_rows = [tuple(r) for r in conn.execute(
-                sa.select(s.c.frame_id, s.c.inclusion_prob, s.c.strategy).join(f, f.c.frame_id == s.c.frame_id).where(in_scope)
+                sa.select(s.c.frame_id, s.c.inclusion_prob, s.c.strategy).join(f, f.c.frame_id == s.c.frame_id)
+                .where(in_scope & ~_training_only(s))
             )]
             label_rows = [tuple(r) for r in conn.execute(
                 sa.select(lb.c.frame_id, lb.c.label, lb.c.annotator, lb.c.ts).join(f, f.c.frame_id == lb.c.frame_id)
-                .where(in_scope).order_by(lb.c.ts, lb.c.id)
+                .where(in_scope & lb.c.frame_id.not_in(_training_frames())).order_by(lb.c.ts, lb.c.id)
             )]
         return frame_rows, pred_rows, sample_rows, label_rows
 
@@ -589,9 +593,11 @@ class PredictionStore:
         * predictions: ``(frame_id, camera_id, role, probs, label, degraded)``, ``probs`` a float32 array,
           ``degraded`` None for a normal answer, in the order they were written;
         * labels: ``(frame_id, label)``, oldest first (``unsure`` included).
+
+        Frames sampled only for retraining are left out, as in :meth:`evaluation_rows`.
         """
         f, p, lb = frames, predictions, labels
-        in_scope = f.c.run_id.in_(list(run_ids))
+        in_scope = f.c.run_id.in_(list(run_ids)) & f.c.frame_id.not_in(_training_frames())
         labelled = sa.select(lb.c.frame_id).distinct()
         with self.engine.connect() as conn:
             pred_rows = [
@@ -605,6 +611,18 @@ class PredictionStore:
                 sa.select(lb.c.frame_id, lb.c.label).join(f, f.c.frame_id == lb.c.frame_id).where(in_scope).order_by(lb.c.ts, lb.c.id)
             )]
         return pred_rows, label_rows
+
+
+TRAINING_PREFIX = "training:"  # samples.strategy of frames drawn only for retraining (pipeline.sampling)
+
+
+def _training_only(s: sa.Table = samples):
+    return s.c.strategy.like(f"{TRAINING_PREFIX}%")
+
+
+def _training_frames():
+    """The frame ids sampled only for retraining (left out of every estimate)."""
+    return sa.select(samples.c.frame_id).where(_training_only(samples))
 
 
 def probs_from_json(text: str) -> np.ndarray:

@@ -252,3 +252,37 @@ def test_unwritable_image_dir_skips_sample(tmp_path: Path):
     s = LabelSampler(SamplingConfig(rate=1.0, uniform_floor=1.0), CLASSES, blocker)
     recs = s.offer(_batch(["c"], [0]), [_pred("run1:c:0", "c", "box", 0.9)], [None])
     assert recs == [] and s.counts["write_failures"] == 1
+
+
+def test_training_sample_leaves_the_evaluation_sample_as_it_was(tmp_path: Path):
+    """SamplingConfig.training: the evaluation draw (frames, probabilities) is exactly the one without a training
+    sample; the extra frames are drawn only from what it left, favour low-margin frames, are never double-labelled,
+    and record the training strategy and their own probability."""
+    rng = np.random.default_rng(3)
+    rows = [("cam-a", "box", float(c), None, 0.0) for c in rng.choice([0.4, 0.98], size=6000, p=[0.3, 0.7])]
+    base = LabelSampler(SamplingConfig(strategy="uniform", rate=0.1, seed=5, double_label_share=0.2), CLASSES, tmp_path / "a")
+    with_t = LabelSampler(SamplingConfig(strategy="uniform", rate=0.1, seed=5, double_label_share=0.2,
+                                         training={"strategy": "uncertainty", "rate": 0.1}), CLASSES, tmp_path / "b")
+    recs0, pis0 = _run(base, rows)
+    recs1, pis1 = _run(with_t, rows)
+    assert np.array_equal(pis0, pis1)
+    ev = [r for r in recs1 if r.strategy == "uniform"]
+    tr = [r for r in recs1 if r.strategy == "training:uncertainty"]
+    assert len(ev) + len(tr) == len(recs1) and tr
+    assert with_t.counts["training"] == len(tr) and with_t.counts["sampled"] == len(ev)
+    assert not {r.frame_id for r in ev} & {r.frame_id for r in tr}
+    assert not any(r.double_label for r in tr)
+    # about rate x the frames the evaluation left (1 - 0.1), mean probability 0.1
+    assert abs(len(tr) - 0.1 * 0.9 * 6000) <= 4 * np.sqrt(0.1 * 0.9 * 6000) + 1
+    conf_of = {f"run1:cam-a:{i}": c for i, (_, _, c, _, _) in enumerate(rows)}
+    low = [conf_of[r.frame_id] < 0.5 for r in tr]
+    assert np.mean(low) > 0.6  # 30% of the frames are low-margin; the training sample is mostly those
+    assert {round(r.inclusion_prob, 9) for r in tr if conf_of[r.frame_id] < 0.5} != {round(r.inclusion_prob, 9) for r in tr if conf_of[r.frame_id] > 0.5}
+    assert all(0 < r.inclusion_prob <= 1 for r in tr)
+
+
+def test_training_sample_config_is_validated():
+    with pytest.raises(Exception, match="TrainingSampleConfig: field .strategy."):
+        SamplingConfig(training={"strategy": "random", "rate": 0.1})
+    with pytest.raises(Exception, match="rate"):
+        SamplingConfig(training={"rate": 0})

@@ -280,3 +280,25 @@ def test_retraining_and_demo_queries(store_url):
     assert [(p.role, p.label) for p in st.predictions_for_frame(f[0])] == [("incumbent", "box"), ("shadow", "empty")]
     assert st.predictions_for_frame("nope") == []
     st.close()
+
+
+def test_evaluation_queries_leave_the_training_sample_out(store_url):
+    """Frames drawn only for retraining (strategy training:...) keep their frames and predictions in the
+    evaluator's rows, but not their sample rows or labels; retraining still sees every label."""
+    st = PredictionStore(store_url)
+    try:
+        st.begin_run("r1", "inc:1", None, CLASSES, {})
+        fr = _frames("r1", 4)
+        smp = [SampleRecord(fr[0].frame_id, "cam1", "uniform", 0.2, "/tmp/a.jpg", 1.0),
+               SampleRecord(fr[1].frame_id, "cam1", "training:uncertainty", 0.4, "/tmp/b.jpg", 1.0)]
+        st.write_batch([FrameRecord.from_frame(f, "r1") for f in fr], [_pred(f, Role.INCUMBENT, "inc:1", 0) for f in fr], (), smp)
+        st.add_labels([Label(fr[0].frame_id, "box", "ann", 5.0), Label(fr[1].frame_id, "bag", "ann", 6.0)])
+        frame_rows, pred_rows, sample_rows, label_rows = st.evaluation_rows(["r1"])
+        assert len(frame_rows) == 4 and len(pred_rows) == 4
+        assert [r[0] for r in sample_rows] == [fr[0].frame_id]
+        assert [r[0] for r in label_rows] == [fr[0].frame_id]
+        preds, labs = st.labelled_frame_rows(["r1"])
+        assert {r[0] for r in preds} == {fr[0].frame_id} and [r[0] for r in labs] == [fr[0].frame_id]
+        assert len(st.table_rows(labels)) == 2
+    finally:
+        st.close()
