@@ -342,6 +342,16 @@ def model_assisted_accuracy(correct: np.ndarray, labelled: np.ndarray, pi: np.nd
     """A model's accuracy over the stream: :func:`active_mean` with controls ``[1, proxy]``."""
     f = np.asarray(proxy, dtype=np.float64)
     res = active_mean(correct, labelled, pi, np.column_stack([np.ones(f.shape[0]), f]), alpha, (0.0, 1.0), binary_floor=True)
+    lab = np.asarray(labelled, dtype=bool)
+    y = np.asarray(correct, dtype=np.float64)[lab]
+    if y.size and (np.all(y == y[0])):
+        # every label the same (all right, say): the estimate is that value with se ~ 0, so p (1 - p) / se^2 is
+        # 0 / 0 and a Wilson interval at it would be [0, 1] -- the labels carry the certainty of a Wilson interval
+        # at their Kish effective size (what the classical estimate gives), and the proxy adds nothing
+        w = 1.0 / np.asarray(pi, dtype=np.float64)[lab]
+        kish = float(w.sum() ** 2 / (w * w).sum())
+        low, high = wilson_at(float(y[0]), kish, _z(alpha))
+        return ActiveMean(float(y[0]), low, high, 0.0, res.n, res.N, res.lam)
     n_eff = proportion_n_eff(res.value, res.se)
     if not math.isfinite(n_eff) or n_eff <= 0:
         return res

@@ -252,3 +252,20 @@ def test_logistic_fit_stays_finite_on_nearly_separable_labels():
     assert np.all(np.isfinite(beta)) and np.abs(beta).max() < 50
     p = ppi.predict_logistic(beta, x)
     assert p[y == 1].min() > p[y == 0].max() - 0.2 and 0.9 < p.mean() < 1.0
+
+
+def test_labels_all_right_give_the_wilson_interval_not_zero_over_zero():
+    """300 labels, every one right, 420 frames: the model-assisted interval is the Wilson interval at the labels'
+    effective size (~±0.6 pts), not [0.06, 1] from p (1 - p) / se^2 = 0 / 0 (seen in a label-target run)."""
+    rng = np.random.default_rng(4)
+    N = 420
+    labelled = np.zeros(N, bool)
+    labelled[:300] = True
+    correct = np.where(labelled, 1.0, 0.0)
+    pi = np.full(N, 300 / 360)
+    proxy = np.clip(rng.normal(0.9, 0.05, N), 0, 1)
+    r = ppi.model_assisted_accuracy(correct, labelled, pi, proxy, alpha=0.05)
+    lo, hi = proportion_confint(300, 300, alpha=0.05, method="wilson")
+    assert r.value == 1.0 and r.low == pytest.approx(lo, abs=1e-9) and r.high == pytest.approx(hi, abs=1e-9)
+    r0 = ppi.model_assisted_accuracy(np.where(labelled, 0.0, 1.0), labelled, pi, proxy)
+    assert r0.value == 0.0 and r0.high == pytest.approx(1 - lo, abs=1e-9)

@@ -177,7 +177,7 @@ def test_explicit_run_ids_limit_the_labels_that_count(tmp_path):
 def test_decision_kind_met_when_the_decision_is_made(tmp_path):
     # every frame labelled (pi = 1): the shadow is right everywhere, the incumbent on 60%: 300 paired labels
     # decide (promote)
-    decided = [F("camA" if i % 2 else "camB", inc_right=i % 5 < 3, sh_right=True) for i in range(300)]
+    decided = [F("camA" if i % 2 else "camB", inc_right=i % 5 < 3, sh_right=True) for i in range(100)]
     store = build(str(tmp_path / "d.db"), decided, pi=1.0)
     try:
         st = target_status(store, LabelTarget(kind="decision", scope="model"), CLASSICAL)
@@ -456,7 +456,8 @@ RUN_CLASSES = ["box", "bag", "empty"]
 @pytest.fixture
 def earlier_run(tmp_path):
     """A tiny incumbent "inc:3", two 60-frame videos (dock1, dock2) and a store in which an earlier run of the same
-    incumbent labelled 100 dock1 frames, all right (Wilson ±1.8 pts at 95%)."""
+    incumbent labelled 100 dock1 frames, all right (Wilson ±1.8 pts at 95%). All right is the hard case for the
+    model-assisted estimate (p (1 - p) / se^2 = 0 / 0; it once gave ±17 pts here and the test failed 1 run in 4)."""
     from tests.helpers.media import write_video
     from tests.helpers.onnx_models import make_tiny_classifier
 
@@ -497,7 +498,7 @@ def test_runner_lowers_the_rate_of_a_camera_whose_target_earlier_runs_met(earlie
     summary = runner.run()
     lt = summary.extra["label_target"]
     assert lt["errors"] == 0 and lt["checks"] >= 2, lt
-    assert lt["factors"]["dock1"] == 0.5 and lt["factors"].get("dock2", 1.0) == 1.0, lt
+    assert lt["factors"]["dock1"] == 0.5 and lt["factors"].get("dock2", 1.0) == 1.0, json.dumps(lt, default=str)
     by_cam = {s["key"]: s for s in lt["target_status"]}
     assert by_cam["dock1"]["met"] and by_cam["dock1"]["labels"] == 100
     store = PredictionStore(str(db))
