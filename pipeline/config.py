@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.types import ConfigError
 
@@ -177,6 +177,17 @@ class AlertConfig(_Strict):
     max_gap: float = 0.10  # alert when the train-to-production gap's CI lower bound exceeds this
     drift_p: float = 0.01  # alert when a drift test's corrected p-value is below this
     webhook: str | None = None
+    # alert when a model is not significantly better than the best baseline (majority class, rule) on the same labels
+    baseline: bool = True
+
+
+class ServingCostConfig(_Strict):
+    """What a device-hour costs, to turn the run's measured busy time into money per million predictions
+    (:mod:`pipeline.serving_cost`; shown in the run summary as ``extra.serving_cost``)."""
+
+    price_per_device_hour: float = Field(gt=0, allow_inf_nan=False)  # what the machine serving the models costs an hour
+    currency: str = Field(default="USD", min_length=1, max_length=8)  # ISO code shown next to the amounts
+    device: str | None = None  # free text, e.g. "H100 80GB", "2-vCPU cloud VM"
 
 
 class RunConfig(_Strict):
@@ -190,6 +201,7 @@ class RunConfig(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    serving_cost: ServingCostConfig | None = None  # None: no cost figures in the summary
     max_frames: int | None = Field(default=None, ge=1)  # stop after this many frames in all
     workdir: str = "."
 
@@ -344,6 +356,92 @@ def parse_reference(text: str | float) -> float | ReferenceDuration:
     raise ConfigError(f"--reference: a bare number must be a fraction in (0, 1) (or give a duration like 10m), got {text!r}")
 
 
+class CostConfig(_Strict):
+    """What a model's decisions cost (``costs:``; :mod:`pipeline.evaluation.costs`), in ``currency`` per frame.
+
+    ``matrix[true][predicted]``: the cost of predicting ``predicted`` on a frame whose truth is ``true`` (an error,
+    so ``true != predicted``; >= 0). Pairs not listed cost ``default_error_cost``, and so does a prediction that names
+    no class. ``value_correct[class]``: what a correct decision on a frame of that class is worth (>= 0); it counts as
+    a negative cost, so expected cost per 1,000 frames can be negative (the model earns). Classes not listed there
+    are worth 0. Class names are checked against the model's classes when an evaluation starts (an unknown class is
+    an error naming it and the valid ones). ``configs/costs.example.yaml`` is a commented example.
+    """
+
+    currency: str = Field(default="EUR", min_length=1, max_length=16)  # unit of every cost (shown next to the figures)
+    matrix: dict[str, dict[str, float]] = Field(default_factory=dict)  # true class -> predicted class -> cost of the error
+    default_error_cost: float = Field(default=1.0, ge=0, allow_inf_nan=False)  # cost of an error not listed in `matrix`
+    value_correct: dict[str, float] = Field(default_factory=dict)  # class -> value of a correct decision (a negative cost)
+
+    @field_validator("matrix")
+    @classmethod
+    def _errors_only(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for t, row in v.items():
+            for p, c in row.items():
+                if t == p:
+                    raise ValueError(f"matrix[{t!r}][{p!r}]: a correct decision is not an error; give what it is worth in value_correct")
+                if not (math.isfinite(c) and c >= 0):
+                    raise ValueError(f"matrix[{t!r}][{p!r}] must be a finite cost >= 0, got {c!r}")
+        return v
+
+    @field_validator("value_correct")
+    @classmethod
+    def _values_non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, c in v.items():
+            if not (math.isfinite(c) and c >= 0):
+                raise ValueError(f"value_correct[{k!r}] must be a finite value >= 0 (it is subtracted as a negative cost), got {c!r}")
+        return v
+
+
+def load_costs(path: str | Path) -> CostConfig:
+    """A :class:`CostConfig` from a YAML file: either the mapping itself or a file with a top-level ``costs:`` key
+    (so a run config's ``costs`` section can be pointed at too). Errors name the file and the field."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: costs file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if isinstance(data, dict) and set(data) == {"costs"}:
+        data = data["costs"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of cost settings (currency, matrix, default_error_cost, value_correct), "
+                          f"got {type(data).__name__}")
+    try:
+        return CostConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, f"{path} (costs)") from None
+    except ConfigError as e:  # raised by _Strict with the class name: say which file
+        raise ConfigError(f"{path} (costs): {e}") from None
+
+
+class BaselineConfig(_Strict):
+    """The baselines every evaluation also scores on the same labelled frames (:mod:`pipeline.evaluation.baselines`).
+
+    ``rule``: a Python entry point ``"package.module:function"`` called as ``function(image_bgr, camera_id)`` on each
+    labelled frame's sampled JPEG, returning a class name; None: the built-in frame-difference rule (a frame that
+    differs from its camera's background more than an Otsu threshold shows "something", else ``empty_class``).
+    """
+
+    enabled: bool = True
+    rule: str | None = None
+    empty_class: str = "empty_belt"  # the class the frame-difference rule predicts for a frame like the background
+    image_size: int = Field(default=32, ge=4, le=512)  # frames are compared at this size (pixels, square)
+    max_background_frames: int = Field(default=200, ge=3)  # sampled JPEGs per camera behind its median background
+
+    @field_validator("rule")
+    @classmethod
+    def _entry_point(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        module, sep, func = v.partition(":")
+        if not sep or not module.strip() or not func.strip() or not all(part.isidentifier() for part in module.split(".") + func.split(".")):
+            raise ValueError(f"a rule is a Python entry point 'package.module:function', got {v!r}")
+        return v
+
+
 class EvalConfig(_Strict):
     """What an evaluation computes and how (``pipeline.evaluation.evaluator.Evaluator``); recorded in every
     result's ``meta.config`` (``model_dump(mode="json")``). The CLI reads its option defaults from here."""
@@ -368,8 +466,9 @@ class EvalConfig(_Strict):
     # A drift against training is acted on (alerts, `drifted`) only when its share of frames beyond the training
     # range is this far above the 1% expected (or the predicted-class mix this far away in total variation).
     drift_min_effect: float = Field(default=0.10, gt=0, lt=1)
-    # Champion/challenger decisions (anytime-valid): a difference within +-delta is not worth the labels.
-    delta: float = Field(default=0.01, ge=0, lt=1)
+    # Champion/challenger decisions (anytime-valid): a difference within +-delta is not worth the labels. With
+    # decide_on="accuracy" a difference in accuracy (< 1); with decide_on="cost" in cost units per 1,000 frames.
+    delta: float = Field(default=0.01, ge=0, allow_inf_nan=False)
     # Fixed scale of the inverse-probability-weighted confidence sequences: the smallest inclusion probability the
     # sampler uses (uniform_floor * rate). None: read from the evaluated runs' sampling config.
     pi_floor: float | None = Field(default=None, gt=0, le=1)
@@ -379,6 +478,32 @@ class EvalConfig(_Strict):
     estimator: Literal["model_assisted", "classical"] = "model_assisted"
     proxy_folds: int = Field(default=5, ge=2)
     proxy_min_labels: int = Field(default=100, ge=10)
+    # Cost of errors (pipeline.evaluation.costs): expected cost per 1,000 frames for every model and baseline. Also
+    # accepted: the path of a YAML file (load_costs). None: no cost figures.
+    costs: CostConfig | None = None
+    # What the champion/challenger decision weighs: accuracy, or the paired per-frame cost difference (needs `costs`;
+    # `delta` is then in cost units per 1,000 frames, and the baseline alert compares costs too).
+    decide_on: Literal["accuracy", "cost"] = "accuracy"
+    baselines: BaselineConfig = Field(default_factory=BaselineConfig)
+    # Serving cost (pipeline.serving_cost.combine_runs over the evaluated runs' summaries): the price of a device-hour;
+    # None: the price the runs recorded (no serving cost when they recorded none).
+    price_per_device_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+    @field_validator("costs", mode="before")
+    @classmethod
+    def _costs_file(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            return load_costs(v)
+        return v
+
+    @model_validator(mode="after")
+    def _decision_scale(self) -> "EvalConfig":
+        if self.decide_on == "cost" and self.costs is None:
+            raise ValueError("decide_on='cost' needs a cost matrix (costs: ..., or --costs FILE.yaml)")
+        if self.decide_on == "accuracy" and not self.delta < 1:
+            raise ValueError(f"delta is a difference in accuracy with decide_on='accuracy' and must be < 1, got {self.delta!r} "
+                             "(with decide_on='cost' it is in cost units per 1,000 frames)")
+        return self
 
     @field_validator("reference", mode="before")
     @classmethod

@@ -67,6 +67,7 @@ from pipeline.metrics import HealthServer, Metrics
 from pipeline.modelcard import check_compatible
 from pipeline.runtime import OnnxClassifier, usable_cores
 from pipeline.sampling import LabelSampler
+from pipeline.serving_cost import ServingCost, serving_cost
 from pipeline.shadow import ServedResult, ShadowPair
 from pipeline.sources import LIVE_KINDS, CameraReader, classify_uri, open_sources, stop_all
 from pipeline.store import PredictionStore
@@ -91,6 +92,14 @@ def new_run_id() -> str:
 
 @dataclass
 class RunSummary:
+    """What a run did, written to the store (``runs.summary``) and printed (:meth:`format_table`).
+
+    ``incumbent`` / ``shadow`` hold each model's counters, including ``busy_s``: the seconds its inference calls
+    ran (the device time it used); ``extra["wall_s"]`` is the serve loop plus the drain after it (``duration_s`` is
+    the serve loop alone, the base of ``throughput_fps``). With ``serving_cost:`` in the run config, ``extra["serving_cost"]`` holds
+    :meth:`pipeline.serving_cost.ServingCost.to_dict`: money per million predictions per model and what the shadow adds.
+    """
+
     run_id: str
     stop_reason: str
     started_at: float
@@ -146,6 +155,14 @@ class RunSummary:
             )
         else:
             lines.append("shadow: none")
+        cost = self.extra.get("serving_cost")
+        if cost:
+            lines.extend(ServingCost.from_dict(cost).describe().splitlines())
+        else:
+            busy = [f"{role} busy {d['busy_s']:.1f} s" for role, d in (("incumbent", inc), ("shadow", sh))
+                    if d.get("model") and d.get("busy_s") is not None]
+            lines.append("serving cost: not configured (serving_cost: {price_per_device_hour: ...} in the run config)"
+                         + (f"; {', '.join(busy)} of {self.duration_s:.1f} s" if busy else ""))
         st = self.store
         lines.append(f"store {st.get('url')}: {st.get('frames_committed', 0)} frames, {st.get('predictions_committed', 0)} predictions, "
                      f"{st.get('samples_committed', 0)} samples, {st.get('events_committed', 0)} health events committed; "
@@ -528,7 +545,8 @@ class Runner:
                 t_start, t0 = time.time(), time.perf_counter()
                 tally = self._serve(p)
                 t_loop = time.perf_counter() - t0
-            summary = self._summary(p, tally, t_start, t_loop)
+            t_held = time.perf_counter() - t0  # the stages stopped: the shadow's queue drained, the store flushed
+            summary = self._summary(p, tally, t_start, t_loop, t_held)
             p.store.end_run(self.run_id, summary.to_dict())
         log.info("run_finished run_id=%s reason=%r frames=%d fps=%.1f coverage=%.3f", self.run_id, summary.stop_reason,
                  summary.frames_served, summary.throughput_fps, summary.shadow.get("coverage", 0.0))
@@ -646,7 +664,7 @@ class Runner:
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def _summary(self, p: Pipeline, tally: _Tally, t_start: float, t_loop: float) -> RunSummary:
+    def _summary(self, p: Pipeline, tally: _Tally, t_start: float, t_loop: float, t_held: float | None = None) -> RunSummary:
         ps = p.pair.stats()
         ws = p.writer.stats()
         cams = {}
@@ -658,12 +676,14 @@ class Runner:
         store_doc["url"] = _redact_url(p.store_url)
         extra: dict[str, Any] = {"sink_errors": tally.sink_errors, "last_fallback": ps["last_fallback"],
                                  "batches_served": ps["batches_served"]}
+        if t_held is not None:  # the serve loop plus the drain (the shadow finishing its queue): what the device is billed
+            extra["wall_s"] = round(t_held, 3)
         counts = getattr(p.sampler, "counts", None)
         if isinstance(counts, dict):
             extra["sampling"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in counts.items()}
         if self.label_feedback is not None:
             extra["label_target"] = self.label_feedback.summary()
-        return RunSummary(
+        summary = RunSummary(
             run_id=self.run_id,
             stop_reason=self._stop_reason or "stopped",
             started_at=t_start,
@@ -680,3 +700,8 @@ class Runner:
             metrics_port=self.metrics_port,
             extra=extra,
         )
+        sc = self.cfg.serving_cost
+        if sc is not None:
+            cost = serving_cost(summary.to_dict(), sc.price_per_device_hour, sc.currency, sc.device)
+            extra["serving_cost"] = cost.to_dict()
+        return summary

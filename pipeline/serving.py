@@ -53,6 +53,7 @@ class _Counters:
     frames_served: int = 0
     failures: int = 0  # batches whose normal incumbent answer failed
     timeouts: int = 0
+    busy_s: float = 0.0  # wall time of the model calls (incumbent and CPU twin): the device time serving used
     fallbacks: dict[str, int] = field(default_factory=lambda: {d.value: 0 for d in Degraded})  # frames per kind
     last_fallback: dict[str, Any] | None = None
 
@@ -134,8 +135,12 @@ class IncumbentServer:
         if self._caller.stuck():
             failure = "incumbent has a timed-out call still running"
         else:
+            t_call = time.perf_counter()
             try:
-                probs = call_classifier(self._caller, inc, batch)
+                try:
+                    probs = call_classifier(self._caller, inc, batch)
+                finally:
+                    self._add_busy(time.perf_counter() - t_call)
                 preds = inc.predictions(batch, probs, (time.perf_counter() - t0) * 1000.0)
                 self._remember(preds)
                 return preds, None
@@ -161,12 +166,15 @@ class IncumbentServer:
         twin = self.cpu_twin
         if twin is None or self._twin_caller.stuck():
             return None, None
+        t_call = time.perf_counter()
         try:
             probs = call_classifier(self._twin_caller, twin, batch)
         except CallTimeout:
             return None, f"cpu retry timeout ({twin.timeout_s:g} s)"
         except Exception as e:
             return None, f"cpu retry {type(e).__name__}: {e}"
+        finally:
+            self._add_busy(time.perf_counter() - t_call)
         preds = twin.predictions(batch, probs, (time.perf_counter() - t0) * 1000.0, degraded=Degraded.CPU_FALLBACK)
         preds = [p if p.role is Role.INCUMBENT else _as_incumbent(p) for p in preds]
         self._remember(preds)
@@ -194,6 +202,10 @@ class IncumbentServer:
             self._count_fallback(Degraded.UNKNOWN, len(out) - n_stale, failure)
         return out
 
+    def _add_busy(self, seconds: float) -> None:
+        with self._lock:
+            self._c.busy_s += seconds
+
     def _remember(self, preds: list[Prediction]) -> None:
         now = time.monotonic()
         for p in preds:
@@ -213,7 +225,8 @@ class IncumbentServer:
             return self._c.frames_served
 
     def stats(self) -> dict[str, Any]:
-        """``batches_served``, ``frames_served``, ``incumbent`` (model, providers, failures, latency), ``fallbacks``
+        """``batches_served``, ``frames_served``, ``incumbent`` (model, providers, failures, latency, ``busy_s``: seconds
+        the incumbent's and the CPU twin's calls ran, pipeline.serving_cost), ``fallbacks``
         (frames per kind) and ``last_fallback``: the serving half of :meth:`pipeline.shadow.ShadowPair.stats`."""
         with self._lock:
             c = self._c
@@ -226,6 +239,7 @@ class IncumbentServer:
                     "intra_op_threads": getattr(self.incumbent, "threads", None),
                     "failures": c.failures,
                     "timeouts": c.timeouts,
+                    "busy_s": round(c.busy_s, 6),
                     "latency_ms": latency_percentiles(list(self._latency)),
                 },
                 "fallbacks": dict(c.fallbacks),

@@ -200,6 +200,7 @@ class ShadowScheduler:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._frames_predicted = 0
+        self._busy_s = 0.0  # wall time of the shadow's model calls, both lanes (pipeline.serving_cost)
         self._batches: collections.Counter[str] = collections.Counter()  # status/outcome/lane -> batches
         self._frames: collections.Counter[str] = collections.Counter()  # status/outcome -> frames
         self._latency: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -307,7 +308,8 @@ class ShadowScheduler:
             if lanes and bg is None:
                 self._count_lane("lane_background")
                 ro = new_run_options()
-                box = self._bg_caller.submit(lambda b=batch, r=ro: sh.predict(b, run_options=r), on_done=self._wake.set)
+                box = self._bg_caller.submit(self._timed(lambda b=batch, r=ro: sh.predict(b, run_options=r)),
+                                             on_done=self._wake.set)
                 bg = _BackgroundCall(bid, batch, time.perf_counter(), ro, box)
                 continue
             if lanes:
@@ -315,9 +317,30 @@ class ShadowScheduler:
             t0 = time.perf_counter()
 
             def run(b: FrameBatch = batch) -> np.ndarray:
-                return call_classifier(self._caller, sh, b, self.cfg.timeout_s)
+                t_call = time.perf_counter()
+                try:
+                    return call_classifier(self._caller, sh, b, self.cfg.timeout_s)
+                finally:
+                    self._add_busy(time.perf_counter() - t_call)
 
             self._finish(bid, batch, t0, run)
+
+    def _add_busy(self, seconds: float) -> None:
+        with self._lock:
+            self._busy_s += seconds
+
+    def _timed(self, fn: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        """``fn`` that adds its own wall time to the busy time (measured on the call thread: exact for the background
+        lane, whose result the dispatch thread may only look at later)."""
+
+        def call() -> np.ndarray:
+            t_call = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                self._add_busy(time.perf_counter() - t_call)
+
+        return call
 
     def _count_lane(self, lane: str) -> None:
         with self._lock:
@@ -429,6 +452,7 @@ class ShadowScheduler:
         with self._lock:
             sf, sb = dict(self._frames), dict(self._batches)
             predicted = self._frames_predicted
+            busy = self._busy_s
             latency = latency_percentiles(list(self._latency))
         sh = self.shadow
         return {
@@ -438,6 +462,7 @@ class ShadowScheduler:
             "rate": self.cfg.rate,
             "coverage": (predicted / frames_served) if frames_served else 0.0,
             "frames_predicted": predicted,
+            "busy_s": round(busy, 6),  # seconds the shadow's calls ran (including ones that failed or timed out)
             "frames_skipped": sf.get("skipped", 0),
             "frames_shed": sf.get("shed", 0) + sf.get("stalled", 0) + sf.get("done_stalled", 0),
             "batches_shed": sb.get("shed", 0) + sb.get("stalled", 0) + sb.get("done_stalled", 0),

@@ -612,6 +612,52 @@ class PredictionStore:
             )]
         return pred_rows, label_rows
 
+    # --- labeling page: overlays, review, status (pipeline.labeling) -----------------------------------------
+    def frame_run(self, frame_id: str) -> dict | None:
+        """The ``runs`` row (as :meth:`list_runs` gives it) of the run ``frame_id`` belongs to; None for an unknown frame."""
+        q = sa.select(runs).join(frames, frames.c.run_id == runs.c.run_id).where(frames.c.frame_id == frame_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return dict(row._mapping) if row else None
+
+    def review_rows(self, run_ids: Sequence[str] | None = None) -> tuple[list[tuple], list[tuple]]:
+        """The labelled, sampled frames (of runs ``run_ids``; None: every run) with their predictions and labels.
+
+        * predictions: ``(frame_id, run_id, camera_id, ts, image_path, double_label, role, model_name,
+          model_version, label, confidence, degraded)``, one per prediction, ordered by frame time and role;
+        * labels: ``(frame_id, label, annotator, ts)`` of those frames, oldest first (``unsure`` included).
+        """
+        f, p, s, lb = frames, predictions, samples, labels
+        labelled = sa.select(lb.c.frame_id).distinct()
+        where = p.c.frame_id.in_(labelled)
+        lwhere = lb.c.frame_id.in_(sa.select(s.c.frame_id))
+        if run_ids is not None:
+            where = where & f.c.run_id.in_(list(run_ids))
+            lwhere = lwhere & lb.c.frame_id.in_(sa.select(f.c.frame_id).where(f.c.run_id.in_(list(run_ids))))
+        q = (
+            sa.select(p.c.frame_id, f.c.run_id, f.c.camera_id, f.c.ts, s.c.image_path, s.c.double_label, p.c.role, p.c.model_name,
+                      p.c.model_version, p.c.label, p.c.confidence, p.c.degraded)
+            .join(f, f.c.frame_id == p.c.frame_id).join(s, s.c.frame_id == p.c.frame_id)
+            .where(where).order_by(f.c.ts, p.c.frame_id, p.c.role)
+        )
+        with self.engine.connect() as conn:
+            pred_rows = [tuple(r) for r in conn.execute(q)]
+            label_rows = [tuple(r) for r in conn.execute(
+                sa.select(lb.c.frame_id, lb.c.label, lb.c.annotator, lb.c.ts).where(lwhere).order_by(lb.c.ts, lb.c.id)
+            )]
+        return pred_rows, label_rows
+
+    def label_counts_since(self, since: float, run_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """camera -> labels given at or after ``since`` (Unix seconds, the label's own time) on frames of runs
+        ``run_ids`` (None: every run); ``unsure`` answers count (they cost an annotator's time too)."""
+        where = labels.c.ts >= float(since)
+        if run_ids is not None:
+            where = where & frames.c.run_id.in_(list(run_ids))
+        q = (sa.select(frames.c.camera_id, sa.func.count()).select_from(labels)
+             .join(frames, frames.c.frame_id == labels.c.frame_id).where(where).group_by(frames.c.camera_id))
+        with self.engine.connect() as conn:
+            return {cam: int(n) for cam, n in conn.execute(q)}
+
 
 TRAINING_PREFIX = "training:"  # samples.strategy of frames drawn only for retraining (pipeline.sampling)
 

@@ -453,6 +453,27 @@ def flat_metrics(result: EvaluationResult) -> dict[str, float]:
             put(f"calibration_ece/{role}", m.calibration.ece)
         for cam, e in m.per_camera.items():
             put(f"prod_accuracy_camera/{metric_key_part(cam)}/{role}", e.value)
+        if m.cost is not None:
+            put(f"cost_per_1k/{role}", m.cost.per_1k.value)
+            put(f"cost_per_1k/{role}_ci_low", m.cost.per_1k.low)
+            put(f"cost_per_1k/{role}_ci_high", m.cost.per_1k.high)
+        if m.vs_baseline is not None:
+            put(f"baseline_guard/{role}_significantly_better", float(m.vs_baseline.significantly_better))
+            put(f"baseline_guard/{role}_diff_low", m.vs_baseline.low)
+    for b in result.baselines:
+        key = metric_key_part(b.name)
+        if b.accuracy is not None:
+            put(f"baseline_accuracy/{key}", b.accuracy.value)
+            put(f"baseline_accuracy/{key}_ci_low", b.accuracy.low)
+            put(f"baseline_accuracy/{key}_ci_high", b.accuracy.high)
+        if b.cost is not None:
+            put(f"baseline_cost_per_1k/{key}", b.cost.per_1k.value)
+    sc = result.serving_cost
+    if sc:
+        for role in ROLES:
+            put(f"serving_usd_per_million/{role}", (sc.get(role) or {}).get("usd_per_million"))
+            put(f"serving_usd_per_million_at_capacity/{role}", (sc.get(role) or {}).get("usd_per_million_at_capacity"))
+        put("serving_shadow_extra_usd_per_million", sc.get("shadow_extra_usd_per_million"))
     for t in result.drift.p_values():
         if t.test == "softmax":
             put(f"drift/softmax_p/{t.subject}", t.p)
@@ -501,6 +522,7 @@ def log_evaluation(
     alerts: Sequence[Alert] = (),
     max_gap: float | None = None,
     write_report: Callable[..., Any] | None = None,
+    report_kwargs: dict[str, Any] | None = None,
 ) -> str:
     """Log one evaluation as one MLflow run; returns its run id.
 
@@ -509,7 +531,8 @@ def log_evaluation(
     Artifacts: what ``write_report(results, overall, folder, alerts=alerts, max_gap=max_gap)`` writes
     (``pipeline.evaluation.report.write_report``: plots, evaluation.json, report.html) plus ``eval_config.json``,
     written into ``artifacts_dir`` (kept) or a temporary folder. Without ``write_report``, whatever
-    ``artifacts_dir`` already holds is logged.
+    ``artifacts_dir`` already holds is logged. ``report_kwargs``: more keyword arguments for ``write_report`` (e.g.
+    ``gallery_html``, the error gallery of :mod:`pipeline.evaluation.gallery`).
     """
     import mlflow
     from mlflow.entities import Metric
@@ -550,7 +573,7 @@ def log_evaluation(
             out = Path(artifacts_dir) if artifacts_dir else Path(tmp)
             out.mkdir(parents=True, exist_ok=True)
             if write_report is not None:
-                write_report(results, overall, out, alerts=alerts, max_gap=max_gap)
+                write_report(results, overall, out, alerts=alerts, max_gap=max_gap, **(report_kwargs or {}))
             (out / "eval_config.json").write_text(json.dumps(meta.config, indent=2))
             mlflow.log_artifacts(str(out))
         return run.info.run_id

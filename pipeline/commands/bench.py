@@ -7,7 +7,9 @@
   ``docs/label_free.md`` (see :mod:`apps.bench_estimate`);
 * ``labels``: labels a +-2-point 95% interval on production accuracy needs, per sampling strategy x estimator,
   against uniform sampling + Wilson, on the demo's clean and shifted streams, ``docs/label_efficiency.md``
-  (see :mod:`apps.bench_labels`).
+  (see :mod:`apps.bench_labels`);
+* ``serving``: money per million predictions of the demo-size model on this machine, from the runner's measured busy
+  time and a stated price per device-hour, ``docs/serving_cost.md`` and the README's table (see :mod:`apps.bench_serving`).
 
 Examples::
 
@@ -18,6 +20,8 @@ Examples::
     shadowcam bench estimate --model a.onnx --shadow b.onnx --shifts night,glare --n 100 --out /tmp/lf.md
     shadowcam bench labels                           # trains two models, renders 2 x 3000 frames, simulates labelings
     shadowcam bench labels --model a.onnx --shadow b.onnx --reps 20 --strategies uniform,neyman --out /tmp/le.md
+    shadowcam bench serving                          # ~1 min: the README's serving-cost table for this machine
+    shadowcam bench serving --price 2.50 --device-name "1x L4 GPU VM" --readme ''   # your price; README untouched
 
 Needs the training extras (torch, torchvision, albumentations): the throughput bench's naive baseline runs
 PyTorch eager and exports torchvision models; the estimate bench renders shifted sets and may train.
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apps.config import BenchConfig
-from pipeline.config import ARCHS
+from pipeline.config import ARCHS, TrainConfig
 
 NAME = "bench"
 HELP = ("benchmark end-to-end throughput and latency against a naive loop and the raw ONNX Runtime bound; "
@@ -85,7 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"markdown report to write (default {d('out')}; estimate: docs/label_free.md; labels: "
                         "docs/label_efficiency.md)")
     p.add_argument("--frames", type=int, default=argparse.SUPPRESS, help=f"frames of the generated video ({_both('frames')})")
-    p.add_argument("--arch", default=d("arch"), help=f"torchvision architecture of both models ({', '.join(ARCHS)})")
+    p.add_argument("--arch", default=argparse.SUPPRESS,
+                   help=f"torchvision architecture of both models ({', '.join(ARCHS)}; default {d('arch')}; serving: "
+                        f"{TrainConfig.default('arch')}, the demo's)")
     p.add_argument("--img-size", type=int, default=argparse.SUPPRESS,
                    help=f"model input size in pixels, square; the targets are judged at it ({_both('img_size')})")
     p.add_argument("--other-sizes", type=_sizes, default=argparse.SUPPRESS,
@@ -121,6 +127,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--train-images", type=int, default=argparse.SUPPRESS, help="clean training images when a model is trained")
     e.add_argument("--render-size", type=int, default=argparse.SUPPRESS,
                    help="pixel size of the rendered square test images (labels: of the training images)")
+    sv = p.add_argument_group("serving", "options of `shadowcam bench serving` (defaults: apps.bench_serving.ServingBenchConfig); "
+                                         "also --frames, --arch, --img-size, --batch-size")
+    sv.add_argument("--price", type=float, default=argparse.SUPPRESS,
+                    help="price per device-hour (an assumption, stated in the table; default 0.096 USD, a 2-vCPU cloud VM)")
+    sv.add_argument("--price-note", default=argparse.SUPPRESS, help="where the price comes from (printed under the table)")
+    sv.add_argument("--currency", default=argparse.SUPPRESS, help="currency of the price (default USD)")
+    sv.add_argument("--device-name", dest="device", default=argparse.SUPPRESS,
+                    help="device column of the table (default: this machine's CPU and cores)")
+    sv.add_argument("--camera-fps", type=float, default=argparse.SUPPRESS, help="frame rate of the paced one-camera run")
+    sv.add_argument("--readme", default=argparse.SUPPRESS,
+                    help="README whose serving-cost block is replaced (default README.md; '' to leave it alone)")
     lb = p.add_argument_group("labels", "options of `shadowcam bench labels` (defaults: apps.bench_labels.LabelBenchConfig)")
     lb.add_argument("--pools", default=argparse.SUPPRESS, metavar="POOLS.npz",
                     help="simulate on the scored pools of an earlier run (its workdir's pools.npz) instead of taking "
@@ -179,6 +196,7 @@ def _throughput(args: argparse.Namespace) -> int:
 
     args.out = getattr(args, "out", str(BenchConfig.default("out")))
     args.workdir = getattr(args, "workdir", str(BenchConfig.default("workdir")))
+    args.arch = getattr(args, "arch", BenchConfig.default("arch"))
     if args.arch not in ARCHS:
         raise ConfigError(f"--arch {args.arch!r} is not supported; expected one of {', '.join(ARCHS)}")
     # options left out keep the (quick or full) defaults of BenchConfig
@@ -274,6 +292,28 @@ def _labels(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVING_OPTIONS = ("frames", "arch", "img_size", "batch_size", "price", "price_note", "currency", "device", "camera_fps",
+                   "readme")
+
+
+def _serving(args: argparse.Namespace) -> int:
+    from apps.bench_serving import ServingBenchConfig, run_serving_bench  # the runtime, torch: when the command runs
+
+    cfg = _config(args, "serving", SERVING_OPTIONS, ServingBenchConfig)
+    res = run_serving_bench(cfg, progress=not args.no_progress)
+    for run in res["runs"]:
+        c = run["serving_cost"]
+        what = "replay at full speed" if run["max_fps"] is None else f"one camera at {run['max_fps']:g} frames/s"
+        for role in ("incumbent", "shadow"):
+            m = c.get(role)
+            if m:
+                print(f"{what:<26} {role:<9} {m['throughput_per_busy_s']:>9,.0f} predictions/busy s  "
+                      f"{c['currency']} {m['usd_per_million_at_capacity']:.3g} per million at capacity, "
+                      f"{m['usd_per_million']:.3g} in this run")
+    print(f"report written to {cfg.out}" + (f"; table in {cfg.readme}" if cfg.readme else ""))
+    return 0
+
+
 BENCHES: dict[str, Bench] = {
     "throughput": Bench("throughput and latency of `shadowcam run` against a naive loop and the raw ONNX Runtime bound",
                         ("frames", "arch", "img_size", "other_sizes", "batch_size", "repeats", "latency_frames",
@@ -282,4 +322,6 @@ BENCHES: dict[str, Bench] = {
                       ESTIMATE_OPTIONS, _estimate),
     "labels": Bench("labels a +-2-point 95% accuracy interval needs per sampling strategy and estimator, against "
                     "uniform + Wilson", LABELS_OPTIONS, _labels),
+    "serving": Bench("money per million predictions of the demo-size model on this machine (runner busy time x a stated "
+                     "price per device-hour), for the README", SERVING_OPTIONS, _serving),
 }

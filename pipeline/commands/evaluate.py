@@ -5,6 +5,7 @@ Examples::
 
     shadowcam evaluate --db runs/demo/shadowcam.db --window 10m
     shadowcam evaluate --db postgresql://user@host/shadowcam --json eval.json --html eval.html --no-mlflow
+    shadowcam evaluate --db runs/demo/shadowcam.db --costs configs/costs.example.yaml --decide-on cost --delta 5
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ HELP = "measure both models' production accuracy, gap, paired decision and drift
 DESCRIPTION = (
     "Join predictions with human labels and compute, for the incumbent and the shadow: production accuracy with a CI, "
     "per-class recall, per-camera accuracy, the train-to-production gap against the model card, the paired "
-    "champion/challenger test and decision, drift against a reference period and a label-free accuracy estimate. "
+    "champion/challenger test and decision, drift against a reference period and a label-free accuracy estimate; "
+    "with --costs, the expected cost of errors per 1,000 frames; a majority-class and a rule baseline on the same labels; "
+    "the serving cost per million predictions when a price per device-hour is known. "
     "Logs one MLflow run (time series over windows, plots, HTML report), prints a summary and raises alerts "
     "(checked on the newest window when --window is given, else on the whole scope)."
 )
@@ -55,6 +58,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cross-fitted proxy; classical figures kept beside them), classical only the labelled frames")
     p.add_argument("--proxy-min-labels", type=int, default=EvalConfig.default("proxy_min_labels"),
                    help="labelled frames a window needs before its figures are model-assisted")
+    p.add_argument("--costs", default=None, metavar="FILE.yaml",
+                   help="cost matrix (currency, matrix[true][predicted], default_error_cost, value_correct; see "
+                        "configs/costs.example.yaml): report the expected cost of errors per 1,000 frames")
+    p.add_argument("--decide-on", choices=("accuracy", "cost"), default=EvalConfig.default("decide_on"),
+                   help="what the champion/challenger decision and the baseline guard weigh; cost needs --costs, and --delta "
+                        "is then in cost units per 1,000 frames")
+    p.add_argument("--baseline-rule", default=None, metavar="MODULE:FUNCTION",
+                   help="rule baseline: a Python function (image_bgr, camera_id) -> class name; when omitted, the "
+                        "frame-difference empty-belt rule")
+    p.add_argument("--no-baselines", action="store_true", help="do not score the majority-class and rule baselines")
+    p.add_argument("--price-per-device-hour", type=float, default=None,
+                   help="price of a device-hour for the serving cost per million predictions; when omitted, the price the "
+                        "runs recorded (none: no serving cost)")
     p.add_argument("--experiment", default=EVALUATION_EXPERIMENT, help="MLflow experiment")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full result (overall, windows, alerts) as JSON")
@@ -93,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline import tracking
-    from pipeline.config import parse_duration, parse_reference
+    from pipeline.config import BaselineConfig, load_costs, parse_duration, parse_reference
     from pipeline.evaluation import alerts as alerts_mod
     from pipeline.evaluation import report
     from pipeline.evaluation.evaluator import Evaluator
@@ -108,6 +124,9 @@ def main(args: argparse.Namespace) -> int:
             incumbent_card=args.incumbent_card, shadow_card=args.shadow_card, cache_dir=args.cache_dir, run_ids=args.runs,
             workdir=str(workdir), delta=args.delta, drift_baseline=args.drift_baseline, drift_min_effect=args.drift_min_effect,
             pi_floor=args.pi_floor, estimator=args.estimator, proxy_min_labels=args.proxy_min_labels,
+            costs=load_costs(args.costs) if args.costs else None, decide_on=args.decide_on,
+            baselines=BaselineConfig(enabled=not args.no_baselines, rule=args.baseline_rule),
+            price_per_device_hour=args.price_per_device_hour,
         )
         alert_cfg = _alert_config(args, store)
         ev = Evaluator(cfg)

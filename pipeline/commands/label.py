@@ -3,6 +3,9 @@
     shadowcam label serve    --db URL [--host 127.0.0.1] [--port 8765] [--token TOKEN:ANNOTATOR ...]
                              [--tokens-file FILE] [--show-predictions] [--classes a,b,c] [--image-root DIR]
                              [--target 2pts@95|decision] [--target-scope camera|model]
+                             [--no-explain] [--explain-model FILE.onnx|models:/NAME@ALIAS] [--reviewer NAME ...]
+                             [--eval-config FILE.yaml] [--costs FILE.yaml] [--price-per-device-hour P] [--workdir DIR]
+    (pages: / labeling, /review disagreements with overlays, /status one page per deployment for managers)
     shadowcam label export   --db URL --pending [--format csv|jsonl|labelstudio] [--out FILE]
     shadowcam label import   FILE --db URL [--annotator NAME] [--classes a,b,c]
     shadowcam label simulate --db URL --manifest FILE [--manifest FILE ...] [--error-rate 0.05] [--seed 0]
@@ -11,6 +14,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 NAME = "label"
 HELP = "label sampled frames: web page, import/export, simulated annotator"
@@ -43,6 +48,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or 'decision' (until the champion/challenger decision is reached); default: none shown")
     s.add_argument("--target-scope", choices=["camera", "model"], default="camera",
                    help="the target holds per camera or for the model as a whole")
+    s.add_argument("--no-explain", action="store_true",
+                   help="do not show the model's saliency overlay after an answer (nor in /review)")
+    s.add_argument("--explain-model", default=None, metavar="FILE.onnx|URI",
+                   help="explain every frame with this model (default: the incumbent of the frame's run, as recorded in the store)")
+    s.add_argument("--explain-method", choices=["occlusion", "rise"], default="occlusion", help="saliency method of the overlays")
+    s.add_argument("--reviewer", action="append", default=[], metavar="ANNOTATOR",
+                   help="annotator allowed into /review (repeatable); none given: everyone logged in")
+    s.add_argument("--eval-config", default=None, metavar="FILE.yaml",
+                   help="evaluation settings for /status and the target (EvalConfig fields: alpha, costs, baselines, ...)")
+    s.add_argument("--costs", default=None, metavar="FILE.yaml",
+                   help="cost matrix for /status's cost of errors per 1,000 frames (overrides the eval config's costs)")
+    s.add_argument("--price-per-device-hour", type=float, default=None,
+                   help="serving price for /status (default: the price the runs recorded from their serving_cost config)")
+    s.add_argument("--workdir", default=None,
+                   help="MLflow store for models:/ URIs (overlays, model cards) and their download cache (default: each run's workdir)")
+    s.add_argument("--status-refresh", type=float, default=60.0, metavar="SECONDS",
+                   help="/status figures are re-evaluated at most this often (in the background)")
+    s.add_argument("--status-window", default=None, metavar="DURATION",
+                   help="window of the trend on /status (300s, 10m, 1h); default: the deployment's time span / 8")
 
     e = sub.add_parser("export", help="write the frames awaiting labels for an external tool", formatter_class=fmt)
     e.add_argument("--db", required=True, help="prediction store: SQLite path or SQLAlchemy URL")
@@ -99,16 +123,52 @@ def main(args: argparse.Namespace) -> int:
     return 2
 
 
+def _eval_config(args: argparse.Namespace) -> Any:
+    """The EvalConfig of /status: ``--eval-config`` (a YAML mapping of EvalConfig fields), then ``--costs``,
+    ``--price-per-device-hour`` and ``--workdir`` on top."""
+    from pydantic import ValidationError
+
+    from pipeline.config import EvalConfig, config_error
+    from pipeline.types import ConfigError
+
+    data: dict[str, Any] = {}
+    if args.eval_config:
+        import yaml
+
+        path = Path(args.eval_config)
+        if not path.is_file():
+            raise ConfigError(f"--eval-config {path}: file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--eval-config {path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--eval-config {path}: expected a mapping of EvalConfig fields, got {type(data).__name__}")
+    for key, value in (("costs", args.costs), ("price_per_device_hour", args.price_per_device_hour), ("workdir", args.workdir)):
+        if value is not None:
+            data[key] = value
+    where = f"--eval-config {args.eval_config}" if args.eval_config else "label serve options"
+    try:
+        return EvalConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, where) from None
+    except ConfigError as e:  # a nested config (costs, baselines) reports itself: say where it came from
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import secrets
 
     import uvicorn
 
+    from pipeline.config import parse_duration
     from pipeline.labeling.app import create_app, parse_token_specs, read_tokens_file
     from pipeline.labeling.targets import parse_target
     from pipeline.types import ConfigError
 
     target = parse_target(args.target, scope=args.target_scope) if args.target else None
+    eval_config = _eval_config(args)
+    status_window = parse_duration(args.status_window, "--status-window") if args.status_window else None
 
     tokens = parse_token_specs(args.token)
     if args.tokens_file:
@@ -121,9 +181,13 @@ def _serve(args: argparse.Namespace) -> int:
         generated = secrets.token_urlsafe(12)
         tokens = {generated: "annotator"}
     app = create_app(args.db, class_names=_classes(args.classes), tokens=tokens, image_root=args.image_root,
-                     show_predictions=args.show_predictions, target=target)
+                     show_predictions=args.show_predictions, target=target, explain=not args.no_explain,
+                     explain_model=args.explain_model, explain_method=args.explain_method, reviewers=args.reviewer,
+                     eval_config=eval_config, status_refresh_s=args.status_refresh, status_window_s=status_window)
     host = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"labeling page: http://{host}:{args.port}/  ({len(tokens)} annotator token(s), classes: {', '.join(app.state.class_names)})", flush=True)
+    print(f"review: http://{host}:{args.port}/review  status: http://{host}:{args.port}/status  (same login"
+          + (f"; reviewers: {', '.join(args.reviewer)}" if args.reviewer else "") + ")", flush=True)
     if target is not None:
         what = "the champion/challenger decision" if target.kind == "decision" else f"±{100 * target.half_width:g} points"
         print(f"label target: {what} at {100 * target.level:g}% per {target.scope}", flush=True)

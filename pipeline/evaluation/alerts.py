@@ -1,4 +1,4 @@
-"""Alerts on an evaluation: the gap or drift crossing the configured thresholds.
+"""Alerts on an evaluation: the gap or drift crossing the configured thresholds, a model no better than a baseline.
 
 Three outlets, all best effort (an outlet failing is logged, never raised, so an evaluation is not lost):
 
@@ -15,7 +15,12 @@ Rules (:func:`check_alerts`, thresholds from :class:`pipeline.config.AlertConfig
 * ``gap``: a model's train-to-production gap has its CI *lower bound* above ``max_gap`` (the gap is
   significantly larger than tolerated, not merely a noisy point estimate);
 * ``drift``: a drift test's corrected p-value is below ``drift_p`` (softmax outputs per role, the
-  predicted-class distribution, each camera's image statistics).
+  predicted-class distribution, each camera's image statistics);
+* ``baseline`` (``AlertConfig.baseline``): a model is not significantly better than the best baseline on the same
+  labelled frames -- its ``vs_baseline.significantly_better`` is False (:mod:`pipeline.evaluation.baselines`: the
+  one-sided lower bound of model - baseline, at the evaluation's ``alpha``, on accuracy or with ``decide_on="cost"``
+  on cost, is not above 0 against every baseline). Fires iff the model is not significantly better; a model
+  without labelled frames (no comparison) raises none.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ WEBHOOK_BACKOFF_S = (0.5, 4.0)  # first wait, longest wait (doubling in between)
 
 
 def check_alerts(result: EvaluationResult, config: AlertConfig) -> list[Alert]:
-    """Alerts for one :class:`EvaluationResult`: gaps per role, then drift tests in :meth:`DriftFigures.p_values` order."""
+    """Alerts for one :class:`EvaluationResult`: gaps per role, then drift tests in :meth:`DriftFigures.p_values` order,
+    then the baseline guard per role."""
     out: list[Alert] = []
     for role in ROLES:
         m = result.models.get(role)
@@ -79,6 +85,24 @@ def check_alerts(result: EvaluationResult, config: AlertConfig) -> list[Alert]:
         else:
             out.append(Alert("drift", f"{t.subject}/{t.stat}", t.p, config.drift_p,
                              f"camera {t.subject}: image {t.stat} drifted from the reference period (p={t.p:.2e} < {config.drift_p:g})"))
+    if config.baseline:
+        for role in ROLES:
+            m = result.models.get(role)
+            vs = m.vs_baseline if m is not None else None
+            if vs is None or vs.significantly_better:
+                continue
+            model = result.meta.models.get(role)
+            b = result.baseline(vs.baseline)
+            what = f"{vs.baseline} baseline ({b.description})" if b is not None else f"{vs.baseline} baseline"
+            if vs.on == "cost":
+                unit = (m.cost.currency + " ") if m.cost is not None else ""
+                diff = (f"saves {vs.diff.value:+,.2f} {unit}per 1,000 frames over it, one-sided "
+                        f"{100 * (1 - vs.alpha):.0f}% lower bound {vs.low:+,.2f}")
+            else:
+                diff = (f"accuracy {100 * vs.diff.value:+.1f} points over it, one-sided {100 * (1 - vs.alpha):.0f}% lower bound "
+                        f"{100 * vs.low:+.1f}")
+            out.append(Alert("baseline", role, float(vs.low), 0.0,
+                             f"{role} {model}: not significantly better than the {what}: {diff} on {vs.n} labelled frames"))
     return out
 
 
@@ -154,6 +178,7 @@ def write_prometheus(result: EvaluationResult, alerts: Sequence[Alert], path: st
     g_gap = Gauge("shadowcam_eval_gap", "Train-to-production gap (offline - production accuracy)", labels, registry=reg)
     g_gap_lo = Gauge("shadowcam_eval_gap_ci_low", "Lower bound of the gap CI", labels, registry=reg)
     g_est = Gauge("shadowcam_eval_estimated_accuracy", "Label-free accuracy estimate", labels, registry=reg)
+    g_cost = Gauge("shadowcam_eval_cost_per_1k", "Expected cost of errors per 1,000 frames (EvalConfig.costs)", labels, registry=reg)
     g_lab = Gauge("shadowcam_eval_labels", "Usable labelled frames in the evaluation", registry=reg)
     g_cov = Gauge("shadowcam_eval_shadow_coverage", "Share of incumbent-served frames the shadow also predicted", registry=reg)
     g_drift = Gauge("shadowcam_eval_drift_p", "Drift test p-value (corrected) vs the reference period", ["test"], registry=reg)
@@ -169,6 +194,8 @@ def write_prometheus(result: EvaluationResult, alerts: Sequence[Alert], path: st
             val = None if fig is None else getattr(fig, attr)
             if val is not None and math.isfinite(val):  # NaN: no figure
                 g.labels(*lv).set(float(val))
+        if m.cost is not None and math.isfinite(m.cost.per_1k.value):
+            g_cost.labels(*lv).set(float(m.cost.per_1k.value))
     g_lab.set(result.counts.frames_with_truth)
     if result.counts.shadow_coverage is not None:
         g_cov.set(result.counts.shadow_coverage)
@@ -182,7 +209,7 @@ def write_prometheus(result: EvaluationResult, alerts: Sequence[Alert], path: st
         else:
             g_drift.labels(f"image_{t.subject}_{t.stat}").set(t.p)
     kinds = {a.kind for a in alerts}
-    for kind in ("gap", "drift"):
+    for kind in ("gap", "drift", "baseline"):
         g_alert.labels(kind).set(1 if kind in kinds else 0)
     g_n_alert.set(len(alerts))
     g_ts.set(meta.evaluated_at or time.time())

@@ -48,6 +48,17 @@ Rules the figures follow (they are repeated in every result's ``meta.methods``):
 * **Label-free estimate**: where the window has labels, an estimate outside the labelled interval is flagged
   ``contradicted_by_labels``; where the inputs lie outside the training range (drift against training), it is
   flagged ``unreliable``. Either way it is not a valid figure and reports draw it as such.
+* **Cost of errors** (``EvalConfig.costs``, :mod:`pipeline.evaluation.costs`): every model's expected cost per
+  1,000 frames, with the accuracy's estimator (model-assisted with the model's own expected cost as the proxy, or
+  classical) and the confusions that drive it. ``EvalConfig.decide_on="cost"`` makes the decision on the paired
+  per-frame cost difference (champion - challenger, scaled to [-1, 1] by the cost range) through the same
+  anytime-valid confidence sequences, with ``delta`` in cost units per 1,000 frames.
+* **Baselines** (``EvalConfig.baselines``, :mod:`pipeline.evaluation.baselines`): a majority-class and a rule
+  baseline scored on the same labels (``baselines``); each model's ``vs_baseline`` says whether it is significantly
+  better than every baseline (one-sided paired lower bounds at ``alpha``, on accuracy or, with
+  ``decide_on="cost"``, on cost): the baseline alert fires when it is not.
+* **Serving cost** (:meth:`Evaluator.evaluate` only): :func:`pipeline.serving_cost.combine_runs` over the evaluated
+  runs' summaries at ``EvalConfig.price_per_device_hour`` (or the price the runs recorded), as ``serving_cost``.
 * **Windows** (:meth:`Evaluator.evaluate_windows`) are consecutive, non-overlapping ``window_s`` slices of
   frame time starting at the first frame; each result holds that slice only (``cumulative=False``, the
   default, so a gap opening over time shows as it happens) or everything from the first frame to the
@@ -72,12 +83,16 @@ from tqdm import tqdm
 
 from pipeline import tracking
 from pipeline.config import EvalConfig, ReferenceDuration, ReferenceRange, parse_duration, parse_reference
+from pipeline.evaluation import baselines as baselines_mod
+from pipeline.evaluation import costs as costs_mod
 from pipeline.evaluation import drift as drift_mod
 from pipeline.evaluation import estimate as estimate_mod
 from pipeline.evaluation import ppi, sequential, stats
 from pipeline.evaluation.reference import TrainingReference, training_drift
 from pipeline.evaluation.result import (
     ROLES,
+    BaselineComparison,
+    BaselineFigures,
     Calibration,
     CalibrationBin,
     CardInfo,
@@ -100,6 +115,7 @@ from pipeline.evaluation.truth import RULE as TRUTH_RULE
 from pipeline.evaluation.truth import majority_truth
 from pipeline.imagestats import STAT_NAMES
 from pipeline.modelcard import ModelCard, read_card
+from pipeline.serving_cost import combine_runs
 from pipeline.store import PredictionStore
 from pipeline.types import ConfigError, ModelCardError, Role, ShadowcamError, StoreError
 
@@ -370,6 +386,36 @@ def _reference_range(d: _Data, reference: float | ReferenceDuration | ReferenceR
     return (t0, float(np.nextafter(d.ts[k - 1], np.inf)))  # the first k frames, inclusive
 
 
+def _image_roots(d: _Data, cfg: EvalConfig) -> list[Path]:
+    """Folders a relative ``samples.image_path`` may be relative to: the current folder, the runs' work
+    directories (as recorded in their configs) and ``EvalConfig.workdir``."""
+    roots = [Path.cwd()]
+    for r in d.runs:
+        try:
+            wd = (json.loads(r["config"] or "{}") or {}).get("workdir")
+        except (TypeError, ValueError):
+            wd = None
+        if wd:
+            roots.append(Path(wd))
+    if cfg.workdir:
+        roots.append(Path(cfg.workdir))
+    out: list[Path] = []
+    for r in roots:
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def _resolve_image(image_path: str, roots: list[Path]) -> Path | None:
+    p = Path(image_path)
+    if p.is_absolute():
+        return p if p.is_file() else None
+    for root in roots:
+        if (root / p).is_file():
+            return root / p
+    return None
+
+
 def _card_info(card: ModelCard | None, path: str | None) -> CardInfo | None:
     if card is None:
         return None
@@ -444,6 +490,15 @@ class _Assist:
     proxy: ppi.Proxy
 
 
+def _stream_costs(cm: costs_mod.CostMatrix, a: _Assist, truth: np.ndarray, pred: np.ndarray, probs: np.ndarray) -> costs_mod.StreamCosts:
+    """The model-assisted cost inputs over an :class:`_Assist`'s frames (``truth``/``pred``/``probs`` on those frames):
+    the cost where labelled, and the predictor's expected cost under ``probs`` as the proxy."""
+    lab = a.labelled
+    values = np.zeros(lab.shape[0])
+    values[lab] = costs_mod.frame_costs(cm, truth[lab], pred[lab])
+    return costs_mod.StreamCosts(values, lab, a.pi, costs_mod.expected_cost(cm, probs, pred))
+
+
 @dataclass(frozen=True)
 class _Context:
     """What one ``evaluate``/``evaluate_windows`` call resolves once: models, cards, notes, reference period."""
@@ -455,6 +510,20 @@ class _Context:
     reference: tuple[float, float]
     training_refs: dict[str, TrainingReference]  # role -> its card's training reference profile (drift against training)
     pi_floor: float | None  # fixed scale of the IPW confidence sequences (None: every labelled frame had pi = 1)
+    costs: costs_mod.CostMatrix | None = None  # EvalConfig.costs over the classes
+    baselines: tuple["_Baseline", ...] = ()
+    serving_cost: dict | None = None  # pipeline.serving_cost over the scope's runs
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    """A baseline's prediction on every loaded frame (class index, -1 where it has none) and what it is."""
+
+    name: str
+    description: str
+    pred: np.ndarray
+    assisted: bool  # its prediction exists on every frame (the majority class): model-assisted figures possible
+    predicts: tuple[int, ...] | None = None  # the classes it can predict (None: any): bounds its cost's range
 
 
 class Evaluator:
@@ -475,7 +544,7 @@ class Evaluator:
         seconds (the last ``window`` seconds up to ``now``; ``now`` defaults to the newest frame's time).
         """
         d = _load(store, self.config.run_ids)
-        ctx = self._context(d)
+        ctx = self._context(d, store, serving=True)
         if window is None:
             mask = np.ones(d.n, bool)
             lo, hi = (float(d.ts[0]), float(d.ts[-1])) if d.n else (math.nan, math.nan)
@@ -486,13 +555,14 @@ class Evaluator:
             else:
                 lo, hi = float(window[0]), float(window[1])
             mask = (d.ts >= lo) & (d.ts < hi)
-        return self._compute(d, ctx, mask, 0, lo, hi, None if window is None else hi - lo)
+        result = self._compute(d, ctx, mask, 0, lo, hi, None if window is None else hi - lo)
+        return dataclasses.replace(result, serving_cost=ctx.serving_cost)
 
     def evaluate_windows(self, store: PredictionStore, window_s: float | str) -> list[EvaluationResult]:
         """One result per consecutive ``window_s``-second slice of frame time (empty slices skipped)."""
         window_s = parse_duration(window_s, "window")
         d = _load(store, self.config.run_ids)
-        ctx = self._context(d)
+        ctx = self._context(d, store)
         if d.n == 0:
             return [self._compute(d, ctx, np.zeros(0, bool), 0, None, None, window_s)]
         t0 = float(d.ts[0])
@@ -506,7 +576,7 @@ class Evaluator:
         return results
 
     # --- internals ---------------------------------------------------------------------------------
-    def _context(self, d: _Data) -> _Context:
+    def _context(self, d: _Data, store: PredictionStore, serving: bool = False) -> _Context:
         cfg = self.config
         notes: list[str] = []
         models: dict[str, str | None] = {}
@@ -544,7 +614,115 @@ class Evaluator:
         if cfg.drift_baseline == "training" and d.n and not refs:
             notes.append("no training reference profile in the model cards (exported before drift against training existed?): "
                          "drift is measured against the start of the run")
-        return _Context(models, cards, card_paths, notes, _reference_range(d, cfg.reference), refs, _pi_floor(d, cfg, notes))
+        cost = costs_mod.cost_matrix(cfg.costs, d.classes) if cfg.costs is not None else None
+        base = tuple(self._baselines(d, store, cards, notes)) if cfg.baselines.enabled and d.n else ()
+        serving_cost = self._serving_cost(d, notes) if serving else None
+        return _Context(models, cards, card_paths, notes, _reference_range(d, cfg.reference), refs, _pi_floor(d, cfg, notes),
+                        cost, base, serving_cost)
+
+    def _serving_cost(self, d: _Data, notes: list[str]) -> dict | None:
+        """:func:`pipeline.serving_cost.combine_runs` over the scope's run summaries (None: no price, or no busy time)."""
+        price = self.config.price_per_device_hour
+        try:
+            sc = combine_runs([r.get("summary") for r in d.runs], price)
+        except ValueError as e:
+            notes.append(f"serving cost not computed: {e}")
+            return None
+        if sc is None and price is not None:
+            notes.append("serving cost not computed: no evaluated run recorded its inference busy time (runs not ended, or "
+                         "recorded before serving cost was measured)")
+        return sc.to_dict() if sc is not None else None
+
+    # --- baselines (pipeline.evaluation.baselines) ------------------------------------------------------------------
+    def _baselines(self, d: _Data, store: PredictionStore, cards: dict[str, ModelCard | None], notes: list[str]) -> list[_Baseline]:
+        """The majority-class and the rule baseline's predictions on every loaded frame (see the module docstring)."""
+        bc = self.config.baselines
+        card = cards.get(Role.INCUMBENT.value)
+        counts = card.extra.get("class_counts") if card is not None else None
+        lab = d.truth >= 0
+        pi = np.where(np.isnan(d.incl), 1.0, d.incl)
+        choice = baselines_mod.majority_class(d.classes, counts if isinstance(counts, dict) else None, d.truth[lab], pi[lab],
+                                              exclude=bc.empty_class)
+        out = []
+        if choice.note is None or lab.any():
+            if choice.note:
+                notes.append(choice.note)
+            out.append(_Baseline(baselines_mod.MAJORITY, f"always {d.classes[choice.index]} (the most common class of {choice.source})",
+                                 np.full(d.n, choice.index, np.int64), True, (choice.index,)))
+        rule = self._rule_predictions(d, store, choice, notes)
+        if rule is not None:
+            out.append(rule)
+        return out
+
+    def _rule_predictions(self, d: _Data, store: PredictionStore, choice: baselines_mod.MajorityChoice, notes: list[str]) -> _Baseline | None:
+        bc = self.config.baselines
+        lab = d.truth >= 0
+        if not lab.any():
+            return None
+        index = {fid: i for i, fid in enumerate(d.frame_ids)}
+        roots = _image_roots(d, self.config)
+        paths: dict[int, Path] = {}
+        for sf in store.sampled_frames():
+            i = index.get(sf.frame_id)
+            if i is not None and sf.image_path:
+                found = _resolve_image(sf.image_path, roots)
+                if found is not None:
+                    paths[i] = found
+        pred = np.full(d.n, -1, np.int64)
+        missing = int(sum(1 for i in np.flatnonzero(lab) if i not in paths))
+        if bc.rule:
+            rule = baselines_mod.load_rule(bc.rule)
+            for i in np.flatnonzero(lab):
+                p = paths.get(int(i))
+                img = baselines_mod.read_image(p) if p is not None else None
+                if img is None:
+                    continue
+                pred[i] = baselines_mod.apply_rule(rule, bc.rule, img, str(d.cameras[i]), d.classes, str(d.frame_ids[i]))
+            description = f"user rule {bc.rule}"
+            predicts = None
+        else:
+            if bc.empty_class not in d.classes:
+                notes.append(f"rule baseline skipped: the classes have no {bc.empty_class!r} (set baselines.empty_class, or a "
+                             "baselines.rule entry point)")
+                return None
+            if choice.busy is None:
+                return None
+            empty = d.classes.index(bc.empty_class)
+            by_cam: dict[str, list[int]] = defaultdict(list)
+            for i in sorted(paths, key=lambda k: d.ts[k]):
+                by_cam[str(d.cameras[i])].append(i)
+            small: dict[int, np.ndarray] = {}
+            fit_images: dict[str, list[np.ndarray]] = {}
+            for cam, idx in by_cam.items():
+                keep = idx if len(idx) <= bc.max_background_frames else \
+                    [idx[int(k)] for k in np.linspace(0, len(idx) - 1, bc.max_background_frames).round()]
+                for i in keep:
+                    img = baselines_mod.read_small(paths[i], bc.image_size)
+                    if img is not None:
+                        small[i] = img
+                fit_images[cam] = [small[i] for i in keep if i in small]
+            fd = baselines_mod.FrameDifferenceRule(empty, choice.busy).fit(fit_images)
+            no_bg = sorted(cam for cam, imgs in fit_images.items() if cam not in fd.background)
+            if no_bg:
+                notes.append(f"rule baseline: camera(s) {', '.join(no_bg)} have fewer than {fd.min_frames} sampled JPEGs; "
+                             "their frames are not scored")
+            for i in np.flatnonzero(lab):
+                i = int(i)
+                img = small.get(i)
+                if img is None and i in paths:
+                    img = baselines_mod.read_small(paths[i], bc.image_size)
+                if img is not None:
+                    pred[i] = fd.predict(img, str(d.cameras[i]))
+            description = (f"frame difference from each camera's median background (Otsu threshold): "
+                           f"{d.classes[choice.busy]} when something is on the belt, else {bc.empty_class}")
+            predicts = (empty, choice.busy)
+        if not (pred[lab] >= 0).any():
+            notes.append(f"rule baseline not scored: none of the {int(lab.sum())} labelled frames has a readable sampled JPEG "
+                         f"(looked in {', '.join(str(r) for r in roots)})")
+            return None
+        if missing:
+            notes.append(f"rule baseline: {missing} labelled frame(s) have no readable sampled JPEG and are not scored")
+        return _Baseline(baselines_mod.RULE, description, pred, False, predicts)
 
     def _compute(self, d: _Data, ctx: _Context, mask: np.ndarray, index: int, start: float | None, end: float | None,
                  length_s: float | None) -> EvaluationResult:
@@ -594,6 +772,10 @@ class Evaluator:
             for k, v in m.items():
                 methods.setdefault(k, {})[role] = v
 
+        base_figures, guards = self._baseline_figures(d, ctx, mask, pi_all, assist, models_out)
+        for role, vs in guards.items():
+            models_out[role] = dataclasses.replace(models_out[role], vs_baseline=vs)
+
         paired, decision = self._paired(d, ctx, mask, pi_all)
         agreement = None
         dbl = mask & (d.pair_a != None)  # noqa: E711 (object array)
@@ -626,7 +808,16 @@ class Evaluator:
                                    f"Bonferroni; acted on when >= {cfg.drift_min_effect:.0%} above expected"),
                 "decision": (f"anytime-valid confidence sequence on challenger - champion accuracy (PrPl-EB, "
                              f"Waudby-Smith & Ramdas 2024; IPW over the stream when inclusion probabilities differ) "
-                             f"intersected with +-(observed disagreement rate); margin delta={cfg.delta:g}"),
+                             f"intersected with +-(observed disagreement rate); margin delta={cfg.delta:g}"
+                             if cfg.decide_on == "accuracy" else
+                             f"anytime-valid confidence sequence on champion - challenger cost per frame, scaled to [-1, 1] by the "
+                             f"cost range (PrPl-EB, IPW over the stream when inclusion probabilities differ), intersected with "
+                             f"the disagreement bound; margin delta={cfg.delta:g} {ctx.costs.currency if ctx.costs else ''} "
+                             "per 1,000 frames"),
+                "cost": methods.get("cost", {}),
+                "baselines": ("majority class and a rule on the same labelled frames; the guard: one-sided paired lower bounds "
+                              f"of model - baseline {'cost saving' if cfg.decide_on == 'cost' else 'accuracy'} at alpha, "
+                              "against every baseline (pipeline.evaluation.baselines)"),
                 "drift_softmax": "per-class Kolmogorov-Smirnov on softmax outputs vs the reference period, Bonferroni-corrected",
                 "drift_image": "per-camera image statistics (brightness, contrast, sharpness, noise) vs the reference period",
                 "drift_class_distribution": "incumbent's predicted-class distribution vs the reference period",
@@ -637,7 +828,57 @@ class Evaluator:
             evaluated_at=time.time(),
             config=config,
         )
-        return EvaluationResult(counts, models_out, paired, decision, drift, agreement, meta)
+        return EvaluationResult(counts, models_out, paired, decision, drift, agreement, meta, baselines=tuple(base_figures))
+
+    def _baseline_figures(self, d: _Data, ctx: _Context, mask: np.ndarray, pi_all: np.ndarray, assist: dict[str, "_Assist"],
+                          models_out: dict[str, ModelFigures | None]) -> tuple[list[BaselineFigures], dict[str, BaselineComparison]]:
+        """The baselines' figures in the window, and each model's comparison with them (the guard)."""
+        cfg = self.config
+        alpha = cfg.alpha
+        figures: list[BaselineFigures] = []
+        for b in ctx.baselines:
+            sel = mask & (d.truth >= 0) & (b.pred >= 0)
+            if not sel.any():
+                figures.append(BaselineFigures(b.name, b.description, None, None, 0))
+                continue
+            correct = b.pred[sel] == d.truth[sel]
+            acc = stats.accuracy_estimate(correct, pi_all[sel], alpha=alpha)
+            a = assist.get(Role.INCUMBENT.value) if b.assisted else None
+            probs = d.roles[Role.INCUMBENT.value].probs
+            if a is not None:  # the majority class: the incumbent's probability of it is a proxy of "it is right"
+                k = b.pred[a.frames]
+                proxy = probs[a.frames][np.arange(k.size), k].astype(np.float64)
+                ok = (d.truth[a.frames] == k).astype(np.float64)
+                r = ppi.model_assisted_accuracy(ok, a.labelled, a.pi, proxy, alpha=alpha)
+                n_eff = ppi.proportion_n_eff(r.value, r.se)
+                acc = Estimate(r.value, r.low, r.high, r.se, r.n, n_eff if math.isfinite(n_eff) else float(r.n),
+                               f"model-assisted (active PPI++: {r.n} labels + {r.N} frames; proxy: the incumbent's probability "
+                               "of the class); Wilson at the effective size")
+            cost = None
+            if ctx.costs is not None:
+                stream = _stream_costs(ctx.costs, a, d.truth[a.frames], b.pred[a.frames], probs[a.frames]) if a is not None else None
+                cost = costs_mod.cost_figures(ctx.costs, d.truth[sel], b.pred[sel], pi_all[sel], alpha, stream,
+                                              bounds=costs_mod.predictor_bounds(ctx.costs, b.predicts))
+            figures.append(BaselineFigures(b.name, b.description, acc, cost, int(sel.sum())))
+        guards = {}
+        for role, m in models_out.items():
+            if m is None or not ctx.baselines:
+                continue
+            rp = d.roles[role]
+            sel = mask & (d.truth >= 0) & rp.has & ~rp.degraded
+            comps = []
+            for b in ctx.baselines:
+                s2 = sel & (b.pred >= 0)
+                if not s2.any():
+                    continue
+                if cfg.decide_on == "cost" and ctx.costs is not None:
+                    comps.append(baselines_mod.compare_cost(ctx.costs, d.truth[s2], rp.pred[s2], b.pred[s2], pi_all[s2], alpha, b.name))
+                else:
+                    comps.append(baselines_mod.compare_accuracy(d.truth[s2], rp.pred[s2], b.pred[s2], pi_all[s2], alpha, b.name))
+            vs = baselines_mod.compare(comps)
+            if vs is not None:
+                guards[role] = vs
+        return figures, guards
 
     # --- model-assisted estimation (pipeline.evaluation.ppi) ------------------------------------------------------
     def _assist(self, d: _Data, mask: np.ndarray, notes: list[str]) -> dict[str, "_Assist"]:
@@ -757,6 +998,14 @@ class Evaluator:
 
         acc_cs, gap_cs = self._sequences(d, ctx, role, rp, mask, pi_all, card)
 
+        cost = None
+        if ctx.costs is not None and sel.any():
+            stream = None
+            if a is not None:  # model-assisted like the accuracy, over the same frames
+                stream = _stream_costs(ctx.costs, a, d.truth[a.frames], rp.pred[a.frames], rp.probs[a.frames])
+            cost = costs_mod.cost_figures(ctx.costs, y_true, y_pred, pi, alpha, stream)
+            methods["cost"] = cost.method
+
         calib = None
         if sel.any() and not np.isnan(rp.probs[sel]).any():
             conf = rp.probs[sel].max(axis=1).astype(np.float64)
@@ -778,6 +1027,7 @@ class Evaluator:
             gap_cs=gap_cs,
             accuracy_classical=acc_classical,
             proxy=proxy_info,
+            cost=cost,
         )
         return figures, methods
 
@@ -808,6 +1058,12 @@ class Evaluator:
             return None, None
         both = mask & inc.has & sh.has & ~inc.degraded & ~sh.degraded
         sel = both & (d.truth >= 0)
+        if cfg.decide_on == "cost" and ctx.costs is not None:
+            paired = None
+            if sel.any():
+                w = _weights_or_none(pi_all[sel])
+                paired = stats.paired_test(inc.pred[sel] == d.truth[sel], sh.pred[sel] == d.truth[sel], weights=w, alpha=cfg.alpha)
+            return paired, self._cost_decision(d, ctx, both, pi_all)
         if not sel.any():
             # no paired label yet; every frame with both predictions still bounds the difference: the models can
             # differ in accuracy only where their predictions differ
@@ -848,6 +1104,63 @@ class Evaluator:
         sd = sequential.sequential_decision(low, high, cs.n_labels, delta=cfg.delta, value=cs.value, alpha=cfg.alpha, method=method)
         decision = Decision(sd.action, sd.more_labels, sd.reason, _finite(sd.value), sd.low, sd.high, cfg.delta, cs.n_labels, method)
         return paired, decision
+
+    def _cost_decision(self, d: _Data, ctx: _Context, both: np.ndarray, pi_all: np.ndarray) -> Decision:
+        """The anytime-valid decision on champion - challenger cost (``decide_on="cost"``), as :meth:`_paired` does it on
+        accuracy: the per-frame difference ``(cost_champion - cost_challenger) / range`` in [-1, 1] (0 wherever the
+        predictions agree), a confidence sequence from the labels intersected with the one that adds every frame's
+        disagreement, and the margin ``delta / (1000 * range)``. Figures are reported per 1,000 frames."""
+        cfg, cm = self.config, ctx.costs
+        if cm is None:
+            raise ConfigError("decide_on='cost' needs EvalConfig.costs")
+        inc, sh = d.roles[Role.INCUMBENT.value], d.roles[Role.SHADOW.value]
+        scale = costs_mod.PER * cm.span  # a scaled difference of 1 = this many cost units per 1,000 frames
+        delta = min(cfg.delta / scale, 1.0 - 1e-9)
+        unit = cm.currency
+        if not both.any():
+            return Decision("need_more_labels", None, "no frame has both predictions yet", on="cost", unit=unit)
+        order = _stream_order(d, both)
+        lab = d.truth[order] >= 0
+        dis = (inc.pred[order] != sh.pred[order]).astype(np.float64)
+        a2 = cfg.alpha / 2
+        if not lab.any():
+            bound = sequential.disagreement_bound(dis, cfg.alpha)
+            if bound.high <= delta:
+                return Decision("equivalent", None, f"the models disagree on at most {bound.high:.2%} of frames (anytime-valid bound "
+                                f"over {bound.n} frames): their costs differ by at most {bound.high * scale:.4g} {unit} per 1,000 "
+                                f"frames, within delta {cfg.delta:g}", None, -bound.high * scale, bound.high * scale, cfg.delta, 0,
+                                bound.method, on="cost", unit=unit)
+            return Decision("need_more_labels", None, "no labelled frame has both predictions yet", on="cost", unit=unit)
+        diff = np.full(order.size, np.nan)
+        t, p_champ, p_chall = d.truth[order][lab], inc.pred[order][lab], sh.pred[order][lab]
+        diff[lab] = (costs_mod.frame_costs(cm, t, p_champ) - costs_mod.frame_costs(cm, t, p_chall)) / cm.span
+        if ctx.pi_floor is None:
+            cs = sequential.difference_cs(diff[lab], None, a2)
+        else:
+            cs = sequential.difference_cs(diff, np.where(lab, pi_all[order], np.nan), a2, pi_floor=ctx.pi_floor)
+        if not np.isnan(d.incl[order][lab]).any():
+            cs2 = sequential.difference_cs_with_disagreement(diff, dis, np.where(lab, d.incl[order], np.nan), a2, pi_floor=ctx.pi_floor)
+        else:
+            cs2 = sequential.disagreement_bound(dis, a2)
+        low, high = max(cs.low, cs2.low), min(cs.high, cs2.high)
+        method = (f"{cs.method} and {cs2.method} confidence sequences at alpha/2 each on (champion - challenger cost) / "
+                  f"{cm.span:g} {unit}, intersected (the models disagree on {dis.mean():.2%} of {dis.size} frames)")
+        sd = sequential.sequential_decision(low, high, cs.n_labels, delta=delta, value=cs.value, alpha=cfg.alpha, method=method)
+        lo_k, hi_k = low * scale, high * scale
+        ci = f"[{lo_k:+,.2f}, {hi_k:+,.2f}] {unit} saved per 1,000 frames"
+        n = cs.n_labels
+        if sd.action == "promote":
+            reason = f"challenger cheaper by more than {cfg.delta:g} {unit} per 1,000 frames: CS {ci} after {n} paired labels"
+        elif sd.action == "equivalent":
+            reason = f"the models' costs are within +-{cfg.delta:g} {unit} per 1,000 frames: CS {ci} after {n} paired labels"
+        elif sd.action == "retire":
+            reason = f"challenger cannot save {cfg.delta:g} {unit} per 1,000 frames: CS {ci} after {n} paired labels"
+        else:
+            est = f"; ~{sd.more_labels} more paired labels if the estimate holds" if sd.more_labels is not None else ""
+            reason = f"CS {ci} after {n} paired labels straddles the margin {cfg.delta:g}{est}"
+        value = _finite(sd.value)
+        return Decision(sd.action, sd.more_labels, reason, None if value is None else value * scale, lo_k, hi_k, cfg.delta, n, method,
+                        on="cost", unit=unit)
 
     def _drift(self, d: _Data, ctx: _Context, mask: np.ndarray, ref: np.ndarray, cur: np.ndarray, notes: list[str]) -> DriftFigures:
         """Drift of the window against training (the cards' reference profiles), or against the run's start."""

@@ -48,7 +48,7 @@ from typing import Mapping
 import numpy as np
 from scipy import stats as _st
 
-from pipeline.evaluation.stats import wilson_at
+from pipeline.evaluation.stats import agresti_coull_at, wilson_at
 
 FEATURES_BASE = ("logit_confidence", "margin", "has_other", "agrees_with_other")
 MIN_LABELS_PER_FOLD = 5  # a fold's regression needs this many labelled frames of each outcome, else the constant
@@ -359,6 +359,31 @@ def model_assisted_accuracy(correct: np.ndarray, labelled: np.ndarray, pi: np.nd
     # value +- z se when the accuracy is near 1
     low, high = wilson_at(res.value, n_eff, _z(alpha))
     return ActiveMean(res.value, low, high, res.se, res.n, res.N, res.lam)
+
+
+def model_assisted_mean(values: np.ndarray, labelled: np.ndarray, pi: np.ndarray, proxy: np.ndarray,
+                        alpha: float = 0.05, bounds: tuple[float, float] = (0.0, 1.0)) -> ActiveMean:
+    """The stream mean of a quantity bounded in ``bounds`` (a frame's cost): :func:`active_mean` with controls
+    ``[1, proxy]`` on the values scaled to [0, 1], and the Agresti-Coull-style interval of
+    :func:`pipeline.evaluation.stats.agresti_coull_at` at the number of labelled frames (the pseudo-frames keep an
+    unseen expensive error possible; coverage in ``tests/pipeline/evaluation/test_costs.py``).
+
+    ``values``: (N,) read where ``labelled``; ``proxy``: (N,) known on every frame, in the units of ``values`` (e.g.
+    the model's own expected cost ``sum_k p_k C(k, predicted)``: it uses no label, so no cross-fitting is needed).
+    The result is in the units of ``values`` (``value``, ``low``, ``high``, ``se``).
+    """
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must be finite with lo < hi, got {bounds!r}")
+    span = hi - lo
+    lab = np.asarray(labelled, dtype=bool)
+    y = np.where(lab, (np.asarray(values, dtype=np.float64) - lo) / span, 0.0)
+    f = (np.asarray(proxy, dtype=np.float64) - lo) / span
+    r = active_mean(y, lab, pi, np.column_stack([np.ones(f.shape[0]), f]), alpha, (0.0, 1.0))
+    if r.n == 0 or not math.isfinite(r.value):
+        return ActiveMean(float("nan"), lo, hi, float("nan"), r.n, r.N, r.lam)
+    low, high = agresti_coull_at(r.value, r.se, r.n, alpha)
+    return ActiveMean(lo + span * r.value, lo + span * low, lo + span * high, span * r.se, r.n, r.N, r.lam)
 
 
 def wilson_labels_for_half_width(p: float, half_width: float, alpha: float = 0.05) -> int:

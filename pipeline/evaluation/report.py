@@ -10,6 +10,11 @@ with the Agg backend (no display needed).
 * :func:`write_report` -- both, plus ``evaluation.json``, into a folder (``pipeline.tracking.log_evaluation``
   takes it as its ``write_report``).
 * :func:`format_summary` -- the plain-text table ``shadowcam evaluate`` prints.
+
+Beside accuracy the report shows, when the result holds them: the expected cost of errors per 1,000 frames and the
+confusions that drive it, the baselines (majority class, rule) next to the models with the baseline guard, the
+serving cost per million predictions, and an error gallery (HTML made by :mod:`pipeline.evaluation.gallery`, passed
+in as ``gallery_html``).
 """
 
 from __future__ import annotations
@@ -302,18 +307,40 @@ _TEMPLATE = r"""<!doctype html>
 {% for a in alerts %}<div class="alert"><b>ALERT {{ a.kind }}</b>: {{ a.message }}</div>{% endfor %}
 
 <h2>Summary</h2>
-<table><tr><th class="l">model</th><th>labelled frames</th><th>production accuracy</th><th>offline test accuracy</th><th>gap (offline − prod)</th><th>label-free estimate</th><th>ECE</th></tr>
+<table><tr><th class="l">model</th><th>labelled frames</th><th>production accuracy</th><th>offline test accuracy</th><th>gap (offline − prod)</th><th>label-free estimate</th><th>ECE</th>{% if has_cost %}<th>cost per 1,000 frames</th>{% endif %}</tr>
 {% for role, m in models %}<tr><td class="l">{{ role }}<br><span class="muted">{{ m.model }}</span></td><td>{{ m.n_labeled }}</td><td>{{ est(m.accuracy) }}</td>
 <td>{{ pct(m.offline.test_accuracy) if m.offline else "–" }}{% if m.offline %} <span class="muted">(n={{ m.offline.test_size }})</span>{% endif %}</td>
-<td>{{ est(m.gap, signed=True) }}</td><td>{% if m.estimated_accuracy %}{% if m.estimated_accuracy.valid %}{{ pct(m.estimated_accuracy.value) }}{% else %}<s>{{ pct(m.estimated_accuracy.value) }}</s> <span class="flag">{% if m.estimated_accuracy.contradicted_by_labels %}contradicted by labels{% else %}unreliable{% endif %}</span>{% endif %}{% else %}–{% endif %}</td><td>{{ pct(m.calibration.ece) if m.calibration else "–" }}</td></tr>{% endfor %}
+<td>{{ est(m.gap, signed=True) }}</td><td>{% if m.estimated_accuracy %}{% if m.estimated_accuracy.valid %}{{ pct(m.estimated_accuracy.value) }}{% else %}<s>{{ pct(m.estimated_accuracy.value) }}</s> <span class="flag">{% if m.estimated_accuracy.contradicted_by_labels %}contradicted by labels{% else %}unreliable{% endif %}</span>{% endif %}{% else %}–{% endif %}</td><td>{{ pct(m.calibration.ece) if m.calibration else "–" }}</td>{% if has_cost %}<td>{{ money_est(m.cost) }}</td>{% endif %}</tr>{% endfor %}
 </table>
 <p class="muted">{% for role, m in models %}{{ role }}: accuracy {{ m.accuracy.method if m.accuracy else "–" }}{% if m.accuracy %} ({{ m.accuracy.n }} labels, worth {{ "%.0f"|format(m.accuracy.n_eff) }} uniformly sampled ones){% endif %}{% if m.accuracy_classical %}; classical on the same labels {{ pct(m.accuracy_classical.value) }} [{{ pct(m.accuracy_classical.low) }}, {{ pct(m.accuracy_classical.high) }}]{% endif %}, label-free estimate {{ m.estimated_accuracy.method if m.estimated_accuracy else "–" }}{% if not loop.last %}; {% endif %}{% endfor %}</p>
 {% if images.gap_over_time %}<img alt="gap over time" src="data:image/png;base64,{{ images.gap_over_time }}">{% endif %}
 
 <h2>Champion / challenger decision</h2>
 {% if data.decision %}<p><b>{{ data.decision.action|replace("_", " ") }}</b>: {{ data.decision.reason }}</p>
-{% if data.decision.low is not none %}<p class="muted">challenger − champion accuracy: anytime-valid interval [{{ pct(data.decision.low) }}, {{ pct(data.decision.high) }}] (margin ±{{ pct(data.decision.delta) }}), {{ data.decision.labels_spent }} paired labels; {{ data.decision.method }}</p>{% endif %}
+{% if data.decision.low is not none and data.decision.on == "cost" %}<p class="muted">decided on cost: champion − challenger cost per 1,000 frames (what the challenger saves): anytime-valid interval [{{ money(data.decision.low, none, 2, True) }}, {{ money(data.decision.high, none, 2, True) }}] {{ data.decision.unit }} (margin ±{{ "%g"|format(data.decision.delta) }} {{ data.decision.unit }}), {{ data.decision.labels_spent }} paired labels; {{ data.decision.method }}</p>
+{% elif data.decision.low is not none %}<p class="muted">challenger − champion accuracy: anytime-valid interval [{{ pct(data.decision.low) }}, {{ pct(data.decision.high) }}] (margin ±{{ pct(data.decision.delta) }}), {{ data.decision.labels_spent }} paired labels; {{ data.decision.method }}</p>{% endif %}
 {% else %}<p>No challenger in shadow.</p>{% endif %}
+
+{% if has_cost %}<h2>Cost of errors</h2>
+<p>Expected cost per 1,000 frames ({{ "%.0f"|format(100 * meta.confidence_level) }}% intervals); what drives it:</p>
+{% for role, m in models %}{% if m.cost %}<p><b>{{ role }}</b> {{ money_est(m.cost) }} <span class="muted">{{ m.cost.method }}{% if m.cost.per_1k_classical %}; classical on the same labels {{ money_est(m.cost, classical=True) }}{% endif %}</span></p>
+{% if m.cost.drivers %}<table><tr><th class="l">human label</th><th class="l">prediction</th><th>labelled frames</th><th>per 1,000 frames</th><th>share of the error cost</th></tr>
+{% for c in m.cost.drivers %}<tr><td class="l">{{ c.true }}</td><td class="l">{{ c.predicted }}</td><td>{{ c.frames }}</td><td>{{ money(c.per_1k, m.cost.currency) }}</td><td>{{ pct(c.share) }}</td></tr>{% endfor %}
+</table>{% else %}<p class="muted">No costly error among the labelled frames.</p>{% endif %}{% endif %}{% endfor %}{% endif %}
+
+{% if data.baselines %}<h2>Baselines</h2>
+<table><tr><th class="l">predictor</th><th>labelled frames</th><th>accuracy</th>{% if has_cost %}<th>cost per 1,000 frames</th>{% endif %}<th class="l">significantly better than every baseline?</th></tr>
+{% for role, m in models %}<tr><td class="l">{{ role }} <span class="muted">{{ m.model }}</span></td><td>{{ m.n_labeled }}</td><td>{{ est(m.accuracy) }}</td>{% if has_cost %}<td>{{ money_est(m.cost) }}</td>{% endif %}
+<td class="l">{% if m.vs_baseline %}{% if m.vs_baseline.significantly_better %}yes{% else %}<span class="flag">no</span>{% endif %} <span class="muted">vs {{ m.vs_baseline.baseline }}: {{ guard(m.vs_baseline, m) }}</span>{% else %}–{% endif %}</td></tr>{% endfor %}
+{% for b in data.baselines %}<tr><td class="l">baseline: {{ b.name }}<br><span class="muted">{{ b.description }}</span></td><td>{{ b.n_labeled }}</td><td>{{ est(b.accuracy) }}</td>{% if has_cost %}<td>{{ money_est(b.cost) }}</td>{% endif %}<td></td></tr>{% endfor %}
+</table>{% endif %}
+
+{% if data.serving_cost %}{% set sc = data.serving_cost %}<h2>Serving cost</h2>
+<p>At {{ money(sc.price_per_device_hour, sc.currency) }} per device-hour{% if sc.device %} ({{ sc.device }}){% endif %}, over {{ sc.runs }} run(s):</p>
+<table><tr><th class="l">model</th><th>per million predictions</th><th>at full utilisation</th><th>predictions per busy second</th><th>device busy</th><th>predictions</th></tr>
+{% for role in ("incumbent", "shadow") %}{% set r = sc.get(role) %}{% if r %}<tr><td class="l">{{ role }} <span class="muted">{{ r.model or "" }}</span></td><td>{{ money(r.usd_per_million, sc.currency) }}</td><td>{{ money(r.usd_per_million_at_capacity, sc.currency) }}</td><td>{{ num0(r.throughput_per_busy_s) }}</td><td>{{ pct(r.utilisation, 0) }}</td><td>{{ num0(r.predictions) }}</td></tr>{% endif %}{% endfor %}
+</table>
+{% if sc.shadow_extra_usd_per_million is not none %}<p>Running the shadow adds <b>{{ money(sc.shadow_extra_usd_per_million, sc.currency) }}</b> per million served predictions.</p>{% endif %}{% endif %}
 
 <h2>Champion / challenger (paired, fixed-sample report)</h2>
 {% if data.paired %}<table>
@@ -362,6 +389,9 @@ _TEMPLATE = r"""<!doctype html>
 {% endif %}
 {% if images.drift %}<img alt="drift over time" src="data:image/png;base64,{{ images.drift }}">{% endif %}
 
+{% if gallery_html %}<h2>Error gallery</h2>
+{{ gallery_html|safe }}{% endif %}
+
 <h2>Annotators</h2>
 {% if data.agreement %}<table>{% for k, v in data.agreement.to_dict().items() %}<tr><th class="l">{{ k }}</th><td>{{ num(v) }}</td></tr>{% endfor %}</table>
 {% else %}<p>No frame has two labels yet.</p>{% endif %}
@@ -401,9 +431,46 @@ def drift_rows(result: EvaluationResult) -> list[tuple[str, float | None]]:
     return rows
 
 
+def fmt_money(x: float | None, currency: str | None = None, digits: int = 2, signed: bool = False) -> str:
+    """``1,234.50 EUR`` (``–`` when missing)."""
+    if _missing(x):
+        return "–"
+    v = f"{float(x):{'+' if signed else ''},.{digits}f}"
+    return f"{v} {currency}" if currency else v
+
+
+def fmt_cost(c: Any, classical: bool = False) -> str:
+    """``12.30 EUR [8.10, 17.90]`` per 1,000 frames from :class:`~pipeline.evaluation.result.CostFigures`."""
+    e = None if c is None else (c.per_1k_classical if classical else c.per_1k)
+    if e is None or _missing(e.value):
+        return "–"
+    if _missing(e.low) or _missing(e.high):
+        return fmt_money(e.value, c.currency)
+    return f"{fmt_money(e.value, c.currency)} [{e.low:,.2f}, {e.high:,.2f}]"
+
+
+def fmt_guard(vs: Any, m: Any = None) -> str:
+    """The baseline guard in words: the model's margin over the baseline and its one-sided lower bound."""
+    if vs is None:
+        return "–"
+    level = f"{100 * (1 - vs.alpha):.0f}%"
+    if vs.on == "cost":
+        cur = m.cost.currency if m is not None and m.cost is not None else ""
+        return (f"saves {fmt_money(vs.diff.value, cur, signed=True)} per 1,000 frames, one-sided {level} lower bound "
+                f"{fmt_money(vs.low, cur, signed=True)} (n={vs.n})")
+    return f"{100 * vs.diff.value:+.1f} points, one-sided {level} lower bound {100 * vs.low:+.1f} (n={vs.n})"
+
+
+def _num0(x: Any) -> str:
+    return "–" if _missing(x) else f"{float(x):,.0f}"
+
+
 def render_html(results: Sequence[EvaluationResult], overall: EvaluationResult, images: dict[str, Path] | None = None,
-                alerts: Sequence[Alert] = ()) -> str:
-    """The whole report as one HTML string (PNG files in ``images`` are inlined as base64)."""
+                alerts: Sequence[Alert] = (), gallery_html: str | None = None) -> str:
+    """The whole report as one HTML string (PNG files in ``images`` are inlined as base64).
+
+    ``gallery_html``: an HTML fragment placed under the heading "Error gallery" (trusted: it is inserted as is;
+    :func:`pipeline.evaluation.gallery.gallery_html` escapes what it takes from the data)."""
     meta = overall.meta
     models = [(r, overall.models[r]) for r in overall.roles]
     b64 = {k: base64.b64encode(Path(p).read_bytes()).decode("ascii") for k, p in (images or {}).items()}
@@ -444,6 +511,8 @@ def render_html(results: Sequence[EvaluationResult], overall: EvaluationResult, 
         cameras=cameras, drift_rows=drift_rows(overall), alerts=list(alerts) or list(overall.alerts),
         evaluated_iso=dt.datetime.fromtimestamp(meta.evaluated_at, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
         est=fmt_est, pct=fmt_pct, p=fmt_p, num=_num, role_figure=_role_figure, confusion_cols=confusion_cols,
+        has_cost=any(m.cost is not None for _, m in models), money=fmt_money, money_est=fmt_cost, guard=fmt_guard, num0=_num0,
+        gallery_html=gallery_html,
     )
 
 
@@ -457,15 +526,17 @@ def result_json(results: Sequence[EvaluationResult], overall: EvaluationResult, 
 
 
 def write_report(results: Sequence[EvaluationResult], overall: EvaluationResult, out_dir: str | Path, alerts: Sequence[Alert] = (),
-                 max_gap: float | None = None) -> dict[str, Path]:
-    """PNGs + ``evaluation.json`` + ``report.html`` into ``out_dir``; returns {name: path}."""
+                 max_gap: float | None = None, gallery_html: str | None = None) -> dict[str, Path]:
+    """PNGs + ``evaluation.json`` + ``report.html`` into ``out_dir``; returns {name: path}. ``gallery_html``: the error
+    gallery's HTML (:func:`pipeline.evaluation.gallery.gallery_html`, its images relative to ``out_dir``), shown under
+    "Error gallery"."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = make_plots(results, overall, out, max_gap=max_gap)
     js = out / "evaluation.json"
     js.write_text(json.dumps(result_json(results, overall, alerts), indent=2, allow_nan=False))
     html = out / "report.html"
-    html.write_text(render_html(results, overall, paths, alerts), encoding="utf-8")
+    html.write_text(render_html(results, overall, paths, alerts, gallery_html=gallery_html), encoding="utf-8")
     return {**paths, "json": js, "html": html}
 
 
@@ -493,12 +564,37 @@ def format_summary(overall: EvaluationResult, results: Sequence[EvaluationResult
             fmt_pct(m.offline.test_accuracy if m.offline else None), fmt_est(m.gap, signed=True),
             fmt_pct(m.estimated_accuracy.value if m.estimated_accuracy else None), str(c.degraded.get(role, 0)),
         ))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    if any(overall.models[r].cost is not None for r in overall.roles):
+        rows[0] = (*header, "cost / 1,000 frames")
+        for k, role in enumerate(overall.roles, start=1):
+            rows[k] = (*rows[k], fmt_cost(overall.models[role].cost))
+    for b in overall.baselines:
+        row = (f"baseline {b.name}", b.description[:40], str(b.n_labeled), fmt_est(b.accuracy), "–", "–", "–", "–")
+        rows.append((*row, fmt_cost(b.cost)) if len(rows[0]) > len(header) else row)
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for k, r in enumerate(rows):
         lines.append("  ".join(str(v).ljust(widths[i]) for i, v in enumerate(r)))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
+    for role in overall.roles:
+        m = overall.models[role]
+        if m.cost is not None and m.cost.drivers:
+            lines.append(f"{role} cost drivers: " + "; ".join(
+                f"{c.true} -> {c.predicted} {fmt_money(c.per_1k, m.cost.currency)}/1k ({fmt_pct(c.share, 0)})" for c in m.cost.drivers[:3]))
+        vs = m.vs_baseline
+        if vs is not None:
+            verdict = "significantly better than every baseline" if vs.significantly_better else "NOT significantly better than the baselines"
+            lines.append(f"{role} vs baselines: {verdict} (closest: {vs.baseline}, {fmt_guard(vs, m)})")
+    sc = overall.serving_cost
+    if sc:
+        cur = sc.get("currency")
+        parts = [f"{r} {fmt_money((sc.get(r) or {}).get('usd_per_million'), cur)}" for r in ROLES if sc.get(r)]
+        extra = sc.get("shadow_extra_usd_per_million")
+        lines.append(f"serving cost per million predictions at {fmt_money(sc.get('price_per_device_hour'), cur)}/device-hour: "
+                     + ", ".join(parts) + (f"; the shadow adds {fmt_money(extra, cur)} per million served" if extra is not None else ""))
+    if any(overall.models[r].cost is not None or overall.models[r].vs_baseline is not None for r in overall.roles) or sc:
+        lines.append("")
     paired = overall.paired
     if paired is not None:
         lines.append(

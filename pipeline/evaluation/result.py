@@ -201,6 +201,11 @@ class Decision(Figures):
     delta: float | None = None
     labels_spent: int | None = None
     method: str | None = None
+    # what the decision weighs (EvalConfig.decide_on): "accuracy" (value/low/high/delta: challenger - champion
+    # accuracy) or "cost" (value/low/high/delta: champion - challenger cost per 1,000 frames, in `unit`; positive =
+    # the challenger is cheaper)
+    on: Literal["accuracy", "cost"] = "accuracy"
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -530,6 +535,69 @@ class ProxyInfo(Figures):
 
 
 @dataclass(frozen=True)
+class CostDriver(Figures):
+    """One confusion's part in a model's cost: ``true`` labelled frames predicted ``predicted``, their (weighted)
+    ``frames`` among the labelled ones, what they add per 1,000 frames and their ``share`` of the error cost."""
+
+    true: str
+    predicted: str
+    frames: int
+    per_1k: float
+    share: float
+
+
+@dataclass(frozen=True)
+class CostFigures(Figures):
+    """Expected cost per 1,000 frames (:mod:`pipeline.evaluation.costs`) in ``currency``, with its interval.
+
+    ``per_1k`` follows the accuracy's estimator (``method``: model-assisted with the model's own expected cost as the
+    proxy, or the classical Hajek/plain mean; Agresti-Coull-style interval either way); ``per_1k_classical`` is the
+    classical one when ``per_1k`` is model-assisted. ``drivers``: the confusions that make up most of the error
+    cost, largest first (classical, inverse-probability weighted shares).
+    """
+
+    per_1k: Estimate
+    currency: str
+    method: str
+    n_eff: float
+    drivers: tuple[CostDriver, ...] = ()
+    per_1k_classical: Estimate | None = None
+
+
+@dataclass(frozen=True)
+class BaselineComparison(Figures):
+    """A model against the baselines on the same labelled frames (:mod:`pipeline.evaluation.baselines`).
+
+    ``diff``: model minus ``baseline`` in accuracy (``on="accuracy"``), or baseline minus model in cost per 1,000
+    frames (``on="cost"``): positive = the model is better either way. ``low``: its one-sided lower confidence bound
+    at ``alpha``. ``significantly_better``: ``low > 0`` against *every* baseline (an intersection-union test, each at
+    ``alpha``); ``baseline`` is the one the model beats by least (smallest ``low``), whose figures these are.
+    The baseline alert fires exactly when ``significantly_better`` is False.
+    """
+
+    baseline: str
+    on: Literal["accuracy", "cost"]
+    diff: Estimate
+    low: float
+    alpha: float
+    significantly_better: bool
+    n: int
+    method: str
+
+
+@dataclass(frozen=True)
+class BaselineFigures(Figures):
+    """A baseline scored like the models: ``name`` (``majority`` or ``rule``), what it predicts (``description``),
+    its accuracy and cost (when costs are configured) on ``n_labeled`` labelled frames."""
+
+    name: str
+    description: str
+    accuracy: Estimate | None
+    cost: CostFigures | None
+    n_labeled: int
+
+
+@dataclass(frozen=True)
 class ModelFigures(Figures):
     """One role's figures. ``accuracy`` is None without labelled, non-degraded predictions; ``gap`` without a
     model card (or card figures); ``estimated_accuracy`` without usable predictions."""
@@ -552,6 +620,8 @@ class ModelFigures(Figures):
     # (Wilson / inverse-probability weighted) estimate of the same labels, for comparison; None when ``accuracy`` is it
     accuracy_classical: Estimate | None = None
     proxy: ProxyInfo | None = None
+    cost: CostFigures | None = None  # with EvalConfig.costs
+    vs_baseline: BaselineComparison | None = None  # the baseline guard (None: no baseline could be scored)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -588,7 +658,7 @@ class Counts(Figures):
 class Alert(Figures):
     """An alert raised on a result (:func:`pipeline.evaluation.alerts.check_alerts`)."""
 
-    kind: str  # "gap" | "drift"
+    kind: str  # "gap" | "drift" | "baseline"
     subject: str  # role ("incumbent"), "incumbent softmax", "class_distribution", "<camera>/<stat>"
     value: float  # the gap's CI lower bound, or the p-value
     threshold: float
@@ -657,7 +727,7 @@ class Meta(Figures):
 # --------------------------------------------------------------------------------------------------
 # the result
 # --------------------------------------------------------------------------------------------------
-_DATA_FIELDS = ("counts", "models", "paired", "decision", "drift", "agreement", "alerts")
+_DATA_FIELDS = ("counts", "models", "paired", "decision", "drift", "agreement", "alerts", "baselines", "serving_cost")
 
 
 @dataclass(frozen=True)
@@ -667,6 +737,9 @@ class EvaluationResult(Figures):
     ``models[role]`` is None for a role without predictions in scope; ``paired``/``decision`` are None
     without shadow predictions (``decision`` alone when no labelled frame has both predictions yet).
     ``alerts`` are set by the caller after :func:`~pipeline.evaluation.alerts.dispatch` (:meth:`with_alerts`).
+    ``baselines``: the majority-class and rule baselines on the same labels (:mod:`pipeline.evaluation.baselines`);
+    ``serving_cost``: :meth:`pipeline.serving_cost.ServingCost.to_dict` over the evaluated runs (None when no price
+    is configured or recorded).
     """
 
     counts: Counts
@@ -677,9 +750,11 @@ class EvaluationResult(Figures):
     agreement: Agreement | None
     meta: Meta
     alerts: tuple[Alert, ...] = ()
+    baselines: tuple[BaselineFigures, ...] = ()
+    serving_cost: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"data": {counts, models, paired, decision, drift, agreement, alerts}, "meta": {...}}``, JSON-ready."""
+        """``{"data": {counts, models, paired, decision, drift, agreement, alerts, baselines, serving_cost}, "meta": {...}}``, JSON-ready."""
         return {"data": {k: _encode(getattr(self, k)) for k in _DATA_FIELDS}, "meta": self.meta.to_dict()}
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -709,3 +784,7 @@ class EvaluationResult(Figures):
     def roles(self) -> list[str]:
         """The roles that have figures, incumbent first."""
         return [r for r in ROLES if self.models.get(r) is not None]
+
+    def baseline(self, name: str) -> BaselineFigures | None:
+        """The baseline called ``name`` (``majority``, ``rule``), None when it was not scored."""
+        return next((b for b in self.baselines if b.name == name), None)

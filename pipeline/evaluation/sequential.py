@@ -654,6 +654,98 @@ def paired_cs_with_disagreement(
     return ConfidenceSequence(value, float(lows[-1]), float(highs[-1]), int(za.size), int(lab.sum()), a, method, lows, highs)
 
 
+# --------------------------------------------------------------------------------------------
+# a difference that is not 0/1: e.g. the champion's cost minus the challenger's, scaled to [-1, 1]
+
+
+def _difference_stream(diff: Any, name: str = "diff") -> tuple[np.ndarray, np.ndarray]:
+    """A per-frame difference in [-1, 1] (NaN where not labelled) and the labelled mask."""
+    d = np.asarray(diff, dtype=np.float64)
+    if d.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one entry per frame), got shape {d.shape}")
+    lab = ~np.isnan(d)
+    seen = d[lab]
+    if seen.size and (not np.isfinite(seen).all() or seen.min() < -1.0 - 1e-12 or seen.max() > 1.0 + 1e-12):
+        raise ValueError(f"{name} must lie in [-1, 1] (or be NaN for frames not labelled), got {seen.min():.4g}..{seen.max():.4g}")
+    return np.where(lab, np.clip(d, -1.0, 1.0), np.nan), lab
+
+
+def difference_cs(
+    diff: Any,
+    inclusion_prob: Any = None,
+    alpha: float = 0.05,
+    *,
+    pi_floor: float | None = None,
+    truncation: float = DEFAULT_TRUNCATION,
+) -> ConfidenceSequence:
+    """:func:`paired_cs` for a per-frame difference in [-1, 1] that need not be -1/0/+1.
+
+    ``diff``: (T,) per frame of the stream, NaN where not labelled, e.g. ``(cost_champion - cost_challenger) /
+    (cost range)`` (positive: the challenger is better). ``inclusion_prob``/``pi_floor`` as in :func:`accuracy_cs`.
+    The observations ``I (1 +- D) / (2 pi)`` stay nonnegative with means ``(1 +- E D) / 2``, so the construction and
+    its validity are those of :func:`paired_cs` (with ``D = Z_chall - Z_champ`` it gives exactly the same bounds).
+    """
+    a = _check_alpha(alpha)
+    d, lab = _difference_stream(diff)
+    pi = _stream_pi(inclusion_prob, lab)
+    s = _scale(pi, pi_floor)
+    w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
+    dd = np.where(lab, d, 0.0)
+    pos, neg = w * (1.0 + dd) / 2.0, w * (1.0 - dd) / 2.0
+    low, high = _two_sided(pos, neg, a, truncation, s)
+    value = float((w * dd).mean()) if dd.size else float("nan")
+    method = "prpl-eb-difference" if inclusion_prob is None else "prpl-eb-ipw-difference"
+    return _summary(value, low, high, lambda u: 2.0 * u - 1.0, int(lab.sum()), a, method, (-1.0, 1.0))
+
+
+def difference_cs_with_disagreement(
+    diff: Any,
+    disagree: Any,
+    inclusion_prob: Any = None,
+    alpha: float = 0.05,
+    *,
+    pi_floor: float | None = None,
+    truncation: float = DEFAULT_TRUNCATION,
+) -> ConfidenceSequence:
+    """:func:`paired_cs_with_disagreement` for a per-frame difference ``D`` in [-1, 1] that need not be -1/0/+1.
+
+    ``D`` is 0 wherever the two models' predictions agree (a frame's cost depends only on its truth and the
+    prediction), and every frame shows whether they agree (``disagree``, 0/1, no label needed). With
+    ``D+ = max(D, 0)``, ``D- = max(-D, 0)`` and ``B = A (1 - |D|)`` (``A`` the disagreement indicator):
+    ``D+ + D- + B = A`` on every frame, all three nonnegative, so the four one-sided CSs and the bounds of
+    :func:`paired_cs_with_disagreement` carry over unchanged (for 0/1 correctness, ``B`` is "both wrong", and the two
+    functions agree exactly).
+    """
+    a = _check_alpha(alpha)
+    c = _check_truncation(truncation)
+    d, lab = _difference_stream(diff)
+    dis = np.asarray(disagree, dtype=np.float64)
+    if dis.shape != d.shape or (dis.size and not np.isin(dis, (0.0, 1.0)).all()):
+        raise ValueError(f"disagree must be 0/1 on every frame, shape {d.shape}; got shape {dis.shape}")
+    bad = lab & (dis == 0) & (np.abs(np.where(lab, d, 0.0)) > 1e-12)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"frame {i}: the models agree (disagree=0) but the difference is {d[i]:.4g}; it must be 0 where they agree")
+    pi = _stream_pi(inclusion_prob, lab)
+    s = _scale(pi, pi_floor)
+    w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
+    dd = np.where(lab, d, 0.0)
+    d_plus, d_minus = np.maximum(dd, 0.0), np.maximum(-dd, 0.0)
+    b = np.where(lab, dis * (1.0 - np.abs(dd)), 0.0)
+    q = a / 4.0
+    method = "prpl-eb-difference-disagreement" if inclusion_prob is None else "prpl-eb-ipw-difference-disagreement"
+    if d.size == 0:
+        return ConfidenceSequence(float("nan"), -1.0, 1.0, 0, 0, a, method, np.zeros(0), np.zeros(0))
+    lb_plus = _ipw_lower(d_plus, w, s, q, c)
+    lb_minus = _ipw_lower(d_minus, w, s, q, c)
+    lb_b = _ipw_lower(b, w, s, q, c)
+    ub_a = _upper_cs_binary(dis, q)
+    lows = np.clip(np.maximum.accumulate(2 * lb_plus + lb_b - ub_a), -1.0, 1.0)
+    highs = np.clip(np.minimum.accumulate(ub_a - 2 * lb_minus - lb_b), -1.0, 1.0)
+    value = float((w * dd).mean())
+    return ConfidenceSequence(value, float(lows[-1]), float(highs[-1]), int(d.size), int(lab.sum()), a, method, lows, highs)
+
+
 def disagreement_bound(disagree: Any, alpha: float = 0.05, truncation: float = DISAGREEMENT_TRUNCATION) -> ConfidenceSequence:
     """``+-UB(A)``: an anytime-valid interval for ``accuracy(challenger) - accuracy(champion)`` from the disagreement
     of every frame alone (no labels): the difference is at most the rate at which the predictions differ."""

@@ -19,6 +19,14 @@ intervals are slightly conservative (by a factor ``1 - rate`` on the variance).
   underestimate the variance (simulated coverage fell to 88% at 50 labels without a cap; with it,
   95-97% from 50 to 400 labels under disagreement and uncertainty sampling). Coverage and
   unbiasedness are tested by simulation in ``tests/pipeline/evaluation/test_stats.py``.
+* Mean of a bounded quantity (a frame's cost, in ``[lo, hi]``; :func:`bounded_mean`): the same Hajek
+  estimate on the values scaled to [0, 1], with an **Agresti-Coull**-style interval: ``z^2/2`` pseudo-frames
+  at each bound (weighted like an average labelled frame) are added before the centre and the linearized
+  variance are computed. For 0/1 values and equal weights this is exactly the Agresti-Coull interval; for a
+  cost that is usually small and rarely large it keeps an unseen expensive error possible (the upper bound
+  stays about ``3.8 / n`` of the range above an all-cheap sample) without the binary variance bound that the
+  Wilson-at-``n_eff`` interval would impose on a spread of cheap errors. Coverage by simulation in
+  ``tests/pipeline/evaluation/test_costs.py``.
 * Gap offline - production: the MOVER / Newcombe hybrid-score interval built from the two
   single-sample intervals, so both sample sizes count.
 * Paired champion/challenger: McNemar's exact test (statsmodels) on the discordant pairs, the
@@ -41,7 +49,7 @@ from pipeline.evaluation.result import ACTIONS, Agreement, Decision, Estimate, P
 
 __all__ = [
     "ACTIONS", "Agreement", "Decision", "Estimate", "PairedResult", "accuracy_estimate", "annotator_agreement", "confusion",
-    "gap_estimate", "mcnemar_exact_p", "mcnemar_sample_size", "paired_test", "per_class_recall", "recommend",
+    "agresti_coull_at", "bounded_mean", "gap_estimate", "mcnemar_exact_p", "mcnemar_sample_size", "paired_test", "per_class_recall", "recommend",
     "weighted_accuracy", "wilson_interval",
 ]
 
@@ -180,6 +188,67 @@ def accuracy_estimate(correct: np.ndarray, inclusion_prob: np.ndarray | None = N
     p = k / n
     lo, hi = wilson_interval(k, n, alpha)
     return Estimate(p, lo, hi, math.sqrt(p * (1 - p) / n), n, float(n), "wilson")
+
+
+def agresti_coull_at(p: float, se: float, n: float, alpha: float = 0.05) -> tuple[float, float]:
+    """Agresti-Coull-style interval for the mean ``p`` in [0, 1] of ``n`` labelled frames whose estimator has
+    standard error ``se``: ``k = z^2/2`` pseudo-frames at 0 and at 1 (each weighted like an average labelled frame)
+    move the centre to ``p~ = (n p + k) / (n + 2k)`` and add their own variance,
+    ``se~^2 = se^2 (n / (n + 2k))^2 + k (p~^2 + (1 - p~)^2) / (n + 2k)^2``; the interval ``p~ +- z se~`` is clipped
+    to [0, 1]. For a 0/1 variable with ``se^2 = p (1 - p) / n`` this is the Agresti-Coull interval up to
+    ``O(1/n^2)``. Used for costs (:func:`bounded_mean`, :func:`pipeline.evaluation.ppi.model_assisted_mean`)."""
+    z = _z(alpha)
+    if not n > 0:
+        return 0.0, 1.0
+    k = z * z / 2.0
+    m = n + 2.0 * k
+    p_a = (n * p + k) / m
+    var_a = (se * n / m) ** 2 + k * (p_a**2 + (1.0 - p_a) ** 2) / (m * m)
+    half = z * math.sqrt(max(var_a, 0.0))
+    return max(0.0, p_a - half), min(1.0, p_a + half)
+
+
+def bounded_mean(
+    values: np.ndarray,
+    inclusion_prob: np.ndarray | None = None,
+    alpha: float = 0.05,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> Estimate:
+    """The stream mean of a quantity bounded in ``bounds`` (e.g. a frame's cost) from a Poisson sample.
+
+    ``values``: (n,) per labelled frame, inside ``bounds``; ``inclusion_prob``: (n,) in (0, 1] (None: all equal).
+    The point estimate is the Hajek mean ``sum(w y) / sum(w)``, ``w = 1/pi`` (the plain mean for equal weights);
+    the interval is the Agresti-Coull-style one of the module docstring, computed on ``(y - lo) / (hi - lo)`` and
+    mapped back, clipped to ``bounds``. ``se`` is the linearized standard error of the Hajek mean (in the units
+    of ``values``); ``n_eff`` the number of uniformly sampled frames with the same standard error
+    (weighted variance of the values / se^2, capped at ``n`` for a constant sample).
+    """
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must be finite with lo < hi, got {bounds!r}")
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-D, got shape {v.shape}")
+    n = v.shape[0]
+    if n and (not np.all(np.isfinite(v)) or v.min() < lo - 1e-9 * (hi - lo) or v.max() > hi + 1e-9 * (hi - lo)):
+        raise ValueError(f"values must lie in [{lo:g}, {hi:g}], got {v.min():.4g}..{v.max():.4g}")
+    pi = np.ones(n) if inclusion_prob is None else _prob_array(inclusion_prob, n, "inclusion_prob")
+    z = _z(alpha)
+    weighted = n > 0 and float(np.ptp(pi)) > 1e-12 * float(pi.max())
+    method = "hajek-linearized-agresti-coull" if weighted else "mean-agresti-coull"
+    if n == 0:
+        return Estimate(float("nan"), lo, hi, float("nan"), 0, 0.0, method)
+    span = hi - lo
+    y = np.clip((v - lo) / span, 0.0, 1.0)
+    w = 1.0 / pi
+    sw = float(w.sum())
+    p = float((w * y).sum() / sw)
+    fac = n / (n - 1) if n > 1 else 1.0
+    var = fac * float((w * w * (y - p) ** 2).sum()) / (sw * sw)  # linearized variance of the Hajek mean
+    low, high = agresti_coull_at(p, math.sqrt(max(var, 0.0)), n, alpha)
+    s2 = float((w * (y - p) ** 2).sum() / sw)  # the values' (weighted) variance: what one uniformly sampled frame tells
+    n_eff = float(n) if not var > 0 else s2 * fac / var
+    return Estimate(lo + span * p, lo + span * low, lo + span * high, span * math.sqrt(max(var, 0.0)), n, n_eff, method)
 
 
 def gap_estimate(offline_accuracy: float, offline_n: int, prod: Estimate, alpha: float = 0.05) -> Estimate:

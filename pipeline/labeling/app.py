@@ -10,14 +10,30 @@ in-memory *leases* so that two annotators working at the same time are not shown
 when it needs only one label (a lease expires after ``lease_s`` seconds, e.g. when someone walks
 away; the frame then goes to the next annotator).
 
-Model predictions are never rendered unless the app was created with ``show_predictions=True``;
-then they sit collapsed behind a "reveal" toggle, so they do not anchor the annotator.
+The predictions for the frame being labelled are never rendered unless the app was created with
+``show_predictions=True``; then they sit collapsed behind a "reveal" toggle, so they do not anchor the annotator.
 
 With a label target (``create_app(..., target=LabelTarget(...))``, ``shadowcam label serve --target 2pts@95``) the
 page shows, above the frame, how far the target is from being met (one line per camera or for the model,
 :mod:`pipeline.labeling.targets`); ``/api/progress`` returns the same statuses as JSON. The store is evaluated at
 most every ``target_refresh_s`` seconds: the first page load evaluates, later ones read the cached statuses while a
 background thread refreshes them once they are older than that.
+
+**Explanations** (``explain=True``, the default; ``--no-explain`` turns them off). After an annotator answers a
+frame, the next page shows that frame's saliency overlay - what the model looked at - beside the model's answer,
+never before the answer (it must not anchor the label). ``GET /overlay?frame_id=...`` serves the PNG only to someone
+who has labelled the frame, or - for a frame that needs no more labels - to a reviewer. The model is the incumbent
+of the frame's run unless ``explain_model`` is given; overlays are computed lazily (prefetched when the answer is
+stored) and cached under the samples' folder (:mod:`pipeline.labeling.overlays`).
+
+**Review** (``GET /review``): the labelled frames where the label and a model disagree, with labels, prediction,
+confidence and overlay (:mod:`pipeline.labeling.review`). Only ``reviewers`` may open it when that set is given,
+else anyone logged in.
+
+**Status** (``GET /status``, ``/api/status``): one page per deployment (model pair) for the people who decide:
+accuracy, gap, cost per 1,000 frames and trend per camera and model, the current decision, open alerts and the
+labels spent this week, in plain words (:mod:`pipeline.labeling.status`; evaluated at most every
+``status_refresh_s`` seconds, in the background).
 
 Auth: each annotator has a token (``tokens={token: annotator}``). Logging in sets an HttpOnly,
 SameSite=Strict cookie naming the annotator, signed and timestamped with itsdangerous
@@ -33,8 +49,9 @@ import mimetypes
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -43,6 +60,9 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 
 from pipeline.config import EvalConfig, LabelTarget
 from pipeline.labeling import queue
+from pipeline.labeling.overlays import OverlayError, OverlayMaker
+from pipeline.labeling.review import disagreements
+from pipeline.labeling.status import StatusBoard
 from pipeline.store import PredictionStore, QueuedSample, StoredPrediction
 from pipeline.types import UNSURE, ConfigError, Label, LabelImportError
 
@@ -172,6 +192,13 @@ def create_app(
     target: LabelTarget | None = None,
     target_refresh_s: float = 30.0,
     target_eval: EvalConfig | None = None,
+    explain: bool = True,
+    explain_model: str | Path | None = None,
+    explain_method: str = "occlusion",
+    reviewers: Collection[str] | None = None,
+    eval_config: EvalConfig | None = None,
+    status_refresh_s: float = 60.0,
+    status_window_s: float | None = None,
 ) -> FastAPI:
     """Build the labeling app.
 
@@ -188,6 +215,17 @@ def create_app(
             the newest run's incumbent model (and shadow, for a ``decision`` target).
         target_refresh_s: the statuses are re-evaluated at most this often (in the background).
         target_eval: how the target's evaluation runs (model cards, workdir); its alpha is the target's level.
+            Default: ``eval_config``.
+        explain: show the model's saliency overlay of a frame after the annotator answered it (and in review).
+        explain_model: explain every frame with this model (``.onnx`` or ``models:/``); default: the incumbent of
+            the frame's run.
+        explain_method: ``occlusion`` or ``rise`` (:func:`pipeline.explain.explain_image`).
+        reviewers: annotators allowed into ``/review`` (and to overlays of frames they did not label); None or
+            empty: everyone logged in.
+        eval_config: how ``/status`` evaluates (costs, alpha, cards, baselines, price per device-hour); its
+            ``workdir`` / ``cache_dir`` also resolve ``models:/`` URIs for overlays.
+        status_refresh_s: ``/status`` figures are re-evaluated at most this often (in the background).
+        status_window_s: the trend's window length; None: the deployment's time span / 8.
 
     Which samples need two annotators is decided by the sampler (``samples.double_label``).
     """
@@ -205,7 +243,19 @@ def create_app(
     leases = _Leases(lease_s)
     if target_refresh_s < 0:
         raise ConfigError(f"target_refresh_s must be >= 0 seconds, got {target_refresh_s}")
-    board = _TargetBoard(store, target, target_refresh_s, target_eval) if target is not None else None
+    if status_refresh_s < 0:
+        raise ConfigError(f"status_refresh_s must be >= 0 seconds, got {status_refresh_s}")
+    if status_window_s is not None and not status_window_s > 0:
+        raise ConfigError(f"status_window_s must be > 0 seconds, got {status_window_s}")
+    if explain_method not in ("occlusion", "rise"):
+        raise ConfigError(f"explain_method must be 'occlusion' or 'rise', got {explain_method!r}")
+    review_only = set(reviewers or ())
+    unknown = review_only - annotators
+    if unknown:
+        raise ConfigError(f"reviewer(s) {', '.join(sorted(unknown))} have no token; reviewers must be annotators "
+                          f"({', '.join(sorted(annotators))})")
+    board = _TargetBoard(store, target, target_refresh_s, target_eval or eval_config) if target is not None else None
+    status_board = StatusBoard(store, eval_config, status_refresh_s, status_window_s)
     templates = Jinja2Templates(directory=str(TEMPLATES))
 
     # keys: 1..9 for the first nine classes, u for unsure, s for skip
@@ -257,6 +307,27 @@ def create_app(
             return None
         return p
 
+    overlays = None
+    if explain:
+        ec = eval_config or EvalConfig()
+        overlays = OverlayMaker(store, resolve_image, explain_model, explain_method, ec.workdir, ec.cache_dir)
+    app.state.overlays = overlays
+
+    def may_review(annotator: str) -> bool:
+        return not review_only or annotator in review_only
+
+    def overlay_allowed(annotator: str, frame_id: str) -> tuple[bool, str]:
+        """(allowed, why not): the annotator labelled the frame, or may review and the frame needs no more labels."""
+        if store.labels_by([frame_id], [annotator]):
+            return True, ""
+        row = queue.sample_row(store, frame_id)
+        if row is not None and may_review(annotator) and row.n_labels > 0 and row.labels_missing == 0:
+            return True, ""
+        return False, "answer this frame first: its overlay is shown only after your label, so it cannot anchor it"
+
+    def to_login() -> Response:
+        return RedirectResponse("/login", status_code=303)
+
     @app.get("/healthz")
     def healthz() -> dict:
         return {"ok": True}
@@ -298,9 +369,22 @@ def create_app(
         preds: list[StoredPrediction] = []
         if frame is not None and show_predictions:
             preds = store.predictions_for_frame(frame.frame_id)
+        answered = None
+        last = request.query_params.get("answered", "")
+        if overlays is not None and last:
+            mine = store.labels_by([last], [annotator]).get((last, annotator))
+            if mine is not None:  # only a frame this annotator answered: never one still to be answered
+                model = next((p for p in store.predictions_for_frame(last) if p.role == "incumbent"), None)
+                answered = dict(frame_id=last, label=mine, model=model, overlay_url=f"/overlay?frame_id={quote(last, safe='')}",
+                                overlay_error=None)
+                try:
+                    overlays.path_for(last)  # cheap: is there a model and an image to explain?
+                except OverlayError as e:
+                    answered["overlay_error"] = str(e)
         return page(
             request, "label.html", annotator=annotator, frame=frame, buttons=buttons, progress=progress(annotator),
             show_predictions=show_predictions, preds=preds, target=board.get() if board is not None else None,
+            answered=answered, can_review=may_review(annotator),
         )
 
     @app.post("/label")
@@ -325,6 +409,9 @@ def create_app(
             except LabelImportError:
                 log.info("duplicate answer from %s for %s ignored (double submit?)", annotator, frame_id)
         leases.release(frame_id, annotator)
+        if overlays is not None and label != queue.SKIP:
+            overlays.prefetch(frame_id)  # computed while the annotator looks at the next frame
+            return RedirectResponse(f"/?answered={quote(frame_id, safe='')}", status_code=303)
         return RedirectResponse("/", status_code=303)
 
     @app.get("/image")
@@ -342,6 +429,73 @@ def create_app(
             return Response(f"image file missing for frame {frame_id!r}", status_code=404, media_type="text/plain")
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/overlay")
+    def overlay(request: Request, frame_id: str = "", role: str = "incumbent") -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return to_login()
+        if overlays is None:
+            return Response("explanations are turned off on this page (--no-explain)", status_code=404, media_type="text/plain")
+        if queue.sample_row(store, frame_id) is None:
+            return Response(f"no sampled frame {frame_id!r}", status_code=404, media_type="text/plain")
+        if role not in ("incumbent", "shadow"):
+            return Response(f"role must be 'incumbent' or 'shadow', got {role!r}", status_code=400, media_type="text/plain")
+        ok, why = overlay_allowed(annotator, frame_id)
+        if not ok:
+            return Response(why, status_code=403, media_type="text/plain")
+        try:
+            path = overlays.get(frame_id, role)
+        except OverlayError as e:
+            log.warning("overlay failed: %s", e)
+            return Response(f"no overlay: {e}", status_code=500, media_type="text/plain")
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/review", response_class=HTMLResponse)
+    def review(request: Request, role: str = "incumbent", page_no: int = 1) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return to_login()
+        if not may_review(annotator):
+            return error(request, 403, "Reviewers only",
+                         f"Review mode is open to {', '.join(sorted(review_only))}; ask one of them, or the person who "
+                         "started `shadowcam label serve` to add you with --reviewer.", annotator)
+        if role not in ("incumbent", "shadow"):
+            return error(request, 400, "Unknown model role", f"role must be 'incumbent' or 'shadow', got {role!r}.", annotator)
+        found = disagreements(store, classes, role)
+        per_page = 30
+        pages = max(1, -(-len(found.items) // per_page))
+        page_no = min(max(1, page_no), pages)
+        items = found.items[(page_no - 1) * per_page: page_no * per_page]
+        return page(request, "review.html", annotator=annotator, found=found, items=items, role=role,
+                    page_no=page_no, pages=pages, explain=overlays is not None, quote=quote)
+
+    def status_doc(request: Request) -> tuple[dict | None, list]:
+        deps = status_board.deployments()
+        if not deps:
+            return None, deps
+        key = request.query_params.get("deployment") or deps[-1].key
+        dep = next((d for d in deps if d.key == key), None)
+        return (status_board.get(dep) if dep is not None else {"error": f"no deployment {key!r}"}), deps
+
+    @app.get("/status", response_class=HTMLResponse)
+    def status(request: Request) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return to_login()
+        doc, deps = status_doc(request)
+        return page(request, "status.html", annotator=annotator, s=doc, deployments=deps)
+
+    @app.get("/api/status")
+    def api_status(request: Request) -> Response:
+        if who(request) is None:
+            return JSONResponse({"error": "log in first"}, status_code=401)
+        doc, deps = status_doc(request)
+        if doc is None:
+            return JSONResponse({"error": "no runs in the store yet"}, status_code=404)
+        return JSONResponse({k: v for k, v in doc.items() if k not in ("rows",)} | {
+            "rows": [{k: v for k, v in r.items() if k != "trend_svg"} for r in doc.get("rows", [])],
+            "deployments": [{"key": d.key, "title": d.title} for d in deps]})
 
     @app.get("/api/progress")
     def api_progress(request: Request) -> Response:

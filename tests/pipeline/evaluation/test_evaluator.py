@@ -288,7 +288,8 @@ def test_eval_config_defaults_are_declared_once_and_recorded_with_the_same_keys(
               "run_ids", "calibration_bins"]
     keys = list(EvalConfig().model_dump(mode="json"))
     assert keys[:len(former)] == former  # users' scripts read these; new settings only add keys after them
-    assert keys[len(former):] == ["drift_baseline", "drift_min_effect", "delta", "pi_floor", "estimator", "proxy_folds", "proxy_min_labels"]
+    assert keys[len(former):] == ["drift_baseline", "drift_min_effect", "delta", "pi_floor", "estimator", "proxy_folds", "proxy_min_labels",
+                                  "costs", "decide_on", "baselines", "price_per_device_hour"]
 
 
 @pytest.mark.parametrize("cam,part", [("camA", "camA"), ("rtsp://10.0.0.5:554/dock 1", "rtsp___10.0.0.5_554_dock 1"), ("../x", "_x"), ("", "_")])

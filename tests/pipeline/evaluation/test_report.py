@@ -117,3 +117,25 @@ def _est(value: float, low: float = math.nan, high: float = math.nan) -> Estimat
 )
 def test_fmt_est(est, signed, text):
     assert report.fmt_est(est, signed=signed) == text
+
+
+def test_error_gallery_html_is_placed_under_its_heading(evaluated, tmp_path):
+    wins, overall = evaluated
+    fragment = '<figure class="gallery"><img src="gallery/a.png"><figcaption>box &rarr; pallet</figcaption></figure>'
+    paths = report.write_report(wins, overall, tmp_path / "g", gallery_html=fragment)
+    html = paths["html"].read_text()
+    assert html.count("<h2>Error gallery</h2>") == 1
+    assert html.index("<h2>Error gallery</h2>") < html.index(fragment) < html.index("<h2>Annotators</h2>")
+    assert "Error gallery" not in report.render_html(wins, overall)  # no gallery given, no heading
+
+
+def test_log_evaluation_passes_report_kwargs_to_write_report(evaluated, tmp_path):
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    wins, overall = evaluated
+    run_id = tracking.log_evaluation(wins, overall, experiment="eval-gallery", workdir=tmp_path, write_report=report.write_report,
+                                     report_kwargs={"gallery_html": "<p id='g'>the gallery</p>"})
+    path = MlflowClient().download_artifacts(run_id, "report.html", str(tmp_path / "dl"))
+    assert "<p id='g'>the gallery</p>" in open(path, encoding="utf-8").read()

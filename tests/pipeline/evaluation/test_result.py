@@ -90,9 +90,13 @@ ADDED_PREFIXES = (
     "meta.config.delta", "meta.config.pi_floor", "meta.methods.drift_training", "meta.methods.decision",
     # issue 11: model-assisted estimates
     "meta.config.estimator", "meta.config.proxy_folds", "meta.config.proxy_min_labels",
+    # issue 12: cost of errors, baselines, serving cost
+    "data.baselines", "data.serving_cost", "meta.config.costs", "meta.config.decide_on", "meta.config.baselines",
+    "meta.config.price_per_device_hour", "meta.methods.cost", "meta.methods.baselines",
 )
 ADDED_IN_MODELS = (".accuracy_cs", ".gap_cs", ".estimated_accuracy.contradicted_by_labels", ".estimated_accuracy.labelled_low",
-                   ".estimated_accuracy.labelled_high", ".estimated_accuracy.unreliable", ".accuracy_classical", ".proxy")
+                   ".estimated_accuracy.labelled_high", ".estimated_accuracy.unreliable", ".accuracy_classical", ".proxy",
+                   ".cost", ".vs_baseline")
 
 
 def _added(path: str) -> bool:
@@ -219,7 +223,9 @@ METRIC_KEYS = [
 
 
 NEW_METRIC_PREFIXES = ("estimated_accuracy/incumbent_", "estimated_accuracy/shadow_", "prod_accuracy_cs/", "train_to_prod_gap_cs/",
-                       "decision/", "drift/training")
+                       "decision/", "drift/training",
+                       # issue 12: cost of errors, baselines, serving cost
+                       "cost_per_1k/", "baseline_accuracy/", "baseline_cost_per_1k/", "baseline_guard/", "serving_")
 
 
 def test_mlflow_metric_keys_are_unchanged(scenarios):

@@ -379,3 +379,53 @@ def test_simulation_cs_controls_false_promotion_and_mcnemar_does_not():
     # the CS still finds a real +5 point gain within the horizon in most runs
     assert np.isfinite(r.cs_labels_to_promote).mean() > 0.8
     assert r.labels_quantile("cs", 0.5) <= 3000
+
+
+# --------------------------------------------------------------------------------------------------
+# a difference that is not 0/1 (the champion's cost minus the challenger's, scaled to [-1, 1])
+# --------------------------------------------------------------------------------------------------
+def test_difference_cs_equals_the_paired_cs_on_correctness_differences():
+    from pipeline.evaluation.sequential import difference_cs, difference_cs_with_disagreement, paired_cs_with_disagreement
+
+    rng = np.random.default_rng(11)
+    T = 3000
+    za = (rng.random(T) < 0.8).astype(float)
+    zb = (rng.random(T) < 0.85).astype(float)
+    # predictions that differ: where exactly one model is right, and on some frames where both are wrong (never where
+    # both are right: a frame has one truth)
+    dis = ((za != zb) | ((za + zb == 0) & (rng.random(T) < 0.3))).astype(float)
+    pi = np.where(rng.random(T) < 0.5, 0.1, 0.4)
+    lab = rng.random(T) < pi
+    a, b = np.where(lab, za, np.nan), np.where(lab, zb, np.nan)
+    p = np.where(lab, pi, np.nan)
+    for old, new in ((paired_cs(a, b, p, pi_floor=0.1), difference_cs(b - a, p, pi_floor=0.1)),
+                     (paired_cs(za, zb), difference_cs(zb - za)),
+                     (paired_cs_with_disagreement(a, b, dis, p, pi_floor=0.1), difference_cs_with_disagreement(b - a, dis, p, pi_floor=0.1))):
+        assert (new.low, new.high, new.value, new.n_labels) == pytest.approx((old.low, old.high, old.value, old.n_labels))
+
+
+def test_difference_cs_covers_a_continuous_difference_at_all_times():
+    """Costs: the per-frame difference takes many values in [-1, 1] and is 0 where the models agree; 300 streams of
+    2,000 frames, every look: the running interval misses the true mean in at most ~alpha of the streams."""
+    from pipeline.evaluation.sequential import difference_cs_with_disagreement
+
+    rng = np.random.default_rng(12)
+    misses, runs, T = 0, 300, 2000
+    for _ in range(runs):
+        dis = (rng.random(T) < 0.15).astype(float)
+        d = dis * np.clip(rng.normal(0.1, 0.4, T), -1, 1)  # the challenger saves a little on average where they differ
+        mu = 0.15 * float(np.mean(np.clip(rng.normal(0.1, 0.4, 200_000), -1, 1)))
+        pi = np.where(rng.random(T) < 0.5, 0.2, 0.6)
+        lab = rng.random(T) < pi
+        cs = difference_cs_with_disagreement(np.where(lab, d, np.nan), dis, np.where(lab, pi, np.nan), 0.05, pi_floor=0.2)
+        misses += bool(((cs.lows > mu) | (cs.highs < mu)).any())
+    assert misses / runs <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / runs)
+
+
+def test_difference_cs_rejects_a_difference_where_the_models_agree():
+    from pipeline.evaluation.sequential import difference_cs, difference_cs_with_disagreement
+
+    with pytest.raises(ValueError, match="must be 0 where they agree"):
+        difference_cs_with_disagreement(np.array([0.5, 0.0]), np.array([0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        difference_cs(np.array([1.5]))
