@@ -13,24 +13,29 @@ Methods (black-box perturbation; the score is the served probability of the targ
     slid by ``stride``; a pixel's attribution is the mean drop of the target probability over the patches that
     cover it. Same window layout and averaging as ``captum.attr.Occlusion`` (the first patch at the corner, then
     strides until the image is covered, the last patch cut off at the border): tests/pipeline/test_explain.py
-    checks the maps against captum driving the same ONNX Runtime session. Deterministic; about
-    ``(ceil((H - window) / stride) + 1) ** 2`` model runs (169 at 96 px with the defaults), batched.
+    checks the maps against captum driving the same ONNX Runtime session (captum itself is not used here: it
+    works on torch tensors, and ``pipeline/`` runs without torch - the import contracts in pyproject.toml).
+    Deterministic; about
+    ``(ceil((H - window) / stride) + 1) ** 2`` model runs (529 at 96 px with the defaults: window 8, stride 4),
+    batched.
 ``rise`` (Petsiuk, Das & Saenko 2018)
     ``n_masks`` random smooth masks (a ``cells`` x ``cells`` grid of cells kept with probability ``p_keep``,
-    upsampled bilinearly and randomly shifted); the map is the mask average weighted by the target probability
-    of each masked frame. Captum has no RISE; this is the paper's estimator, seeded.
+    upsampled bilinearly and randomly shifted); the map is the target's mean probability when a pixel is kept
+    minus its mean overall (:func:`rise_attribution`). Captum has no RISE; seeded, so reproducible. Noisier and
+    coarser than occlusion (measured in tests/pipeline/test_explain.py).
 Grad-CAM (:func:`explain_gradcam`, optional)
     When the training checkpoint is at hand (``best.pt`` written by ``shadowcam train``), Grad-CAM through the
     ``grad-cam`` package (``pip install "shadowcam[train]"``). It explains the torch weights the ONNX file was
     exported from, not the ONNX graph itself; the perturbation methods are the ones that explain the artefact.
 
-Every map is returned at the input frame's size as float32 in [0, 1]: for occlusion the positive part of the
-attribution (regions whose removal lowers the target probability) divided by its maximum - an all-zero map
-means no patch lowered it; for RISE and Grad-CAM min-max scaled. :class:`Explanation` carries the map, the
+Every map is returned at the input frame's size as float32 in [0, 1]: for occlusion and RISE the positive part
+of the attribution (regions whose removal lowers the target probability) divided by its maximum - an all-zero
+map means no region supports the target; Grad-CAM's map min-max scaled. :class:`Explanation` carries the map, the
 target, the frame's probabilities and ``meta`` (model, method parameters, model runs, seconds).
 
-Speed (the demo-sized model, mobilenet_v3_small at 96 x 96, one 320 x 240 frame, this 2-core CPU): occlusion
-~0.1 s (169 runs), RISE with 1000 masks ~0.5 s - measured by ``test_explain_is_fast_enough_for_a_page``.
+Speed (the demo-sized model, mobilenet_v3_small at 96 x 96, one 320 x 240 frame, the 2-core development CPU
+while busy with other jobs): occlusion ~0.4-1 s (530 runs), RISE with 1000 masks ~1.3-3 s - printed by
+``test_explain_is_fast_enough_for_a_page``. Load the model once (:func:`load_classifier`) for many frames.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import cv2
 import numpy as np
 
 from pipeline.batching import INTERPOLATIONS
-from pipeline.runtime import OnnxClassifier, usable_cores
+from pipeline.runtime import TENSORRT, OnnxClassifier, resolve_providers, usable_cores
 from pipeline.store import frames
 from pipeline.types import ShadowcamError
 
@@ -206,7 +211,7 @@ def make_baseline(image: np.ndarray, baseline: str | float) -> np.ndarray:
     value = float(baseline)
     if not (0.0 <= value <= 255.0):
         raise ExplainError(f"baseline grey level must be in 0..255, got {baseline!r}")
-    return np.full(image.shape, int(round(value)), np.uint8)
+    return np.full(image.shape, round(value), np.uint8)
 
 
 def to_unit(attr: np.ndarray, positive_only: bool) -> np.ndarray:
@@ -224,17 +229,28 @@ def to_unit(attr: np.ndarray, positive_only: bool) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # The deployed model
 # --------------------------------------------------------------------------------------------------
+def explain_providers(available: list[str] | None = None, driver: bool | None = None) -> list[str]:
+    """Serving's provider choice (:func:`pipeline.runtime.resolve_providers`) without TensorRT: CUDA -> CPU.
+
+    A TensorRT engine is built for the serving batch sizes (minutes per build); an explanation sends batches of
+    perturbed frames of its own size, which would rebuild it.
+    """
+    return [p for p in resolve_providers(None, available, driver) if p != TENSORRT]
+
+
 def load_classifier(model: str | Path | OnnxClassifier, workdir: str | Path | None = None,
                     cache_dir: str | Path | None = None, providers: list[str] | None = None) -> OnnxClassifier:
     """An :class:`OnnxClassifier` for ``model``: returned as is when already loaded, else an ``.onnx`` path or
     ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``, resolved as the runner does (the MLflow store of
     ``workdir`` when ``MLFLOW_TRACKING_URI`` is not set; downloads cached under ``cache_dir``, default
-    ``<workdir>/.cache``)."""
+    ``<workdir>/.cache``). ``providers`` None: CUDA when it works here, else the CPU (TensorRT is skipped)."""
     if isinstance(model, OnnxClassifier):
         return model
     uri = str(model)
     if workdir is not None and cache_dir is None:
         cache_dir = Path(workdir) / ".cache"
+    if providers is None:
+        providers = explain_providers()
     # one explanation is hundreds of batched runs and nothing else runs beside it: every core (the serving
     # default on the CPU is half of them, for the shadow pair)
     return OnnxClassifier(uri, providers=providers, cache_dir=cache_dir, workdir=workdir, warmup_runs=1,
@@ -284,8 +300,8 @@ def explain_image(model: str | Path | OnnxClassifier, image_bgr: np.ndarray, tar
         image_bgr: uint8 (H, W, 3) BGR, any size (resized to the model's input as serving does).
         target: class name or index to explain; None: the predicted class.
         method: ``"occlusion"`` or ``"rise"`` (module docstring).
-        window, stride: occlusion patch side and step in model-input pixels; default: a sixth of the shorter
-            side, and half the window.
+        window, stride: occlusion patch side and step in model-input pixels; default: a twelfth of the shorter
+            side (at least 2), and half the window.
         baseline: what occluded/masked pixels become (:func:`make_baseline`).
         n_masks, cells, p_keep, seed: RISE masks.
         batch_size: perturbed frames per ONNX Runtime call.

@@ -96,8 +96,10 @@ def check_alerts(result: EvaluationResult, config: AlertConfig) -> list[Alert]:
             what = f"{vs.baseline} baseline ({b.description})" if b is not None else f"{vs.baseline} baseline"
             if vs.on == "cost":
                 unit = (m.cost.currency + " ") if m.cost is not None else ""
-                diff = (f"saves {vs.diff.value:+,.2f} {unit}per 1,000 frames over it, one-sided "
-                        f"{100 * (1 - vs.alpha):.0f}% lower bound {vs.low:+,.2f}")
+                v = vs.diff.value
+                margin = f"saves {v:,.2f} {unit}" if v >= 0 else f"costs {-v:,.2f} {unit}more"
+                diff = (f"{margin} per 1,000 frames than it, one-sided {100 * (1 - vs.alpha):.0f}% lower bound of the saving "
+                        f"{vs.low:+,.2f}")
             else:
                 diff = (f"accuracy {100 * vs.diff.value:+.1f} points over it, one-sided {100 * (1 - vs.alpha):.0f}% lower bound "
                         f"{100 * vs.low:+.1f}")

@@ -123,8 +123,11 @@ def build_error_gallery(store: Any, run_ids: list[str], model: Any, out_dir: str
         role: ``"incumbent"`` or ``"shadow"``.
         per_pair, max_pairs: errors shown per pair, pairs shown (the pairs with most errors).
         method: saliency method (:func:`pipeline.explain.explain_image`); ``explain_kw`` go to it too.
-        truth: ``{frame_id: true class}`` instead of the truth rule over the stored labels.
+        truth: ``{frame_id: true class}`` instead of the truth rule over the stored labels (still only for the
+            labelled frames of the runs; a frame missing from it has no truth).
         image_root: folder relative sampled-image paths are resolved against (default: current directory).
+        explain_kw: :func:`pipeline.explain.explain_image` options (window, n_masks, ...); ``workdir`` and
+            ``cache_dir`` resolve a ``models:/`` URI (:func:`pipeline.explain.load_classifier`).
 
     Returns the items in display order: pairs by error count (descending), errors by confidence (descending).
     """
@@ -134,7 +137,7 @@ def build_error_gallery(store: Any, run_ids: list[str], model: Any, out_dir: str
         raise ConfigError(f"gallery per_pair and max_pairs must be >= 1, got {per_pair} and {max_pairs}")
     if not run_ids:
         raise ConfigError("gallery needs at least one run id")
-    clf = load_classifier(model)
+    clf = load_classifier(model, workdir=explain_kw.pop("workdir", None), cache_dir=explain_kw.pop("cache_dir", None))
     classes = _classes(store, run_ids, clf.class_names)
     pairs = find_errors(store, run_ids, role, classes, truth)
     ordered = sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:max_pairs]
@@ -162,6 +165,11 @@ def build_error_gallery(store: Any, run_ids: list[str], model: Any, out_dir: str
     return items
 
 
+_STYLE = ("<style>.error-gallery figure{display:inline-block;vertical-align:top;width:300px;margin:0 12px 12px 0}"
+          ".error-gallery img{width:100%;height:auto;border:1px solid #ccc}"
+          ".error-gallery figcaption{font-size:0.85em}</style>")
+
+
 def gallery_html(items: Sequence[GalleryItem], relative_to: Path, inline: bool = False) -> str:
     """An HTML ``<section class="error-gallery">``: one block per confused pair (in the items' order), one
     ``<figure>`` per error with its overlay and a caption (frame, camera, role, confidence).
@@ -171,7 +179,7 @@ def gallery_html(items: Sequence[GalleryItem], relative_to: Path, inline: bool =
     escaped.
     """
     esc = html.escape
-    parts = ['<section class="error-gallery">']
+    parts = ['<section class="error-gallery">', _STYLE]
     if not items:
         parts.append("<p>No errors among the labelled frames.</p></section>")
         return "\n".join(parts)

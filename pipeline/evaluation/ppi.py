@@ -27,6 +27,10 @@ other model, the frame's image statistics). **Cross-fitting** keeps it honest: e
 folds, and its proxy value comes from the regression fitted on the labelled frames of the *other* folds, so no
 frame's label or draw enters its own proxy (Zrnic & Candes 2024, "Cross-prediction-powered inference").
 
+A bounded quantity that is not 0/1 (a frame's cost, :mod:`pipeline.evaluation.costs`) goes through
+:func:`model_assisted_mean`: the same estimator on the value scaled to [0, 1], with a proxy that needs no labels
+(the model's own expected cost) and an Agresti-Coull-style interval.
+
 The paired challenger - champion difference is *not* estimated here: a model-assisted interval for it (the
 difference is 0 without a label where the two models agree; PPI++ on the disagreements) was tried and did not
 keep its coverage in simulation under every sampling strategy (few labelled disagreements carrying heavy weights),

@@ -456,8 +456,9 @@ def fmt_guard(vs: Any, m: Any = None) -> str:
     level = f"{100 * (1 - vs.alpha):.0f}%"
     if vs.on == "cost":
         cur = m.cost.currency if m is not None and m.cost is not None else ""
-        return (f"saves {fmt_money(vs.diff.value, cur, signed=True)} per 1,000 frames, one-sided {level} lower bound "
-                f"{fmt_money(vs.low, cur, signed=True)} (n={vs.n})")
+        v = vs.diff.value
+        what = f"saves {fmt_money(v, cur)}" if v >= 0 else f"costs {fmt_money(-v, cur)} more"
+        return f"{what} per 1,000 frames; one-sided {level} lower bound of the saving {fmt_money(vs.low, cur, signed=True)} (n={vs.n})"
     return f"{100 * vs.diff.value:+.1f} points, one-sided {level} lower bound {100 * vs.low:+.1f} (n={vs.n})"
 
 

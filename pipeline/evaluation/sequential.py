@@ -78,6 +78,11 @@ marks a frame that was not labelled (its ``pi`` may be ``NaN`` too: its IPW term
 sampling, labelled frames are an i.i.d. sample of the stream: pass them alone with
 ``inclusion_prob=None`` -- the CS then runs in label time and is much tighter.
 
+A difference that is not 0/1 (the champion's cost minus the challenger's, scaled to [-1, 1] by the cost range:
+``EvalConfig.decide_on="cost"``) goes through :func:`difference_cs` and :func:`difference_cs_with_disagreement`,
+the same constructions on a per-frame ``D`` in [-1, 1] (they reproduce :func:`paired_cs` and
+:func:`paired_cs_with_disagreement` exactly when ``D = Z_chall - Z_champ``).
+
 Everything here is pure numpy; no I/O.
 """
 

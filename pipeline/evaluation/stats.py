@@ -233,7 +233,7 @@ def bounded_mean(
     if n and (not np.all(np.isfinite(v)) or v.min() < lo - 1e-9 * (hi - lo) or v.max() > hi + 1e-9 * (hi - lo)):
         raise ValueError(f"values must lie in [{lo:g}, {hi:g}], got {v.min():.4g}..{v.max():.4g}")
     pi = np.ones(n) if inclusion_prob is None else _prob_array(inclusion_prob, n, "inclusion_prob")
-    z = _z(alpha)
+    _z(alpha)  # validates alpha
     weighted = n > 0 and float(np.ptp(pi)) > 1e-12 * float(pi.max())
     method = "hajek-linearized-agresti-coull" if weighted else "mean-agresti-coull"
     if n == 0:

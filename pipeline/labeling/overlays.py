@@ -196,6 +196,9 @@ class OverlayMaker:
         model, workdir = self.model_for(frame_id, role)
         row = self.store.queued_sample(frame_id)
         image_path = self.resolve_image(row.image_path) if row is not None else None
+        if image_path is None:
+            raise OverlayError(f"frame {frame_id!r}: no sampled image to explain (the frame was not sampled, or its "
+                               f"image lies outside the served image root)")
         try:
             image = read_image(image_path)
             clf = self._classifier(model, workdir)

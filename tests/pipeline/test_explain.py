@@ -52,7 +52,7 @@ class Models:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Models:
-    torch = pytest.importorskip("torch")
+    import torch
     from torch import nn
 
     from models.export import ImageClassifier, export_onnx
@@ -171,8 +171,9 @@ def test_randomised_weights_give_a_different_map(models):
 
 def test_occlusion_matches_captum_driving_the_same_session(models):
     """captum.attr.Occlusion with the ONNX Runtime session as forward_func gives the same attribution."""
-    torch = pytest.importorskip("torch")
-    captum_attr = pytest.importorskip("captum.attr")
+    import captum.attr as captum_attr
+    import torch
+
     clf = load_classifier(models.trained)
     img, _ = foreign_object_frame(FRAMES[0])
     idx = CLASSES.index("foreign_object")
@@ -193,9 +194,8 @@ def test_occlusion_matches_captum_driving_the_same_session(models):
 
 def test_gradcam_from_the_checkpoint_agrees_with_the_export(models, tmp_path):
     """Grad-CAM runs on the torch weights with the card's preprocessing: its probabilities are the ONNX ones."""
-    pytest.importorskip("pytorch_grad_cam")
     clf = load_classifier(models.trained)
-    img, mask = foreign_object_frame(FRAMES[1], size=(96, 128))
+    img, _ = foreign_object_frame(FRAMES[1], size=(96, 128))
     e = ex.explain_gradcam(models.torch_model, clf.card, img)
     onnx_probs = explain_image(clf, img).probs
     np.testing.assert_allclose(e.probs, onnx_probs, atol=2e-3)
@@ -208,7 +208,6 @@ def test_gradcam_from_the_checkpoint_agrees_with_the_export(models, tmp_path):
 
 def test_explain_is_fast_enough_for_a_page(tmp_path):
     """The demo-sized model (mobilenet_v3_small at 96 x 96, random weights: same cost) on one 320 x 240 frame."""
-    pytest.importorskip("torch")
     from models.export import ImageClassifier, build_backbone, export_onnx
     from pipeline.modelcard import ModelCard
 
@@ -303,6 +302,13 @@ def test_a_missing_model_file_names_the_file(tmp_path):
         explain_image(tmp_path / "nope.onnx", red_square())
 
 
+def test_explanations_never_ask_for_tensorrt():
+    trt, cuda, cpu = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    assert ex.explain_providers([trt, cuda, cpu], driver=True) == [cuda, cpu]
+    assert ex.explain_providers([trt, cuda, cpu], driver=False) == [cpu]
+    assert ex.explain_providers([cpu]) == [cpu]
+
+
 def test_window_layout_is_captums():
     assert ex.window_starts(10, 4, 3) == [0, 3, 6]  # ceil(6 / 3) + 1 patches; the last one reaches the border
     assert ex.window_starts(10, 4, 4) == [0, 4, 8]  # ceil(6 / 4) + 1: the last patch is cut off (8..10)
@@ -330,9 +336,9 @@ def test_overlay_is_a_jet_blend_at_the_frame_size(tmp_path, linear):
     sal[:, 15:] = 1.0
     out = overlay(img, sal, alpha=1.0)
     assert out.shape == (40, 60, 3) and out.dtype == np.uint8
-    b, g, r = out[20, 50].astype(int)
+    b, _, r = out[20, 50].astype(int)
     assert r > 100 and b < 10  # jet at 1: dark red
-    b, g, r = out[20, 5].astype(int)
+    b, _, r = out[20, 5].astype(int)
     assert b > 100 and r < 10  # jet at 0: dark blue
     np.testing.assert_array_equal(overlay(img, sal, alpha=0.0), img)
     e = explain_image(linear, red_square())

@@ -117,6 +117,22 @@ def test_bad_options(capsys, tmp_path, model, image):
     assert not (tmp_path / "empty").exists()  # no store was created by looking
 
 
+def test_the_command_offers_the_librarys_methods_and_imports_light():
+    import subprocess
+    import sys
+
+    from pipeline.commands import explain as cmd
+    from pipeline.explain import GRADCAM, METHODS
+
+    assert cmd.METHODS == (*METHODS, GRADCAM)
+    code = "import sys; from pipeline.cli import get_args_parser; get_args_parser(); " \
+           "heavy = [m for m in ('cv2', 'onnxruntime', 'torch', 'pipeline.explain') if m in sys.modules]; print(heavy)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert "pipeline.explain" not in r.stdout, r.stdout
+
+
 def test_a_registry_uri_is_resolved_from_the_workdir(capsys, tmp_path, model, image, monkeypatch):
     from pipeline import tracking
 

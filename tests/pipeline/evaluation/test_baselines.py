@@ -175,7 +175,11 @@ def test_the_guard_on_cost_and_a_user_rule(guard_store, tmp_path, monkeypatch):
     assert sh.diff.value == pytest.approx(1000 * (0.85 * 1 - 0.05 * 40), abs=1e-6)
     inc = res.models["incumbent"].vs_baseline
     assert not inc.significantly_better and inc.diff.value < 0
-    assert {a.subject for a in check_alerts(res, AlertConfig()) if a.kind == "baseline"} == {"incumbent", "shadow"}
+    fired = [a for a in check_alerts(res, AlertConfig()) if a.kind == "baseline"]
+    assert {a.subject for a in fired} == {"incumbent", "shadow"}
+    sh_msg = next(a.message for a in fired if a.subject == "shadow")
+    assert "not significantly better than the rule baseline (user rule always_rules:damaged)" in sh_msg
+    assert f"costs {1000 * (0.05 * 40 - 0.85):,.2f} EUR more per 1,000 frames than it" in sh_msg
     on_acc = Evaluator(EvalConfig(costs=costs, baselines=BaselineConfig(rule="always_rules:damaged"))).evaluate(store)
     assert on_acc.models["shadow"].vs_baseline.significantly_better
     sys.modules.pop("always_rules", None)

@@ -281,3 +281,24 @@ def test_serving_cost_of_the_runs_reaches_the_result_mlflow_and_the_report(tmp_p
     # windows carry no serving cost (it is a figure of the runs, not of a slice of frames)
     assert all(w.serving_cost is None for w in Evaluator(EvalConfig(price_per_device_hour=2.0)).evaluate_windows(store, 50))
     store.close()
+
+
+def test_evaluate_cli_reads_costs_decides_on_cost_and_prices_serving(pair_store, tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "costs.yaml").write_text("currency: EUR\ndefault_error_cost: 1\nmatrix:\n  foreign_object:\n    empty_belt: 100\n"
+                                         "    parcel_ok: 100\n")
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", "--db", pair_store.url, "--no-mlflow", "--workdir", str(tmp_path), "--costs", str(tmp_path / "costs.yaml"),
+               "--decide-on", "cost", "--delta", "5", "--no-baselines", "--price-per-device-hour", "2", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "DECISION: RETIRE" in text and "EUR saved per 1,000 frames" in text and "cost / 1,000 frames" in text
+    import json
+
+    doc = json.loads(out.read_text())["overall"]
+    assert doc["data"]["decision"]["on"] == "cost" and doc["data"]["baselines"] == []
+    assert doc["meta"]["config"]["costs"]["currency"] == "EUR" and doc["meta"]["config"]["price_per_device_hour"] == 2.0
+    (tmp_path / "bad.yaml").write_text("matrix:\n  pallet:\n    parcel_ok: 3\n")
+    rc = main(["evaluate", "--db", pair_store.url, "--no-mlflow", "--workdir", str(tmp_path), "--costs", str(tmp_path / "bad.yaml")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "costs.matrix: unknown class 'pallet' (the model's classes: empty_belt, parcel_ok, foreign_object)" in err

@@ -13,7 +13,7 @@ import pipeline.evaluation
 
 PACKAGE = Path(pipeline.evaluation.__file__).parent
 # a module may import only modules of a lower layer
-LAYER = {"result": 0, "truth": 1, "stats": 1, "drift": 1, "estimate": 1, "costs": 2, "baselines": 3, "evaluator": 4, "report": 5,
+LAYER = {"result": 0, "truth": 1, "stats": 1, "drift": 1, "estimate": 1, "costs": 2, "baselines": 3, "gallery": 3, "evaluator": 4, "report": 5,
          "alerts": 5}
 LAZY_OK = {"matplotlib", "mlflow"}  # heavy optional dependencies may be imported where they are used
 
