@@ -48,6 +48,13 @@ class DemoConfig(_Strict):
     img_size: int | None = Field(default=96, ge=16)
     retrain_epochs: int | None = Field(default=16, ge=1)  # fine-tuning the incumbent's weights needs fewer epochs
     retrain_lr: float = Field(default=2e-3, gt=0)
+    # issue 12: what errors cost (a cost matrix file; relative paths are read from the repository root), what a
+    # device-hour costs (an assumption: an on-demand 2-vCPU cloud VM; every run's summary and the evaluations turn it
+    # into money per million predictions), and the error gallery with saliency overlays in the stream-1 report
+    costs: str | None = "configs/costs.example.yaml"
+    price_per_device_hour: float | None = Field(default=0.096, gt=0)
+    device_name: str = "2-vCPU cloud VM (assumed price)"
+    gallery: bool = True
     progress: bool = True
     clean: bool = True  # start from an empty work dir (the demo's own files only)
 

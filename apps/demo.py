@@ -39,6 +39,7 @@ from pipeline import tracking
 from pipeline.batching import INTERPOLATIONS, resize_into
 from pipeline.config import AlertConfig, RunConfig
 from pipeline.evaluation import alerts as alerts_mod
+from pipeline.evaluation import gallery
 from pipeline.evaluation import report
 from pipeline.evaluation.evaluator import EvalConfig, Evaluator
 from pipeline.evaluation.result import EvaluationResult
@@ -61,6 +62,8 @@ CHECK_CONTRADICTED = "stream1: the label-free estimate is flagged as contradicte
 CHECK_DRIFT_FIRST = "stream2: drifted from training in its first window"
 CHECK_RETRAINED = "stream2: the retrained challenger's gap is at most half the champion's on the same frames"
 CHECK_PROMOTE = "stream2: the anytime-valid decision is promote"
+CHECK_BASELINE = ("stream1: in the night + blur windows the baseline alert fires if, and only if, the incumbent is "
+                  "not significantly better than the best baseline")
 
 
 def gap_halved(champion_gap: float | None, challenger_gap: float | None) -> bool | None:
@@ -88,6 +91,8 @@ class DemoResult:
     decisions: dict[str, dict] = field(default_factory=dict)  # per stream: the anytime-valid decision
     stream2_rounds: int = 0  # rounds of stream 2 streamed and labelled until the decision was made
     drift: dict[str, list] = field(default_factory=dict)  # per stream: each window's drift against training
+    serving_cost: dict[str, dict] = field(default_factory=dict)  # per stream: pipeline.serving_cost over its runs
+    baselines: dict[str, list] = field(default_factory=dict)  # per stream: the baselines scored on the same labels
 
 
 class _Steps:
@@ -162,12 +167,30 @@ def offline_accuracy(model_path: str | Path, manifest: str | Path, batch_size: i
     return {"accuracy": correct / len(samples), "low": low, "high": high, "n": len(samples)}
 
 
+def costs_path(cfg: DemoConfig) -> Path | None:
+    """The demo's cost matrix file (a relative path is read from the repository root)."""
+    if not cfg.costs:
+        return None
+    path = Path(cfg.costs)
+    path = path if path.is_absolute() else Path(__file__).resolve().parents[1] / path
+    if not path.is_file():
+        raise DataError(f"demo costs: {path} not found (DemoConfig.costs: a cost matrix YAML, or None for no costs)")
+    return path
+
+
+def _eval_config(cfg: DemoConfig, run_ids: list[str]) -> EvalConfig:
+    costs = costs_path(cfg)
+    return EvalConfig(run_ids=run_ids, workdir=str(cfg.workdir), costs=str(costs) if costs else None,
+                      price_per_device_hour=cfg.price_per_device_hour)
+
+
 def _evaluate(store: PredictionStore, run_ids: str | list[str], cfg: DemoConfig, name: str, window_s: float | None,
-              first_run_only_windows: bool = False) -> tuple[EvaluationResult, list[EvaluationResult], str]:
+              first_run_only_windows: bool = False, gallery_model: str | Path | None = None,
+              ) -> tuple[EvaluationResult, list[EvaluationResult], str]:
     run_ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
-    ev = Evaluator(EvalConfig(run_ids=run_ids, workdir=str(cfg.workdir)))
+    ev = Evaluator(_eval_config(cfg, run_ids))
     overall = ev.evaluate(store)
-    win_ev = Evaluator(EvalConfig(run_ids=run_ids[:1], workdir=str(cfg.workdir))) if first_run_only_windows else ev
+    win_ev = Evaluator(_eval_config(cfg, run_ids[:1])) if first_run_only_windows else ev
     windows = win_ev.evaluate_windows(store, window_s) if window_s else []
     alert_cfg = AlertConfig()
     fired = alerts_mod.dispatch(windows[-1] if windows else overall, alert_cfg, workdir=cfg.workdir)
@@ -176,8 +199,16 @@ def _evaluate(store: PredictionStore, run_ids: str | list[str], cfg: DemoConfig,
     else:
         overall = overall.with_alerts(fired)
     out = cfg.workdir / "reports" / name
+    report_kwargs = {}
+    if gallery_model is not None and cfg.gallery:
+        # the most confident errors per confused class pair, each with the deployed model's saliency overlay
+        items = gallery.build_error_gallery(store, run_ids, gallery_model, out / "gallery", role="incumbent",
+                                            workdir=cfg.workdir)
+        report_kwargs["gallery_html"] = gallery.gallery_html(items, relative_to=out)
+        print(f"error gallery: {len(items)} frames with overlays in {out / 'gallery'}")
     tracking.log_evaluation(windows or [overall], overall, workdir=cfg.workdir, run_name=f"demo: {name}", artifacts_dir=out,
-                            alerts=fired, max_gap=alert_cfg.max_gap, write_report=report.write_report)
+                            alerts=fired, max_gap=alert_cfg.max_gap, write_report=report.write_report,
+                            report_kwargs=report_kwargs)
     print(report.format_summary(overall, windows, fired))
     return overall, windows, str(out / "report.html")
 
@@ -188,7 +219,8 @@ def _role_row(result: EvaluationResult, role: str) -> dict:
         return {"model": None, "offline_accuracy": None, "prod_accuracy": None, "prod_ci": [None, None], "gap": None,
                 "gap_ci": [None, None], "gap_cs": [None, None], "estimated_accuracy": None, "estimate_contradicted": None,
                 "estimate_unreliable": None,
-                "n_labeled": None, "estimator": None, "n_eff": None, "uniform_wilson_labels": None}
+                "n_labeled": None, "estimator": None, "n_eff": None, "uniform_wilson_labels": None,
+                "cost_per_1k": None, "cost_ci": [None, None], "cost_currency": None, "cost_drivers": [], "vs_baseline": None}
     acc, gap, est = m.accuracy, m.gap, m.estimated_accuracy
     return {
         "model": m.model,
@@ -200,12 +232,30 @@ def _role_row(result: EvaluationResult, role: str) -> dict:
         "estimate_contradicted": est.contradicted_by_labels if est else None,
         "estimate_unreliable": est.unreliable if est else None,
         "n_labeled": m.n_labeled,
+        # issue 12: expected cost of errors per 1,000 frames (configs/costs.example.yaml) and the baseline guard
+        "cost_per_1k": m.cost.per_1k.value if m.cost else None,
+        "cost_ci": [m.cost.per_1k.low, m.cost.per_1k.high] if m.cost else [None, None],
+        "cost_currency": m.cost.currency if m.cost else None,
+        "cost_drivers": [f"{d.true} -> {d.predicted}" for d in m.cost.drivers[:3]] if m.cost else [],
+        "vs_baseline": (None if m.vs_baseline is None else
+                        {"baseline": m.vs_baseline.baseline, "on": m.vs_baseline.on, "diff": m.vs_baseline.diff.value,
+                         "low": m.vs_baseline.low, "significantly_better": m.vs_baseline.significantly_better}),
         # what the labels bought: the estimator, its effective labels, and what uniform sampling + Wilson would have
         # needed for the same interval width
         "estimator": acc.method if acc else None,
         "n_eff": acc.n_eff if acc else None,
         "uniform_wilson_labels": _uniform_wilson_labels(acc),
     }
+
+
+def _baseline_rows(result: EvaluationResult) -> list[dict]:
+    """The baselines scored on the result's labels (accuracy and cost of errors), for the summary."""
+    return [{"name": b.name, "description": b.description, "n_labeled": b.n_labeled,
+             "accuracy": b.accuracy.value if b.accuracy else None,
+             "accuracy_ci": [b.accuracy.low, b.accuracy.high] if b.accuracy else [None, None],
+             "cost_per_1k": b.cost.per_1k.value if b.cost else None,
+             "cost_ci": [b.cost.per_1k.low, b.cost.per_1k.high] if b.cost else [None, None]}
+            for b in (result.baselines or ())]
 
 
 def _uniform_wilson_labels(acc) -> int | None:
@@ -282,7 +332,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
         # 4 ----------------------------------------------------------------------------------------------
         steps("evaluate1", f"Evaluate in {cfg.window_s:.0f} s windows: the train-to-production gap opening, logged to MLflow")
-        overall1, windows1, html1 = _evaluate(store, run1.run_id, cfg, "stream1", cfg.window_s)
+        overall1, windows1, html1 = _evaluate(store, run1.run_id, cfg, "stream1", cfg.window_s,
+                                              gallery_model=inc.onnx_path)
         truth1 = _true_accuracy(store, run1.run_id, m1)
     finally:
         store.close()
@@ -291,7 +342,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         row = _role_row(w, "incumbent")
         row["window"] = w.meta.window.index
         row["labels"] = w.counts.frames_with_truth
+        # the baseline guard of this window, as `shadowcam evaluate` would alert on it
+        row["baseline_alert"] = any(a.kind == "baseline" and a.subject == "incumbent"
+                                    for a in alerts_mod.check_alerts(w, AlertConfig()))
         res.windows.append(row)
+    res.serving_cost["stream1"] = overall1.serving_cost or {}
+    res.baselines["stream1"] = _baseline_rows(overall1)
     res.drift["stream1"] = [_drift_row(w) for w in windows1]
     inc_row = _role_row(overall1, "incumbent")
     inc_row["true_prod_accuracy"] = truth1.get("incumbent", {}).get("all", {}).get("accuracy")
@@ -322,6 +378,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     tail = [w for w in res.windows if w["window"] * cfg.window_s >= last_start and w.get("estimate_contradicted") is not None]
     if tail:
         res.checks[CHECK_CONTRADICTED] = all(w["estimate_contradicted"] for w in tail)
+    guarded = [w for w in res.windows if w["window"] * cfg.window_s >= last_start and w.get("vs_baseline")]
+    if guarded:
+        res.checks[CHECK_BASELINE] = all(w["baseline_alert"] == (not w["vs_baseline"]["significantly_better"])
+                                         for w in guarded)
     truth_last = truth1.get("incumbent", {}).get(last_phase, {}).get("accuracy")
     if truth_last is not None:
         inc_row["true_accuracy_shifted_phase"] = truth_last
@@ -374,6 +434,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     res.drift["stream2"] = [_drift_row(w) for w in windows2]
     if res.drift["stream2"]:
         res.checks[CHECK_DRIFT_FIRST] = bool(res.drift["stream2"][0]["drifted"])
+    res.serving_cost["stream2"] = overall2.serving_cost or {}
+    res.baselines["stream2"] = _baseline_rows(overall2)
     res.decision = overall2.decision.to_dict() if overall2.decision else None
     res.decisions["stream2"] = res.decision or {}
     res.paired = overall2.paired.to_dict() if overall2.paired else None
@@ -430,6 +492,8 @@ def _run(cfg: DemoConfig, video: Path, incumbent: str, shadow: str | None, db: s
         "sampling": {"strategy": cfg.sample_strategy, "rate": cfg.sample_rate, "uniform_floor": cfg.uniform_floor,
                      "seed": cfg.seed, "double_label_share": 0.05, "training": train_sample},
         "store": {"url": db},
+        "serving_cost": ({"price_per_device_hour": cfg.price_per_device_hour, "device": cfg.device_name}
+                         if cfg.price_per_device_hour else None),
         "workdir": str(cfg.workdir),
     })
     summary = Runner(rc, progress=cfg.progress, install_signal_handlers=False).run()
@@ -469,9 +533,40 @@ def format_summary(res: DemoResult) -> str:
             flag = (" CONTRADICTED by labels" if w.get("estimate_contradicted") else "") + (" (unreliable)" if w.get("estimate_unreliable") else "")
             dr = drift1.get(w["window"]) or {}
             drift_txt = f"; drifted: {dr['finding']}" if dr.get("drifted") else "; no drift from training" if dr.get("drifted") is False else ""
+            vs = w.get("vs_baseline") or {}
+            base_txt = (f"; vs {vs['baseline']} baseline {100 * vs['diff']:+.1f} pts (lower bound {100 * vs['low']:+.1f})"
+                        f"{' BASELINE ALERT' if w.get('baseline_alert') else ''}") if vs and vs.get("on") == "accuracy" else ""
             lines.append(f"  window {w['window']}: production {_pct(w.get('prod_accuracy'))} {_ci(w.get('prod_ci'))}, "
                          f"gap {_pct(w.get('gap'))} {_ci(w.get('gap_ci'))}, {w.get('labels')} labels, "
-                         f"label-free {_pct(est)}{flag}{drift_txt}")
+                         f"label-free {_pct(est)}{flag}{drift_txt}{base_txt}")
+    costed = [(tag, m) for tag, m in res.models.items() if m.get("cost_per_1k") is not None]
+    if costed:
+        lines.append("\ncost of errors per 1,000 frames (configs/costs.example.yaml; 95% CI; the confusions that drive it):")
+        for tag, m in costed:
+            lo, hi = m["cost_ci"]
+            lines.append(f"  {tag:<44} {m['cost_per_1k']:>9,.1f} [{lo:,.1f}, {hi:,.1f}] {m['cost_currency']}; "
+                         f"{', '.join(m['cost_drivers'])}")
+    for stream, rows in res.baselines.items():
+        if rows:
+            lines.append(f"baselines on {stream}'s labels (accuracy, 95% CI; cost per 1,000 frames):")
+            for b in rows:
+                cost = f"; cost {b['cost_per_1k']:,.1f}" if b.get("cost_per_1k") is not None else ""
+                lines.append(f"  {b['name']:<10} {_pct(b['accuracy'])} {_ci(b['accuracy_ci'])}{cost}  ({b['description']})")
+    for tag, m in res.models.items():
+        vs = m.get("vs_baseline")
+        if vs:
+            unit = "points" if vs["on"] == "accuracy" else "per 1,000 frames"
+            scale = 100 if vs["on"] == "accuracy" else 1
+            lines.append(f"  {tag:<44} vs {vs['baseline']}: {scale * vs['diff']:+.1f} {unit} (one-sided lower bound "
+                         f"{scale * vs['low']:+.1f}): {'significantly better' if vs['significantly_better'] else 'NOT significantly better'}")
+    for stream, sc in res.serving_cost.items():
+        if sc:
+            parts = [f"{role} {sc[role]['usd_per_million']:,.2f}" for role in ("incumbent", "shadow")
+                     if sc.get(role) and sc[role].get("usd_per_million") is not None]
+            extra = sc.get("shadow_extra_usd_per_million")
+            lines.append(f"serving cost on {stream} ({sc.get('currency', 'USD')} per million predictions at "
+                         f"{sc.get('price_per_device_hour')}/device-hour, {sc.get('device')}): {', '.join(parts)}"
+                         + (f"; the shadow adds {extra:,.2f} per million served" if extra is not None else ""))
     for d in res.drift.get("stream2", [])[:1]:
         lines.append(f"stream 2, first window: {'drifted from training: ' + str(d.get('finding')) if d.get('drifted') else 'no drift from training'}")
     lines.append(f"\nlabels used: {res.labels_used}")

@@ -19,11 +19,11 @@ from tests.conftest import DEMO_TEST_TIMEOUT_S
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEMO_TEST_TIMEOUT_S)]
 
 MODEL = "conveyor-classifier"
-from apps.demo import (CHECK_CONTRADICTED, CHECK_DRIFT_FIRST, CHECK_ENDS_BELOW, CHECK_FP16, CHECK_GAP_CI, CHECK_PROMOTE,
-                       CHECK_RETRAINED)
+from apps.demo import (CHECK_BASELINE, CHECK_CONTRADICTED, CHECK_DRIFT_FIRST, CHECK_ENDS_BELOW, CHECK_FP16, CHECK_GAP_CI,
+                       CHECK_PROMOTE, CHECK_RETRAINED)
 
-EXPECTED_CHECKS = (CHECK_GAP_CI, CHECK_ENDS_BELOW, CHECK_FP16, CHECK_CONTRADICTED, CHECK_DRIFT_FIRST, CHECK_RETRAINED,
-                   CHECK_PROMOTE)
+EXPECTED_CHECKS = (CHECK_GAP_CI, CHECK_ENDS_BELOW, CHECK_FP16, CHECK_CONTRADICTED, CHECK_BASELINE, CHECK_DRIFT_FIRST,
+                   CHECK_RETRAINED, CHECK_PROMOTE)
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,89 @@ def test_summary_says_what_the_labels_bought(summary):
         half = (m["prod_ci"][1] - m["prod_ci"][0]) / 2
         assert m["uniform_wilson_labels"] == wilson_labels_for_half_width(m["prod_accuracy"], half), tag
         assert m["n_eff"] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 12: trust and business value in the demo's stream-1 report, and /status on the demo's store
+# --------------------------------------------------------------------------------------------------
+def test_stream1_report_has_the_error_gallery_costs_serving_cost_and_baselines(summary):
+    """The stream-1 report: the error gallery with overlays (PNG files next to the report), cost per 1,000 frames
+    with CIs for both models under configs/costs.example.yaml, the serving cost per million predictions, and the
+    baselines scored on the same labels."""
+    html_path = Path(summary["reports"]["stream1"])
+    html = html_path.read_text()
+    for heading in ("Error gallery", "Cost of errors", "Baselines", "Serving cost"):
+        assert f"<h2>{heading}</h2>" in html, heading
+    pngs = re.findall(r'src="(gallery/[^"]+\.png)"', html)
+    assert pngs, "the error gallery shows no overlay"
+    for src in pngs:
+        img = (html_path.parent / src)
+        assert img.is_file() and img.stat().st_size > 1000, src
+    evaluation = json.loads((html_path.parent / "evaluation.json").read_text())
+    models = evaluation["overall"]["models"]
+    for tag, role in (("champion (stream 1)", "incumbent"), ("fp16 shadow (stream 1)", "shadow")):
+        _, m = row(summary, tag)
+        lo, hi = m["cost_ci"]
+        assert m["cost_currency"] == "EUR" and lo < hi and lo <= m["cost_per_1k"] <= hi, (tag, m, table(summary))
+        assert models[role]["cost"]["per_1k"]["value"] == pytest.approx(m["cost_per_1k"]), tag
+        assert m["cost_drivers"], tag
+    sc = summary["serving_cost"]["stream1"]
+    assert sc["price_per_device_hour"] == pytest.approx(0.096)
+    for role in ("incumbent", "shadow"):
+        assert sc[role]["usd_per_million"] > 0 and sc[role]["predictions"] > 0, sc
+    assert sc["shadow_extra_usd_per_million"] > 0, sc
+    names = {b["name"]: b for b in summary["baselines"]["stream1"]}
+    assert {"majority", "rule"} <= names.keys(), names
+    for b in names.values():
+        assert b["accuracy"] is not None and b["cost_per_1k"] is not None, b
+
+
+def test_baseline_alert_in_the_night_and_blur_windows_iff_not_significantly_better(summary):
+    """Issue 12's Done-when: in the windows of the last phase (night + blur + new packaging) the baseline alert
+    fires if, and only if, the incumbent is not significantly better than the best baseline there."""
+    assert CHECK_BASELINE in summary["checks"], table(summary)
+    guarded = [w for w in summary["windows"] if w.get("vs_baseline")]
+    assert guarded, table(summary)
+    for w in guarded:
+        assert w["baseline_alert"] == (not w["vs_baseline"]["significantly_better"]), w
+        assert w["vs_baseline"]["significantly_better"] == (w["vs_baseline"]["low"] > 0), w
+    assert summary["checks"][CHECK_BASELINE], table(summary)
+
+
+@pytest.mark.browser
+def test_status_page_renders_the_demos_figures_in_chromium(demo_workdir: Path, summary, tmp_path: Path):
+    """/status on the demo's store, in headless Chromium: the deployment the demo ended with (champion v1,
+    retrained challenger in shadow on stream 2), with the production accuracy the demo's summary printed for it."""
+    from apps.config import DemoConfig
+    from apps.demo import costs_path
+    from pipeline.config import EvalConfig
+    from pipeline.labeling.app import create_app
+    from pipeline.labeling.status import build_status, deployments
+    from pipeline.store import PredictionStore
+    from tests.pipeline.labeling.test_browser_status import chromium, log_in, serving
+
+    import cv2
+    import numpy as np
+
+    store = PredictionStore(str(demo_workdir / "shadowcam.db"))
+    try:
+        cfg = EvalConfig(workdir=str(demo_workdir), costs=str(costs_path(DemoConfig())), price_per_device_hour=0.096)
+        dep = deployments(store)[-1]
+        doc = build_status(store, dep, cfg)
+        _, champ = row(summary, "champion (stream 2)")
+        inc_all = next(r for r in doc["rows"] if r["role"] == "incumbent" and r["kind"] == "model")
+        assert inc_all["accuracy"]["value"] == pytest.approx(champ["prod_accuracy"], abs=1e-9), (inc_all, champ)
+        shot = tmp_path / "status.png"
+        with serving(create_app(store, tokens={"m4nager-demo": "manager"}, eval_config=cfg)) as base, chromium() as browser:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            log_in(page, base, "m4nager-demo")
+            page.goto(base + "/status")
+            text = page.inner_text("#status-table")
+            assert inc_all["accuracy_text"] in text and inc_all["error_cost_text"] in text, text
+            assert "EUR" in text and "$" in text  # cost of errors and serving cost
+            assert page.locator("#decision .headline").inner_text().strip()
+            page.screenshot(path=str(shot), full_page=True)
+        img = cv2.imread(str(shot))
+        assert img is not None and img.shape[1] == 1400 and len(np.unique(img.reshape(-1, 3), axis=0)) > 50
+    finally:
+        store.close()

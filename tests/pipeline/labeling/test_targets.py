@@ -177,7 +177,7 @@ def test_explicit_run_ids_limit_the_labels_that_count(tmp_path):
 def test_decision_kind_met_when_the_decision_is_made(tmp_path):
     # every frame labelled (pi = 1): the shadow is right everywhere, the incumbent on 60%: 300 paired labels
     # decide (promote)
-    decided = [F("camA" if i % 2 else "camB", inc_right=i % 5 < 3, sh_right=True) for i in range(100)]
+    decided = [F("camA" if i % 2 else "camB", inc_right=i % 5 < 3, sh_right=True) for i in range(300)]
     store = build(str(tmp_path / "d.db"), decided, pi=1.0)
     try:
         st = target_status(store, LabelTarget(kind="decision", scope="model"), CLASSICAL)
