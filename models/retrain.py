@@ -39,6 +39,10 @@ class ProductionSet:
     n_frames: int  # labelled frames written to the manifest
     n_excluded: int  # labelled frames left out (unsure only, tied, unknown class, image missing)
     class_counts: dict[str, int]
+    # frames of the training sample (drawn for being hard, SamplingConfig.training) whose time block went to val or
+    # test: left out, since a test split picked for difficulty would understate the offline accuracy, and moving
+    # them to train would put near-copies of test frames into training
+    n_training_sample_held_out: int = 0
 
 
 def majority_labels(store: st.PredictionStore, class_names: list[str]) -> tuple[dict[str, str], int]:
@@ -82,6 +86,8 @@ def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_
 
     Splits are assigned by time blocks (:func:`split_by_time_blocks`); training rows are written
     ``repeat`` times, so a few hundred production frames weigh against thousands of original images.
+    Frames of the training sample (strategy ``training:...``) are used for training only: in a val or test block
+    they are left out (``n_training_sample_held_out``).
     """
     out_csv = Path(out_csv)
     truth, excluded = majority_labels(store, class_names)
@@ -92,7 +98,8 @@ def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_
         if not s.image_path or not Path(s.image_path).is_file():
             excluded += 1
             continue
-        rows.append((str(Path(s.image_path).resolve()), truth[s.frame_id], s.camera_id, s.frame_id, s.ts))
+        rows.append((str(Path(s.image_path).resolve()), truth[s.frame_id], s.camera_id, s.frame_id, s.ts,
+                     s.strategy.startswith(st.TRAINING_PREFIX)))
     if not rows:
         raise DataError(
             f"store {store.url}: no labelled production frames with images to retrain on "
@@ -101,15 +108,17 @@ def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_
     rows.sort(key=lambda r: r[3])
     splits = split_by_time_blocks([r[3] for r in rows], [r[2] for r in rows], [r[4] for r in rows], block_s,
                                   val_fraction, test_fraction, seed)
+    held_out = [sp != "train" and r[5] for r, sp in zip(rows, splits)]
+    kept = [(r, sp) for r, sp, h in zip(rows, splits, held_out) if not h]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split", "camera", "frame_id"])
-        for r, sp in zip(rows, splits):
+        for r, sp in kept:
             for _ in range(max(1, repeat) if sp == "train" else 1):
                 w.writerow([r[0], r[1], sp, r[2], r[3]])
-    counts = Counter(r[1] for r in rows)
-    return ProductionSet(out_csv, len(rows), excluded, {c: counts.get(c, 0) for c in class_names})
+    counts = Counter(r[1] for r, _ in kept)
+    return ProductionSet(out_csv, len(kept), excluded, {c: counts.get(c, 0) for c in class_names}, sum(held_out))
 
 
 def retrain(
@@ -154,8 +163,9 @@ def retrain(
                                      seed=int(train_kwargs.get("seed", 0)))
     finally:
         store.close()
-    log.info("retrain: %d labelled production frames (%d left out; training rows x%d) + %s", prod.n_frames,
-             prod.n_excluded, repeat, ", ".join(data))
+    log.info("retrain: %d labelled production frames (%d left out, %d of the training sample held out of val/test "
+             "blocks; training rows x%d) + %s", prod.n_frames, prod.n_excluded, prod.n_training_sample_held_out, repeat,
+             ", ".join(data))
     cfg = make_config(
         data=[*data, str(prod.manifest)], class_names=class_names, workdir=str(workdir), out=str(out_dir),
         register_name=register_name, alias=alias if register_name else None, **train_kwargs,

@@ -386,7 +386,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
             training_reference=reference.to_dict(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extra={"val_size": int(len(y_val)), "train_size": int(n_train), "best_epoch": best["epoch"],
-                   "epochs": cfg.epochs, "data_sources": ds.sources, "seed": cfg.seed},
+                   "epochs": cfg.epochs, "data_sources": ds.sources, "seed": cfg.seed,
+                   # training images per class: the evaluator's majority-class baseline predicts the most common
+                   "class_counts": {c: int((y_train == k).sum()) for k, c in enumerate(classes)}},
         )
         ckpt = save_checkpoint(out_dir / "best.pt", model, card)
         verify = ds.images["test"][:8]

@@ -267,6 +267,7 @@ class SampledFrame:
     camera_id: str
     image_path: str
     ts: float
+    strategy: str = ""  # the sampling strategy that drew it (``training:...``: drawn only for retraining)
 
 
 class PredictionStore:
@@ -482,12 +483,12 @@ class PredictionStore:
     def sampled_frames(self) -> list[SampledFrame]:
         """Every sampled frame (any status) with its JPEG path, camera and capture time, in frame_id order."""
         q = (
-            sa.select(samples.c.frame_id, samples.c.camera_id, samples.c.image_path, frames.c.ts)
+            sa.select(samples.c.frame_id, samples.c.camera_id, samples.c.image_path, frames.c.ts, samples.c.strategy)
             .join(frames, frames.c.frame_id == samples.c.frame_id)
             .order_by(samples.c.frame_id)
         )
         with self.engine.connect() as conn:
-            return [SampledFrame(fid, cam, path or "", float(ts)) for fid, cam, path, ts in conn.execute(q)]
+            return [SampledFrame(fid, cam, path or "", float(ts), strategy or "") for fid, cam, path, ts, strategy in conn.execute(q)]
 
     def run_predictions(self, run_id: str) -> list[StoredPrediction]:
         """Every prediction on the frames of ``run_id`` (both roles), with each frame's ``source_ref``;

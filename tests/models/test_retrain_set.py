@@ -16,7 +16,7 @@ from pipeline.types import DataError, Label
 CLASSES = ["box", "bag", "empty"]
 
 
-def _store(root: Path, n: int, cameras: int = 1, sampled=None, missing_image=()) -> tuple[PredictionStore, list[str]]:
+def _store(root: Path, n: int, cameras: int = 1, sampled=None, missing_image=(), training=()) -> tuple[PredictionStore, list[str]]:
     """``n`` frames one second apart per camera; frames in ``sampled`` (default all) are sampled with a JPEG file
     (an empty stand-in: retraining only checks that it exists), except those in ``missing_image``."""
     store = PredictionStore(str(root / "store.db"))
@@ -30,7 +30,8 @@ def _store(root: Path, n: int, cameras: int = 1, sampled=None, missing_image=())
         jpg = root / f"{i}.jpg"
         if i not in missing_image:
             jpg.write_bytes(b"\xff\xd8\xff")
-        srecs.append(SampleRecord(fid, f"cam{i % cameras}", "uniform", 0.5, str(jpg), 2000.0 + i))
+        srecs.append(SampleRecord(fid, f"cam{i % cameras}", "training:uncertainty" if i in training else "uniform", 0.5,
+                                  str(jpg), 2000.0 + i))
     store.write_batch(frame_records=frecs, sample_records=srecs)
     return store, ids
 
@@ -109,3 +110,24 @@ def test_export_without_usable_labels_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no labelled production frames with images"):
         export_production_set(store, tmp_path / "p.csv", CLASSES)
     store.close()
+
+
+def test_training_sample_frames_are_for_training_only(tmp_path: Path) -> None:
+    """Frames of the training sample (drawn for being hard) never enter val or test: in a train block they are
+    training rows like the others, in a val/test block they are left out (not moved: near-copies would leak)."""
+    training = set(range(0, 60, 3))
+    store, f = _store(tmp_path, 60, cameras=2, training=training)
+    for i, fid in enumerate(f):
+        _label(store, fid, CLASSES[i % 3])
+    prod = export_production_set(store, tmp_path / "p.csv", CLASSES, repeat=1, block_s=5.0, val_fraction=0.2,
+                                 test_fraction=0.2, seed=1)
+    store.close()
+    rows = _read(tmp_path / "p.csv")
+    split_of = {r["frame_id"]: r["split"] for r in rows}
+    tr_ids = {f[i] for i in training}
+    assert all(split_of[fid] == "train" for fid in tr_ids if fid in split_of)
+    held = [fid for fid in tr_ids if fid not in split_of]
+    assert held and prod.n_training_sample_held_out == len(held)
+    assert prod.n_frames == 60 - len(held) == len(rows)
+    # the evaluation-sample frames keep their blocks' splits
+    assert {"val", "test"} <= {split_of[fid] for fid in f if fid not in tr_ids}

@@ -41,6 +41,10 @@ def test_model_file_carries_the_training_reference(tiny_run):
     np.testing.assert_allclose(ref.probs.sum(axis=1), 1.0, atol=1e-3)
     assert set(ref.image_stats) == set(STAT_NAMES) and all(len(v) == n_val for v in ref.image_stats.values())
     assert (r.out_dir / "training_reference.json").is_file()
+    # the training images per class (the evaluator's majority-class baseline reads them)
+    counts = card.extra["class_counts"]
+    assert list(counts) == list(SHAPE_CLASSES) and sum(counts.values()) == r.card.extra["train_size"]
+    assert all(n > 0 for n in counts.values())
 
 
 def test_training_run_is_logged_and_registered(tiny_run, monkeypatch):
