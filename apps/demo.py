@@ -294,7 +294,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     # 1 --------------------------------------------------------------------------------------------------
     steps("train", f"Synthesize {cfg.train_images} clean conveyor images, train the incumbent, register it as 'champion'")
     train_dir = wd / "data" / "train"
-    generate_dataset(train_dir, cfg.train_images, seed=cfg.seed, progress=cfg.progress)
+    # rendered at the camera's frame size, as production frames are: training resizes them to the model's input the
+    # way the runtime resizes camera frames, so clean production frames look like training (images rendered at the
+    # model size directly keep a pixel-level texture that downscaled camera frames lose, and drift against training
+    # would flag even the day shift as "blurrier than training")
+    generate_dataset(train_dir, cfg.train_images, seed=cfg.seed, img_size=cfg.frame_size, progress=cfg.progress)
     # an offline test clip from the same camera under the conditions production will drift into (night + motion
     # blur + new packaging), every frame labelled: each model's offline accuracy "on the same conditions"
     shifted_test = write_stream(wd / "data" / "test_shifted", cfg.shifted_test_frames, seed=cfg.seed + 303,
@@ -565,7 +569,8 @@ def format_summary(res: DemoResult) -> str:
                      if sc.get(role) and sc[role].get("usd_per_million") is not None]
             extra = sc.get("shadow_extra_usd_per_million")
             lines.append(f"serving cost on {stream} ({sc.get('currency', 'USD')} per million predictions at "
-                         f"{sc.get('price_per_device_hour')}/device-hour, {sc.get('device')}): {', '.join(parts)}"
+                         f"{sc.get('price_per_device_hour')}/device-hour{', ' + sc['device'] if sc.get('device') else ''}): "
+                         f"{', '.join(parts)}"
                          + (f"; the shadow adds {extra:,.2f} per million served" if extra is not None else ""))
     for d in res.drift.get("stream2", [])[:1]:
         lines.append(f"stream 2, first window: {'drifted from training: ' + str(d.get('finding')) if d.get('drifted') else 'no drift from training'}")

@@ -259,6 +259,7 @@ def combine_runs(summaries: Iterable[Mapping[str, Any] | str | None], price_per_
             return None
         price_per_device_hour = recorded["price_per_device_hour"]
         currency = currency or recorded.get("currency")
+    if recorded is not None:  # the device the runs named (a price given here re-prices the same device)
         device = device or recorded.get("device")
     price = _price(price_per_device_hour, "combine_runs")
     return _compute(ti, ts, wall, price, currency or "USD", device, runs)

@@ -223,7 +223,7 @@ def test_stream1_report_has_the_error_gallery_costs_serving_cost_and_baselines(s
         img = (html_path.parent / src)
         assert img.is_file() and img.stat().st_size > 1000, src
     evaluation = json.loads((html_path.parent / "evaluation.json").read_text())
-    models = evaluation["overall"]["models"]
+    models = evaluation["overall"]["data"]["models"]
     for tag, role in (("champion (stream 1)", "incumbent"), ("fp16 shadow (stream 1)", "shadow")):
         _, m = row(summary, tag)
         lo, hi = m["cost_ci"]
