@@ -206,8 +206,9 @@ def test_gradcam_from_the_checkpoint_agrees_with_the_export(models, tmp_path):
     assert e2.target_index == 1 and e2.probability == pytest.approx(float(onnx_probs[1]), abs=2e-3)
 
 
-def test_explain_is_fast_enough_for_a_page(tmp_path):
-    """The demo-sized model (mobilenet_v3_small at 96 x 96, random weights: same cost) on one 320 x 240 frame."""
+def test_explain_runs_the_demo_sized_model_in_batches(tmp_path):
+    """The demo-sized model (mobilenet_v3_small at 96 x 96, random weights: same cost) on one 320 x 240 frame: the
+    number of model runs each method makes (the time is printed, not asserted: timings belong in benchmarks)."""
     from models.export import ImageClassifier, build_backbone, export_onnx
     from pipeline.modelcard import ModelCard
 
@@ -215,16 +216,16 @@ def test_explain_is_fast_enough_for_a_page(tmp_path):
     path = export_onnx(ImageClassifier(build_backbone("mobilenet_v3_small", 3)).eval(), card, tmp_path / "m.onnx").path
     clf = load_classifier(path)
     img, _ = foreign_object_frame(3, size=(240, 320))
-    seconds = {}
+    seconds, runs = {}, {}
     for method in ("occlusion", "rise"):
         t0 = time.perf_counter()
         e = explain_image(clf, img, method=method)
         seconds[method] = time.perf_counter() - t0
+        runs[method] = e.meta.get("model_runs")
         assert e.saliency.shape == (240, 320)
     print(f"\none 320x240 frame, mobilenet_v3_small at 96 px: occlusion {seconds['occlusion']:.2f} s "
-          f"({1 + 23 ** 2} runs), rise {seconds['rise']:.2f} s (1001 runs)")
-    # a few seconds on a quiet 2-core CPU (~0.6 s and ~1.5 s); the bound leaves room for a busy CI machine
-    assert seconds["occlusion"] < 10 and seconds["rise"] < 20
+          f"({runs['occlusion']} runs), rise {seconds['rise']:.2f} s ({runs['rise']} runs)")
+    assert runs == {"occlusion": 1 + 23 ** 2, "rise": 1001}  # window 8, stride 4 on 96 px; 1,000 masks + the frame
 
 
 # --------------------------------------------------------------------------------------------------

@@ -266,7 +266,7 @@ def test_retraining_and_demo_queries(store_url):
     st.add_labels([Label(f[1], "bag", "b", 3.0), Label(f[1], "unsure", "a", 2.0), Label(f[4], "box", "a", 1.0)])
     assert st.labels_by_frame() == {f[1]: ["unsure", "bag"], f[4]: ["box"]}  # oldest first; unsampled frames too
     assert st.sampled_frames() == [
-        store_mod.SampledFrame(f[i], "cam1", f"/tmp/s{i}.jpg", 1000.0 + i) for i in range(4)
+        store_mod.SampledFrame(f[i], "cam1", f"/tmp/s{i}.jpg", 1000.0 + i, "uniform") for i in range(4)
     ]
     r1 = st.run_predictions("r1")
     assert [(p.frame_id, p.role) for p in r1] == [
