@@ -75,6 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full result (overall, windows, alerts) as JSON")
     p.add_argument("--html", default=None, metavar="FILE", help="write the self-contained HTML report")
+    p.add_argument("--no-gallery", action="store_true",
+                   help="leave the error gallery (the most confident errors with saliency overlays) out of the report")
+    p.add_argument("--gallery-model", default=None, metavar="URI|FILE.onnx",
+                   help="the model the gallery explains (default: the incumbent of the newest evaluated run)")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="run config whose `alerts` section sets thresholds; when omitted, the newest stored run config's")
     p.add_argument("--max-gap", type=float, default=None, help="alert when a gap's CI lower bound exceeds this (overrides the config)")
     p.add_argument("--drift-p", type=float, default=None, help="alert when a drift p-value is below this (overrides the config)")
@@ -103,8 +107,38 @@ def _alert_config(args: argparse.Namespace, store) -> "object":
     return base.model_copy(update=updates) if updates else base
 
 
+def _gallery(store, overall, args: argparse.Namespace, out_dir, log) -> list | None:
+    """The error gallery's items (overlays in ``out_dir``), or None (with a warning) when it cannot be made."""
+    from pipeline.evaluation import gallery
+    from pipeline.labeling.overlays import run_model_uri
+    from pipeline.types import ShadowcamError
+
+    model, workdir = args.gallery_model, args.workdir
+    if model is None:
+        runs = {r["run_id"]: r for r in store.list_runs()}
+        newest = [runs[r] for r in reversed(overall.meta.runs) if r in runs]
+        if newest:
+            model, workdir = run_model_uri(newest[0], "incumbent")
+    if model is None:
+        log.warning("error gallery left out: the evaluated runs record no incumbent model (give --gallery-model)")
+        return None
+    try:
+        return gallery.build_error_gallery(store, list(overall.meta.runs), model, out_dir, role="incumbent",
+                                           workdir=workdir)
+    except (ShadowcamError, OSError, ValueError) as e:
+        log.warning("error gallery left out: %s", e)
+        return None
+
+
+def _gallery_html(items: list | None, out_dir, inline: bool) -> str | None:
+    from pipeline.evaluation import gallery
+
+    return None if items is None else gallery.gallery_html(items, relative_to=out_dir, inline=inline)
+
+
 def main(args: argparse.Namespace) -> int:
     import logging
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -132,6 +166,8 @@ def main(args: argparse.Namespace) -> int:
         ev = Evaluator(cfg)
         overall = ev.evaluate(store)
         windows = ev.evaluate_windows(store, parse_duration(args.window, "--window")) if args.window else []
+        gallery_dir = Path(tempfile.mkdtemp(prefix="shadowcam-gallery-"))
+        items = None if args.no_gallery or not (args.html or not args.no_mlflow) else _gallery(store, overall, args, gallery_dir, log)
     finally:
         store.close()
 
@@ -151,18 +187,22 @@ def main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             paths = report.make_plots(windows, overall, tmp, max_gap=alert_cfg.max_gap)
             Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.html).write_text(report.render_html(windows, overall, paths, fired), encoding="utf-8")
+            gallery_html = _gallery_html(items, gallery_dir, inline=True)
+            Path(args.html).write_text(report.render_html(windows, overall, paths, fired, gallery_html=gallery_html),
+                                       encoding="utf-8")
 
     status = 0
     run_id = None
     if not args.no_mlflow:
         try:
             run_id = tracking.log_evaluation(windows or [overall], overall, experiment=args.experiment, workdir=workdir, alerts=fired,
-                                             max_gap=alert_cfg.max_gap, write_report=report.write_report)
+                                             max_gap=alert_cfg.max_gap, write_report=report.write_report,
+                                             report_kwargs={"gallery_html": _gallery_html(items, gallery_dir, inline=True)})
         except Exception as e:  # MLflow's own exception types: the figures are still printed and written
             log.error("MLflow logging failed: %s: %s", e.__class__.__name__, e)
             status = 1
 
+    shutil.rmtree(gallery_dir, ignore_errors=True)  # the report embeds the overlays
     print(report.format_summary(overall, windows, fired))
     if args.json:
         print(f"JSON: {args.json}")

@@ -160,3 +160,27 @@ def test_bad_arguments(filled, tmp_path, kw, message):
     args.update(kw)
     with pytest.raises(ConfigError, match=message):
         build_error_gallery(**args)
+
+
+def test_evaluate_cli_puts_the_gallery_in_its_html_report(filled, tmp_path, caplog):
+    """`shadowcam evaluate --html`: the error gallery is in the self-contained report (overlays embedded);
+    --no-gallery leaves it out; without a model to explain (the run records none) it is left out with a warning."""
+    from pipeline.cli import main
+
+    store, model, _ = filled
+    db = store.url.replace("sqlite:///", "")
+    out = tmp_path / "r1.html"
+    assert main(["evaluate", "--db", db, "--no-mlflow", "--workdir", str(tmp_path), "--html", str(out),
+                 "--gallery-model", str(model)]) == 0
+    html = out.read_text()
+    section = html[html.index("<h2>Error gallery</h2>"):]
+    assert section.count("data:image/png;base64,") == 6  # the six errors the fixture's pairs show
+    out2 = tmp_path / "r2.html"
+    assert main(["evaluate", "--db", db, "--no-mlflow", "--workdir", str(tmp_path), "--html", str(out2),
+                 "--gallery-model", str(model), "--no-gallery"]) == 0
+    assert "<h2>Error gallery</h2>" not in out2.read_text()
+    out3 = tmp_path / "r3.html"
+    with caplog.at_level("WARNING"):
+        assert main(["evaluate", "--db", db, "--no-mlflow", "--workdir", str(tmp_path), "--html", str(out3)]) == 0
+    assert "<h2>Error gallery</h2>" not in out3.read_text()
+    assert "error gallery left out: the evaluated runs record no incumbent model" in caplog.text
