@@ -264,21 +264,28 @@ class TrainConfig(_Strict):
         return v
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a YAML file (optional) and apply overrides (CLI options). Errors name the file and field."""
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The YAML document in ``path`` ({} when empty); a missing file or bad YAML is a one-line :class:`ConfigError`
+    naming the file (``what``: how the file is called in that message)."""
     import yaml
 
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML file (optional) and apply overrides (CLI options). Errors name the file and field."""
     data: dict[str, Any] = {}
     where = "command-line options"
     if path is not None:
         path = Path(path)
         where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        data = read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     for key, value in (overrides or {}).items():
@@ -395,15 +402,8 @@ class CostConfig(_Strict):
 def load_costs(path: str | Path) -> CostConfig:
     """A :class:`CostConfig` from a YAML file: either the mapping itself or a file with a top-level ``costs:`` key
     (so a run config's ``costs`` section can be pointed at too). Errors name the file and the field."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: costs file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    data = read_yaml(path, "costs file")
     if isinstance(data, dict) and set(data) == {"costs"}:
         data = data["costs"]
     if not isinstance(data, dict):

@@ -110,6 +110,36 @@ def margin(probs: np.ndarray) -> float:
     return float(top[1] - top[0])
 
 
+def _uncertainties(incumbent: Sequence[Prediction], shadow: Sequence[Prediction | None]) -> np.ndarray:
+    """``u = 1 - margin`` per frame, the larger of the incumbent's and the shadow's."""
+    return np.array([max(1.0 - margin(p.probs), 0.0 if s is None else 1.0 - margin(s.probs))
+                     for p, s in zip(incumbent, shadow)], dtype=np.float64)
+
+
+def _uncertainty_share(rate: float, u: np.ndarray, u_sum: float, u_n: int) -> np.ndarray:
+    """``rate * u / mean(u)``, the mean running over every frame so far (``u_sum``/``u_n``) with a prior."""
+    m0, w0 = _PRIOR_UNCERTAINTY
+    mean_u = (u_sum + m0 * w0) / (u_n + w0)
+    return rate * u / mean_u if mean_u > 0 else np.full(u.shape[0], rate)
+
+
+def _disagreements(incumbent: Sequence[Prediction], shadow: Sequence[Prediction | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(frame has a shadow prediction, the shadow's class differs from the incumbent's) per frame."""
+    has = np.array([s is not None for s in shadow], dtype=bool)
+    dis = np.array([s is not None and s.label != p.label for s, p in zip(shadow, incumbent)], dtype=bool)
+    return has, dis
+
+
+def _disagreement_share(rate: float, has: np.ndarray, dis: np.ndarray, n_disagree: int, n_with_shadow: int,
+                        boost: float) -> np.ndarray:
+    """Disagreement frames ``boost`` times the others, normalised by the running disagreement rate (with a prior)
+    so the mean stays ``rate``; frames without a shadow prediction get ``rate``."""
+    d0, w0 = _PRIOR_DISAGREE
+    d = (n_disagree + d0 * w0) / (n_with_shadow + w0)
+    q_agree = rate / (d * boost + 1.0 - d)
+    return np.where(dis, boost * q_agree, np.where(has, q_agree, rate))
+
+
 def neyman_stratum(camera: str, incumbent_probs: np.ndarray, shadow_label: str | None, incumbent_label: str,
                    edges: Sequence[float]) -> tuple[str, int, int]:
     """The ``neyman`` stratum of a frame: (camera, confidence bin of the incumbent, agreement).
@@ -214,27 +244,15 @@ class LabelSampler:
             share = np.array([self._strata[k] for k in keys], dtype=np.float64) / self._n_frames
             q = r / (n_strata * share)
         elif strat == "disagreement":
-            has = np.array([s is not None for s in shadow])
-            dis = np.array([s is not None and s.label != p.label for s, p in zip(shadow, incumbent)])
+            has, dis = _disagreements(incumbent, shadow)
             self._n_with_shadow += int(has.sum())
             self._n_disagree += int(dis.sum())
-            d0, w0 = _PRIOR_DISAGREE
-            d = (self._n_disagree + d0 * w0) / (self._n_with_shadow + w0)
-            kappa = cfg.disagreement_boost
-            q_agree = r / (d * kappa + 1.0 - d)
-            q = np.where(dis, kappa * q_agree, np.where(has, q_agree, r))
+            q = _disagreement_share(r, has, dis, self._n_disagree, self._n_with_shadow, cfg.disagreement_boost)
         elif strat == "uncertainty":
-            u = np.empty(n)
-            for i, (p, s) in enumerate(zip(incumbent, shadow)):
-                ui = 1.0 - margin(p.probs)
-                if s is not None:
-                    ui = max(ui, 1.0 - margin(s.probs))
-                u[i] = ui
+            u = _uncertainties(incumbent, shadow)
             self._u_sum += float(u.sum())
             self._u_n += n
-            m0, w0 = _PRIOR_UNCERTAINTY
-            mean_u = (self._u_sum + m0 * w0) / (self._u_n + w0)
-            q = r * u / mean_u if mean_u > 0 else np.full(n, r)
+            q = _uncertainty_share(r, u, self._u_sum, self._u_n)
         elif strat == "neyman":
             keys = [neyman_stratum(c, p.probs, None if s is None else s.label, p.label, cfg.neyman_edges)
                     for c, p, s in zip(cams, incumbent, shadow)]
@@ -264,25 +282,17 @@ class LabelSampler:
         n = len(incumbent)
         if t is None:
             return np.zeros(n)
-        with self._lock:
+        with self._lock:  # the strategies' own shares at the training rate, with running statistics of their own
             if t.strategy == "uncertainty":
-                u = np.array([max(1.0 - margin(p.probs), 0.0 if s is None else 1.0 - margin(s.probs))
-                              for p, s in zip(incumbent, shadow)], dtype=np.float64)
+                u = _uncertainties(incumbent, shadow)
                 self._t_u_sum += float(u.sum())
                 self._t_u_n += n
-                m0, w0 = _PRIOR_UNCERTAINTY
-                mean_u = (self._t_u_sum + m0 * w0) / (self._t_u_n + w0)
-                q = t.rate * u / mean_u if mean_u > 0 else np.full(n, t.rate)
-            else:  # disagreement: the evaluation's disagreement weighting, at the training rate
-                has = np.array([s is not None for s in shadow])
-                dis = np.array([s is not None and s.label != p.label for s, p in zip(shadow, incumbent)])
+                q = _uncertainty_share(t.rate, u, self._t_u_sum, self._t_u_n)
+            else:
+                has, dis = _disagreements(incumbent, shadow)
                 self._t_has += int(has.sum())
                 self._t_dis += int(dis.sum())
-                d0, w0 = _PRIOR_DISAGREE
-                d = (self._t_dis + d0 * w0) / (self._t_has + w0)
-                kappa = self.cfg.disagreement_boost
-                q_agree = t.rate / (d * kappa + 1.0 - d)
-                q = np.where(dis, kappa * q_agree, np.where(has, q_agree, t.rate))
+                q = _disagreement_share(t.rate, has, dis, self._t_dis, self._t_has, self.cfg.disagreement_boost)
         return np.minimum(q, 1.0)
 
     # --- inputs from outside the stream ------------------------------------------------------------

@@ -128,20 +128,16 @@ def _eval_config(args: argparse.Namespace) -> Any:
     ``--price-per-device-hour`` and ``--workdir`` on top."""
     from pydantic import ValidationError
 
-    from pipeline.config import EvalConfig, config_error
+    from pipeline.config import EvalConfig, config_error, read_yaml
     from pipeline.types import ConfigError
 
     data: dict[str, Any] = {}
     if args.eval_config:
-        import yaml
-
         path = Path(args.eval_config)
-        if not path.is_file():
-            raise ConfigError(f"--eval-config {path}: file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--eval-config {path}: not valid YAML ({e})") from None
+            data = read_yaml(path, "file")
+        except ConfigError as e:
+            raise ConfigError(f"--eval-config {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"--eval-config {path}: expected a mapping of EvalConfig fields, got {type(data).__name__}")
     for key, value in (("costs", args.costs), ("price_per_device_hour", args.price_per_device_hour), ("workdir", args.workdir)):

@@ -408,17 +408,9 @@ def paired_cs(
     ``D = Z_chall - Z_champ`` in [-1, 1] are mapped to [0, 1] as ``(1 + D)/2``; with every frame
     labelled this equals ``eb_confidence_sequence(D, alpha, lo=-1, hi=1)``. ``n_labels``: paired labels.
     """
-    a = _check_alpha(alpha)
     za, zb, lab = _paired_streams(champ_correct, chall_correct)
-    pi = _stream_pi(inclusion_prob, lab)
-    s = _scale(pi, pi_floor)
-    w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
-    d = np.where(lab, zb - za, 0.0)
-    pos, neg = w * (1.0 + d) / 2.0, w * (1.0 - d) / 2.0
-    low, high = _two_sided(pos, neg, a, truncation, s)
-    value = float((w * d).mean()) if d.size else float("nan")
     method = "prpl-eb-paired" if inclusion_prob is None else "prpl-eb-ipw-paired"
-    return _summary(value, low, high, lambda u: 2.0 * u - 1.0, int(lab.sum()), a, method, (-1.0, 1.0))
+    return _difference_cs(np.where(lab, zb - za, np.nan), lab, inclusion_prob, alpha, pi_floor, truncation, method)
 
 
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -628,35 +620,15 @@ def paired_cs_with_disagreement(
     ``champ_correct``/``chall_correct``/``inclusion_prob``/``pi_floor`` as in :func:`paired_cs` (the same frames);
     ``disagree``: (T,) 0/1, the models' predictions differ on that frame.
     """
-    a = _check_alpha(alpha)
-    c = _check_truncation(truncation)
     za, zb, lab = _paired_streams(champ_correct, chall_correct)
-    dis = np.asarray(disagree, dtype=np.float64)
-    if dis.shape != za.shape or (dis.size and not np.isin(dis, (0.0, 1.0)).all()):
-        raise ValueError(f"disagree must be 0/1 on every frame, shape {za.shape}; got shape {dis.shape}")
+    dis = _disagreement(disagree, za.shape)
     agree_but_differ = lab & (dis == 0) & (za != zb)
     if agree_but_differ.any():
         i = int(np.flatnonzero(agree_but_differ)[0])
         raise ValueError(f"frame {i}: the models agree (disagree=0) but only one is correct; correctness must come from the same labels")
-    pi = _stream_pi(inclusion_prob, lab)
-    s = _scale(pi, pi_floor)
-    w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
-    zza, zzb = np.where(lab, za, 0.0), np.where(lab, zb, 0.0)
-    d_plus = zzb * (1.0 - zza)
-    d_minus = zza * (1.0 - zzb)
-    both_wrong = np.where(lab, dis * (1.0 - zza) * (1.0 - zzb), 0.0)
-    q = a / 4.0
     method = "prpl-eb-disagreement" if inclusion_prob is None else "prpl-eb-ipw-disagreement"
-    if za.size == 0:
-        return ConfidenceSequence(float("nan"), -1.0, 1.0, 0, 0, a, method, np.zeros(0), np.zeros(0))
-    lb_plus = _ipw_lower(d_plus, w, s, q, c)
-    lb_minus = _ipw_lower(d_minus, w, s, q, c)
-    lb_b = _ipw_lower(both_wrong, w, s, q, c)
-    ub_a = _upper_cs_binary(dis, q)
-    lows = np.clip(np.maximum.accumulate(2 * lb_plus + lb_b - ub_a), -1.0, 1.0)
-    highs = np.clip(np.minimum.accumulate(ub_a - 2 * lb_minus - lb_b), -1.0, 1.0)
-    value = float((w * (d_plus - d_minus)).mean())
-    return ConfidenceSequence(value, float(lows[-1]), float(highs[-1]), int(za.size), int(lab.sum()), a, method, lows, highs)
+    return _difference_cs_with_disagreement(np.where(lab, zb - za, np.nan), lab, dis, inclusion_prob, alpha, pi_floor,
+                                            truncation, method)
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,8 +662,15 @@ def difference_cs(
     The observations ``I (1 +- D) / (2 pi)`` stay nonnegative with means ``(1 +- E D) / 2``, so the construction and
     its validity are those of :func:`paired_cs` (with ``D = Z_chall - Z_champ`` it gives exactly the same bounds).
     """
-    a = _check_alpha(alpha)
     d, lab = _difference_stream(diff)
+    method = "prpl-eb-difference" if inclusion_prob is None else "prpl-eb-ipw-difference"
+    return _difference_cs(d, lab, inclusion_prob, alpha, pi_floor, truncation, method)
+
+
+def _difference_cs(d: np.ndarray, lab: np.ndarray, inclusion_prob: Any, alpha: float, pi_floor: float | None,
+                   truncation: float, method: str) -> ConfidenceSequence:
+    """The CS of :func:`difference_cs` / :func:`paired_cs`: ``d`` in [-1, 1] where ``lab``."""
+    a = _check_alpha(alpha)
     pi = _stream_pi(inclusion_prob, lab)
     s = _scale(pi, pi_floor)
     w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
@@ -699,7 +678,6 @@ def difference_cs(
     pos, neg = w * (1.0 + dd) / 2.0, w * (1.0 - dd) / 2.0
     low, high = _two_sided(pos, neg, a, truncation, s)
     value = float((w * dd).mean()) if dd.size else float("nan")
-    method = "prpl-eb-difference" if inclusion_prob is None else "prpl-eb-ipw-difference"
     return _summary(value, low, high, lambda u: 2.0 * u - 1.0, int(lab.sum()), a, method, (-1.0, 1.0))
 
 
@@ -721,16 +699,28 @@ def difference_cs_with_disagreement(
     :func:`paired_cs_with_disagreement` carry over unchanged (for 0/1 correctness, ``B`` is "both wrong", and the two
     functions agree exactly).
     """
-    a = _check_alpha(alpha)
-    c = _check_truncation(truncation)
     d, lab = _difference_stream(diff)
-    dis = np.asarray(disagree, dtype=np.float64)
-    if dis.shape != d.shape or (dis.size and not np.isin(dis, (0.0, 1.0)).all()):
-        raise ValueError(f"disagree must be 0/1 on every frame, shape {d.shape}; got shape {dis.shape}")
+    dis = _disagreement(disagree, d.shape)
     bad = lab & (dis == 0) & (np.abs(np.where(lab, d, 0.0)) > 1e-12)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"frame {i}: the models agree (disagree=0) but the difference is {d[i]:.4g}; it must be 0 where they agree")
+    method = "prpl-eb-difference-disagreement" if inclusion_prob is None else "prpl-eb-ipw-difference-disagreement"
+    return _difference_cs_with_disagreement(d, lab, dis, inclusion_prob, alpha, pi_floor, truncation, method)
+
+
+def _disagreement(disagree: Any, shape: tuple[int, ...]) -> np.ndarray:
+    dis = np.asarray(disagree, dtype=np.float64)
+    if dis.shape != shape or (dis.size and not np.isin(dis, (0.0, 1.0)).all()):
+        raise ValueError(f"disagree must be 0/1 on every frame, shape {shape}; got shape {dis.shape}")
+    return dis
+
+
+def _difference_cs_with_disagreement(d: np.ndarray, lab: np.ndarray, dis: np.ndarray, inclusion_prob: Any, alpha: float,
+                                     pi_floor: float | None, truncation: float, method: str) -> ConfidenceSequence:
+    """The CS of :func:`difference_cs_with_disagreement` / :func:`paired_cs_with_disagreement` (checked inputs)."""
+    a = _check_alpha(alpha)
+    c = _check_truncation(truncation)
     pi = _stream_pi(inclusion_prob, lab)
     s = _scale(pi, pi_floor)
     w = np.where(lab, 1.0 / np.where(lab, pi, 1.0), 0.0)
@@ -738,7 +728,6 @@ def difference_cs_with_disagreement(
     d_plus, d_minus = np.maximum(dd, 0.0), np.maximum(-dd, 0.0)
     b = np.where(lab, dis * (1.0 - np.abs(dd)), 0.0)
     q = a / 4.0
-    method = "prpl-eb-difference-disagreement" if inclusion_prob is None else "prpl-eb-ipw-difference-disagreement"
     if d.size == 0:
         return ConfidenceSequence(float("nan"), -1.0, 1.0, 0, 0, a, method, np.zeros(0), np.zeros(0))
     lb_plus = _ipw_lower(d_plus, w, s, q, c)

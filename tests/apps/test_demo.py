@@ -263,7 +263,7 @@ def test_status_page_renders_the_demos_figures_in_chromium(demo_workdir: Path, s
     from pipeline.labeling.app import create_app
     from pipeline.labeling.status import build_status, deployments
     from pipeline.store import PredictionStore
-    from tests.pipeline.labeling.test_browser_status import chromium, log_in, serving
+    from tests.helpers.browser import chromium, log_in, serving
 
     import cv2
     import numpy as np

@@ -6,50 +6,25 @@ skipped, with the reason, where that is absent.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.store import label_skips, labels
+from tests.helpers.browser import BROWSER_MARKS, CHROMIUM, serving
 
 from .conftest import fill_store
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (Debian package 'chromium')"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture
 def server(tmp_path: Path):
-    import uvicorn
-
     from pipeline.labeling.app import create_app
 
     filled = fill_store(tmp_path / "w", n=6, double=(5,))
-    app = create_app(filled.url, tokens={"s3cret-alice": "alice"})
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not th.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", filled
-    srv.should_exit = True
-    th.join(timeout=10)
+    with serving(create_app(filled.url, tokens={"s3cret-alice": "alice"})) as base:
+        yield base, filled
     filled.store.close()
 
 

@@ -7,10 +7,6 @@ page's figures are the ones computed from the store the test filled."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -19,63 +15,13 @@ import pytest
 
 from pipeline.config import EvalConfig
 from pipeline.labeling.status import build_status, deployments
+from tests.helpers.browser import BROWSER_MARKS, chromium, log_in, serving
 from tests.helpers.onnx_models import make_tiny_classifier
 
 from .conftest import CLASSES, fill_store
 from .test_status import NOW, fill
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (Debian package 'chromium')"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(app):
-    import uvicorn
-
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not th.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        th.join(timeout=10)
-
-
-@contextmanager
-def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def log_in(page, base: str, token: str) -> None:
-    page.goto(base + "/")
-    assert page.url.endswith("/login")
-    page.fill("#token", token)
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
+pytestmark = BROWSER_MARKS
 
 
 def test_overlay_appears_after_the_answer(tmp_path: Path) -> None:
