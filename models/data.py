@@ -3,9 +3,9 @@
 A *data source* is one of
 
 * an ImageFolder directory ``DIR/<class>/*.jpg`` (class = sub-folder name; hidden folders skipped);
-* a CSV manifest with columns ``path,label[,split]`` (paths relative to the manifest's folder, or absolute;
+* a CSV manifest with columns ``path,label[,split][,group]`` (paths relative to the manifest's folder, or absolute;
   extra columns such as ``camera``/``shift`` are ignored; ``split`` is ``train``, ``val`` or ``test``,
-  empty = assign it here); a manifest without ``path`` may name its images in ``source_ref`` instead (what
+  empty = assign it here; ``group`` names what must stay in one split: a camera, a video, a time block); a manifest without ``path`` may name its images in ``source_ref`` instead (what
   ``models.synthetic.write_stream(fmt="folder")`` writes: a labelled clip is a data source as it is);
 * a directory that contains ``manifest.csv`` (what ``shadowcam synth`` writes): the manifest is used, so the
   data fingerprint is the manifest's hash.
@@ -16,9 +16,14 @@ the incumbent model's, so a retrained model answers in the same label space), el
 (ImageFolder: its sub-folders; manifest: its sorted labels). A label in a later source that is not in the class
 list is an error, as is a class with no images at all.
 
-Datasets here are small (thousands of images at model size), so everything is decoded once with OpenCV,
-resized to the model input size (``cv2.INTER_AREA``, the interpolation recorded in the model card and used by
-the runtime) and kept as one uint8 RGB array ``(N, H, W, 3)`` per split.
+Splits: rows whose source gives a ``split`` keep it. The rest are split by :func:`assign_splits`: **by group** where
+the row has a ``group`` (whole groups go to one split, so near-duplicate frames of one video or time block never
+straddle train and test), stratified by class otherwise.
+
+:func:`index_dataset` lists, checks and splits without decoding anything (what training streams from, see
+:mod:`models.loader`); :func:`load_dataset` also decodes every image once with OpenCV at the model input size
+(``cv2.INTER_AREA``, the interpolation recorded in the model card and used by the runtime) into one uint8 RGB array
+``(N, H, W, 3)`` per split, for small datasets and tests.
 
 Every check raises :class:`pipeline.types.DataError` with a one-line message naming the file or class.
 """
@@ -54,7 +59,8 @@ class Sample:
 
     path: Path
     label: str
-    split: str | None = None  # None: assigned by the stratified split
+    split: str | None = None  # None: assigned by assign_splits
+    group: str | None = None  # rows of one group (camera, video, time block) always land in one split
 
 
 @dataclass
@@ -127,7 +133,7 @@ def list_image_folder(root: str | Path) -> SourceListing:
 
 
 def read_manifest(path: str | Path) -> SourceListing:
-    """Read a CSV manifest ``path,label[,split]`` (header required; other columns ignored)."""
+    """Read a CSV manifest ``path,label[,split][,group]`` (header required; other columns ignored)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
@@ -149,6 +155,7 @@ def read_manifest(path: str | Path) -> SourceListing:
     for lineno, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         rel, label, split = row.get(path_col, ""), row.get("label", ""), row.get("split", "") or None
+        group = row.get("group", "") or None
         if not rel or not label:
             raise DataError(f"{path}:{lineno}: empty path or label")
         if split is not None and split not in SPLITS:
@@ -158,7 +165,7 @@ def read_manifest(path: str | Path) -> SourceListing:
         if not is_image_file(p):
             non_images += 1
             continue
-        samples.append(Sample(p, label, split))
+        samples.append(Sample(p, label, split, group))
     if not samples:
         why = f" ({non_images} non-image row(s) ignored)" if non_images else ""
         raise DataError(f"{path}: manifest lists no images{why}")
@@ -211,6 +218,57 @@ def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float, te
     return out
 
 
+def group_split(groups: Sequence[str], labels: Sequence[int] | np.ndarray, val_fraction: float, test_fraction: float,
+                seed: int) -> np.ndarray:
+    """Assign whole groups to train/val/test (seeded); returns an array of split names, one per row.
+
+    Groups are stratified by their majority class: within each class the groups are shuffled and taken for
+    validation until that class's validation rows reach ``val_fraction`` of its rows, then for test likewise; the
+    rest train. With few groups the fractions are approximate (a group is never cut); a class with fewer than
+    three groups keeps them all in training.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) with sum < 1")
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    labels = np.asarray(labels)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(inv)
+    majority = np.array([np.bincount(labels[inv == g]).argmax() for g in range(len(uniq))])
+    rng = np.random.default_rng(seed)
+    split_of = np.full(len(uniq), "train", dtype=object)
+    for c in np.unique(majority):
+        gs = np.flatnonzero(majority == c)
+        gs = gs[rng.permutation(gs.size)]
+        if gs.size < 3:
+            continue
+        total = sizes[gs].sum()
+        taken = 0
+        for name, frac in (("val", val_fraction), ("test", test_fraction)):
+            want = frac * total
+            got = 0
+            while frac > 0 and taken < gs.size - 1 and (got == 0 or got + sizes[gs[taken]] / 2 <= want):
+                split_of[gs[taken]] = name
+                got += sizes[gs[taken]]
+                taken += 1
+    return split_of[inv]
+
+
+def assign_splits(samples: Sequence[Sample], labels: Sequence[int] | np.ndarray, val_fraction: float,
+                  test_fraction: float, seed: int) -> np.ndarray:
+    """The split of every row: its own ``split`` when given; else by :func:`group_split` for rows with a ``group``,
+    :func:`stratified_split` for the rest. Returns an array of split names."""
+    labels = np.asarray(labels)
+    split = np.array([s.split for s in samples], dtype=object)
+    todo = np.flatnonzero(split == None)  # noqa: E711 (object array comparison)
+    grouped = np.array([i for i in todo if samples[i].group is not None], dtype=np.int64)
+    single = np.array([i for i in todo if samples[i].group is None], dtype=np.int64)
+    if grouped.size:
+        split[grouped] = group_split([samples[i].group for i in grouped], labels[grouped], val_fraction, test_fraction, seed)
+    if single.size:
+        split[single] = stratified_split(labels[single], val_fraction, test_fraction, seed)
+    return split
+
+
 # --- decoding ----------------------------------------------------------------------------------------------------
 def load_image(path: str | Path, size: int | tuple[int, int], interpolation: str = RESIZE_INTERPOLATION) -> np.ndarray | None:
     """Decode one image as RGB uint8 ``(H, W, 3)`` at ``size`` (int = square; else (height, width)).
@@ -253,6 +311,70 @@ def combine_sources(sources: Iterable[str | Path], class_names: Sequence[str] | 
     return listings, classes
 
 
+@dataclass
+class DataIndex:
+    """The rows of every split, listed and checked but not decoded: what training streams from."""
+
+    class_names: list[str]
+    paths: dict[str, list[str]]
+    labels: dict[str, np.ndarray]  # int64 class indices into class_names
+    groups: dict[str, list[str | None]]
+    fingerprint: str
+    sources: list[str]
+    non_images: int = 0
+
+    def size(self, split: str) -> int:
+        return int(self.labels[split].shape[0])
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        counts = np.bincount(self.labels[split], minlength=len(self.class_names))
+        return {c: int(n) for c, n in zip(self.class_names, counts)}
+
+
+def index_dataset(
+    sources: Sequence[str | Path] | str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> DataIndex:
+    """List and check the sources and assign every row its split (:func:`assign_splits`); decodes nothing."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    listings, classes = combine_sources(sources, class_names)
+    index = {c: i for i, c in enumerate(classes)}
+    samples = [s for lst in listings for s in lst.samples]
+    labels = np.array([index[s.label] for s in samples], dtype=np.int64)
+    split = assign_splits(samples, labels, val_fraction, test_fraction, seed)
+    paths, by_split, groups = {}, {}, {}
+    for name in SPLITS:
+        m = split == name
+        by_split[name] = labels[m]
+        paths[name] = [str(s.path) for s, mm in zip(samples, m) if mm]
+        groups[name] = [s.group for s, mm in zip(samples, m) if mm]
+    if by_split["train"].size == 0:
+        raise DataError(f"no training images after the split of {', '.join(str(l.source) for l in listings)}")
+    if len(listings) == 1:
+        fingerprint = listings[0].fingerprint
+    else:
+        fingerprint = hashlib.sha256("".join(l.fingerprint for l in listings).encode()).hexdigest()
+    return DataIndex(classes, paths, by_split, groups, fingerprint, [str(l.source) for l in listings],
+                     sum(l.non_images for l in listings))
+
+
+def check_unreadable(unreadable: Sequence[str], total: int, max_bad_fraction: float) -> None:
+    """Warn about skipped images, or raise :class:`DataError` when more than ``max_bad_fraction`` of ``total``."""
+    if not unreadable:
+        return
+    frac = len(unreadable) / max(total, 1)
+    shown = ", ".join(unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+    if frac > max_bad_fraction:
+        raise DataError(f"{len(unreadable)} of {total} images ({frac:.1%}) are missing or unreadable, "
+                        f"more than max_bad_fraction={max_bad_fraction:.1%}: {shown}")
+    log.warning("skipped %d unreadable image(s) of %d: %s", len(unreadable), total, shown)
+
+
 def load_dataset(
     sources: Sequence[str | Path] | str | Path,
     img_size: int,
@@ -264,61 +386,39 @@ def load_dataset(
     max_bad_fraction: float = 0.05,
     progress: bool = True,
 ) -> Dataset:
-    """List, check, decode and split the sources (see the module docstring).
+    """List, check, split (:func:`index_dataset`) and decode the sources into memory (see the module docstring).
 
     Unreadable images are skipped with a warning and counted; above ``max_bad_fraction`` of all listed images
-    a :class:`DataError` names the first of them. Examples whose source gives a ``split`` keep it; the rest are
-    split stratified by class with ``seed``.
+    a :class:`DataError` names the first of them.
     """
     from tqdm.auto import tqdm
 
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    listings, classes = combine_sources(sources, class_names)
-    index = {c: i for i, c in enumerate(classes)}
-    samples = [s for lst in listings for s in lst.samples]
-
-    images = np.empty((len(samples), img_size, img_size, 3), dtype=np.uint8)
-    keep = np.zeros(len(samples), dtype=bool)
+    idx = index_dataset(sources, class_names=class_names, val_fraction=val_fraction, test_fraction=test_fraction,
+                        seed=seed)
+    total = sum(idx.size(s) for s in SPLITS)
     unreadable: list[str] = []
-    for i, s in enumerate(tqdm(samples, desc="loading images", unit="img", disable=not progress, leave=False)):
-        img = load_image(s.path, img_size)
-        if img is None:
-            unreadable.append(str(s.path))
-            continue
-        images[i] = img
-        keep[i] = True
-    if unreadable:
-        frac = len(unreadable) / len(samples)
-        shown = ", ".join(unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
-        if frac > max_bad_fraction:
-            raise DataError(f"{len(unreadable)} of {len(samples)} images ({frac:.1%}) are missing or unreadable, "
-                            f"more than max_bad_fraction={max_bad_fraction:.1%}: {shown}")
-        log.warning("skipped %d unreadable image(s) of %d: %s", len(unreadable), len(samples), shown)
-
-    kept = [s for s, k in zip(samples, keep) if k]
-    images = images[keep]
-    labels = np.array([index[s.label] for s in kept], dtype=np.int64)
-    lost = sorted(set(classes) - {s.label for s in kept})
+    ds_images, ds_labels, ds_paths = {}, {}, {}
+    bar = tqdm(total=total, desc="loading images", unit="img", disable=not progress, leave=False)
+    for name in SPLITS:
+        images = np.empty((idx.size(name), img_size, img_size, 3), dtype=np.uint8)
+        keep = np.zeros(idx.size(name), dtype=bool)
+        for i, p in enumerate(idx.paths[name]):
+            img = load_image(p, img_size)
+            bar.update(1)
+            if img is None:
+                unreadable.append(p)
+                continue
+            images[i] = img
+            keep[i] = True
+        ds_images[name] = np.ascontiguousarray(images[keep])
+        ds_labels[name] = idx.labels[name][keep]
+        ds_paths[name] = [p for p, k in zip(idx.paths[name], keep) if k]
+    bar.close()
+    check_unreadable(unreadable, total, max_bad_fraction)
+    lost = sorted(set(idx.class_names) - {idx.class_names[k] for name in SPLITS for k in ds_labels[name]})
     if lost:
         raise DataError(f"class {lost[0]!r} has no readable images")
-
-    split = np.array([s.split for s in kept], dtype=object)
-    unassigned = np.flatnonzero(split == None)  # noqa: E711 (object array comparison)
-    if unassigned.size:
-        split[unassigned] = stratified_split(labels[unassigned], val_fraction, test_fraction, seed)
-    ds_images, ds_labels, ds_paths = {}, {}, {}
-    for name in SPLITS:
-        m = split == name
-        ds_images[name] = np.ascontiguousarray(images[m])
-        ds_labels[name] = labels[m]
-        ds_paths[name] = [str(s.path) for s, mm in zip(kept, m) if mm]
     if ds_labels["train"].size == 0:
-        raise DataError(f"no training images after the split of {', '.join(str(l.source) for l in listings)}")
-
-    if len(listings) == 1:
-        fingerprint = listings[0].fingerprint
-    else:
-        fingerprint = hashlib.sha256("".join(l.fingerprint for l in listings).encode()).hexdigest()
-    return Dataset(classes, img_size, ds_images, ds_labels, ds_paths, fingerprint,
-                   [str(l.source) for l in listings], unreadable, sum(l.non_images for l in listings))
+        raise DataError(f"no training images after the split of {', '.join(idx.sources)}")
+    return Dataset(idx.class_names, img_size, ds_images, ds_labels, ds_paths, idx.fingerprint, idx.sources,
+                   unreadable, idx.non_images)
