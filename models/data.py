@@ -363,8 +363,9 @@ def index_dataset(
                      sum(l.non_images for l in listings))
 
 
-def check_unreadable(unreadable: Sequence[str], total: int, max_bad_fraction: float) -> None:
-    """Warn about skipped images, or raise :class:`DataError` when more than ``max_bad_fraction`` of ``total``."""
+def check_unreadable(unreadable: Sequence[str], total: int, max_bad_fraction: float, warn: bool = True) -> None:
+    """Warn about skipped images (``warn``), or raise :class:`DataError` when more than ``max_bad_fraction`` of
+    ``total``."""
     if not unreadable:
         return
     frac = len(unreadable) / max(total, 1)
@@ -372,7 +373,8 @@ def check_unreadable(unreadable: Sequence[str], total: int, max_bad_fraction: fl
     if frac > max_bad_fraction:
         raise DataError(f"{len(unreadable)} of {total} images ({frac:.1%}) are missing or unreadable, "
                         f"more than max_bad_fraction={max_bad_fraction:.1%}: {shown}")
-    log.warning("skipped %d unreadable image(s) of %d: %s", len(unreadable), total, shown)
+    if warn:
+        log.warning("skipped %d unreadable image(s) of %d: %s", len(unreadable), total, shown)
 
 
 def load_dataset(

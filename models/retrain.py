@@ -5,10 +5,10 @@
 1. collect every labelled production frame from the prediction store (its sampled JPEG and its truth
    under the one truth rule, :func:`pipeline.evaluation.truth.majority_truth`: the majority of its
    non-``unsure`` labels naming a known class; all-unsure, tied and unknown-class frames are left out);
-2. write them as a CSV manifest (``path,label,split,...``) beside the new model, split into
-   train/val/test by blocks of time (consecutive frames show the same parcel, so a frame-by-frame
-   split would leak), with the training rows repeated so production weighs about as much as the
-   original data;
+2. write them as a CSV manifest (``path,label,split,group,...``) beside the new model, grouped by camera and
+   block of time (consecutive frames show the same parcel, so a frame-by-frame split would leak) and split
+   train/val/test by whole groups with the training code's group split, with the training rows repeated so
+   production weighs about as much as the original data;
 3. train on the original data + that manifest, in the incumbent's label space, with the usual
    verified ONNX export (:mod:`models.export`) and MLflow run;
 4. register the result under ``NAME`` with the alias ``challenger`` (the shadow slot).
@@ -60,23 +60,24 @@ def majority_labels(store: st.PredictionStore, class_names: list[str]) -> tuple[
     return out, excluded
 
 
-def split_by_time_blocks(frame_ids: list[str], cameras: list[str], ts: list[float], block_s: float,
-                         val_fraction: float, test_fraction: float, seed: int) -> list[str]:
-    """Assign train/val/test by blocks of ``block_s`` seconds per camera, not frame by frame.
+def time_block_groups(cameras: list[str], ts: list[float], block_s: float) -> list[str]:
+    """The group of every frame: its camera and its block of ``block_s`` seconds (``"dock-cam-1/t0042"``).
 
-    Consecutive video frames show the same parcel; splitting them one by one would put near-copies of
-    a test frame into training and flatter the offline accuracy. Whole blocks go to one split.
+    Consecutive video frames show the same parcel; splitting them one by one would put near-copies of a test frame
+    into training and flatter the offline accuracy, so whole groups go to one split.
     """
-    import numpy as np
+    return [f"{cam}/t{int(t // block_s):06d}" for cam, t in zip(cameras, ts)]
 
-    keys = [(cam, int(t // block_s)) for cam, t in zip(cameras, ts)]
-    uniq = sorted(set(keys))
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    n_val, n_test = int(round(len(uniq) * val_fraction)), int(round(len(uniq) * test_fraction))
-    split_of = {}
-    for rank, i in enumerate(order):
-        split_of[uniq[i]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    return [split_of[k] for k in keys]
+
+def split_by_time_blocks(labels: list[str], cameras: list[str], ts: list[float], block_s: float,
+                         val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """train/val/test per frame by whole camera time blocks (:func:`time_block_groups`), with the training code's
+    own group split (:func:`models.data.group_split`, stratified by each block's majority label)."""
+    from models.data import group_split
+
+    codes = {c: i for i, c in enumerate(sorted(set(labels)))}
+    return list(group_split(time_block_groups(cameras, ts, block_s), [codes[x] for x in labels], val_fraction,
+                            test_fraction, seed))
 
 
 def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_names: list[str], repeat: int = 1,
@@ -106,18 +107,19 @@ def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_
             "(label sampled frames first: `shadowcam label serve`, `label import` or `label simulate`)"
         )
     rows.sort(key=lambda r: r[3])
-    splits = split_by_time_blocks([r[3] for r in rows], [r[2] for r in rows], [r[4] for r in rows], block_s,
+    splits = split_by_time_blocks([r[1] for r in rows], [r[2] for r in rows], [r[4] for r in rows], block_s,
                                   val_fraction, test_fraction, seed)
+    groups = time_block_groups([r[2] for r in rows], [r[4] for r in rows], block_s)
     held_out = [sp != "train" and r[5] for r, sp in zip(rows, splits)]
-    kept = [(r, sp) for r, sp, h in zip(rows, splits, held_out) if not h]
+    kept = [(r, sp, g) for r, sp, g, h in zip(rows, splits, groups, held_out) if not h]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "split", "camera", "frame_id"])
-        for r, sp in kept:
+        w.writerow(["path", "label", "split", "group", "camera", "frame_id"])
+        for r, sp, g in kept:
             for _ in range(max(1, repeat) if sp == "train" else 1):
-                w.writerow([r[0], r[1], sp, r[2], r[3]])
-    counts = Counter(r[1] for r, _ in kept)
+                w.writerow([r[0], r[1], sp, g, r[2], r[3]])
+    counts = Counter(r[1] for r, _, _ in kept)
     return ProductionSet(out_csv, len(kept), excluded, {c: counts.get(c, 0) for c in class_names}, sum(held_out))
 
 

@@ -82,7 +82,7 @@ class TrainResult:
         lines = [
             f"test accuracy {self.test_accuracy:.2%} (n={self.card.test_size}), val accuracy {self.val_accuracy:.2%}, "
             f"best epoch {self.best_epoch}, {self.wall_s:.0f}s",
-            "per class: " + ", ".join(f"{c} {a:.0%}" for c, a in self.per_class_accuracy.items()),
+            "per-class recall: " + ", ".join(f"{c} {a:.0%}" for c, a in self.per_class_accuracy.items()),
             f"temperature {self.card.temperature:.3f}, ATC threshold {self.card.atc_threshold:.4f}, "
             f"export max|diff| {self.card.export_max_abs_diff:.2g}",
             f"ONNX: {self.onnx_path}" + (f"  (fp16: {self.onnx_fp16_path})" if self.onnx_fp16_path else ""),
@@ -115,13 +115,20 @@ def recompute_bn_stats(model, images: np.ndarray, device, batch_size: int, max_i
     evaluation makes validation accuracy, checkpoint choice and the exported model reflect the weights.
     Returns the number of BatchNorm layers updated.
     """
+    if len(images) == 0:
+        return 0
+    idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:max_images])
+    return recompute_bn_stats_batches(model, (images[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size)), device)
+
+
+def recompute_bn_stats_batches(model, batches, device) -> int:
+    """:func:`recompute_bn_stats` over an iterable of uint8 NHWC image batches (tensors or arrays; batches of
+    fewer than 2 images are skipped)."""
     import torch
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns or len(images) == 0:
+    if not bns:
         return 0
-    idx = np.random.default_rng(seed).permutation(len(images))[:max_images]
-    idx.sort()
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -129,11 +136,10 @@ def recompute_bn_stats(model, images: np.ndarray, device, batch_size: int, max_i
     was_training = model.training
     model.train()
     with torch.no_grad():
-        for i in range(0, len(idx), batch_size):
-            chunk = idx[i:i + batch_size]
-            if len(chunk) < 2:
-                continue
-            model.logits(torch.from_numpy(images[chunk]).to(device, non_blocking=True))
+        for xb in batches:
+            xb = torch.as_tensor(xb)
+            if len(xb) >= 2:
+                model.logits(xb.to(device, non_blocking=True))
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.train(was_training)
@@ -262,38 +268,156 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.set_num_threads(threads_before)
 
 
+def cached_torchvision_weights(arch: str) -> Path | None:
+    """torchvision's default (ImageNet) weights file for ``arch`` when it is in the local torch cache, else None.
+    Nothing is downloaded."""
+    from urllib.parse import urlparse
+
+    import torch
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    except (ValueError, AttributeError):
+        return None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    return path if path.is_file() else None
+
+
+def initial_weights(cfg: TrainConfig) -> tuple[str | None, str]:
+    """The weights file to start from and, in words, where it came from (logged and recorded as a param)."""
+    if cfg.weights:
+        return cfg.weights, f"--weights {cfg.weights}"
+    if cfg.pretrained:
+        found = cached_torchvision_weights(cfg.arch)
+        if found:
+            return str(found), f"torchvision ImageNet weights from the local torch cache ({found})"
+        import torch
+
+        return None, (f"from scratch: no --weights, and torchvision's ImageNet weights for {cfg.arch} are not in the "
+                      f"local torch cache ({Path(torch.hub.get_dir()) / 'checkpoints'}); training never downloads")
+    return None, "from scratch (pretrained=False, no --weights)"
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class weights n / (C * n_c) (a class absent from training gets 0): the balanced weighting."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+
+
+def _resume_key(cfg: TrainConfig, classes: list[str], fingerprint: str) -> dict:
+    """What must not change between an interrupted run and its resumption."""
+    keep = ("arch", "img_size", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "augment",
+            "class_balance", "seed", "val_fraction", "test_fraction")
+    return {**{k: getattr(cfg, k) for k in keep}, "classes": list(classes), "data_fingerprint": fingerprint}
+
+
+def find_resume_checkpoint(path: str | Path) -> Path:
+    p = Path(path)
+    p = p / LAST_CHECKPOINT if p.is_dir() else p
+    if not p.is_file():
+        raise ConfigError(f"--resume {path}: no {LAST_CHECKPOINT} there (training writes it after every epoch)")
+    return p
+
+
+LAST_CHECKPOINT = "last.pt"
+
+
 def _train(cfg: TrainConfig) -> TrainResult:
     import torch
     from tqdm.auto import tqdm
 
-    from models.augment import augment_batch, build_transform
+    from models.augment import build_transform, resolve_policy, save_policy
     from models.calibration import atc_threshold, fit_temperature, softmax
-    from models.data import RESIZE_INTERPOLATION, load_dataset
+    from models.data import RESIZE_INTERPOLATION, SPLITS, check_unreadable, index_dataset
     from models.export import ImageClassifier, build_backbone, export_onnx, save_checkpoint
+    from models.loader import EpochOrder, ImageSet, choose_cache, decode_all, default_workers, make_loader
 
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    ds = load_dataset(cfg.data, cfg.img_size, class_names=cfg.class_names, val_fraction=cfg.val_fraction,
-                      test_fraction=cfg.test_fraction, seed=cfg.seed, max_bad_fraction=cfg.max_bad_fraction,
-                      progress=cfg.progress)
+    idx = index_dataset(cfg.data, class_names=cfg.class_names, val_fraction=cfg.val_fraction,
+                        test_fraction=cfg.test_fraction, seed=cfg.seed)
     for split in ("val", "test"):
-        if ds.size(split) == 0:
-            raise DataError(f"the {split} split of {', '.join(ds.sources)} is empty; give more images per class "
+        if idx.size(split) == 0:
+            raise DataError(f"the {split} split of {', '.join(idx.sources)} is empty; give more images per class "
                             f"or a non-zero {split}_fraction")
-    log.info("data: %s", ds.summary())
     out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = ds.class_names
+    classes = idx.class_names
     n_classes = len(classes)
+    resume_state = None
+    if cfg.resume:
+        ckpt_path = find_resume_checkpoint(cfg.resume)
+        resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        want = _resume_key(cfg, classes, idx.fingerprint)
+        diff = sorted(k for k in want if resume_state["key"].get(k) != want[k])
+        if diff:
+            raise ConfigError(f"--resume {ckpt_path}: the run differs from the interrupted one in {', '.join(diff)} "
+                              "(resume with the same data and settings)")
 
+    # --- data: streamed from disk, or decoded once into memory when it fits ------------------------------------
+    n_all = sum(idx.size(s) for s in SPLITS)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
+    cached = choose_cache(cfg.cache, n_all, cfg.img_size, cfg.cache_max_gb * 1e9)
+    policy = resolve_policy(cfg.augment, list(cfg.data))
+    transform = build_transform(policy, seed=cfg.seed)
+    caches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    unreadable: set[str] = set()
+    if cached:
+        for split in SPLITS:
+            caches[split] = decode_all(idx.paths[split], cfg.img_size, progress=cfg.progress)
+            unreadable |= {p for p, ok in zip(idx.paths[split], caches[split][1]) if not ok}
+        check_unreadable(sorted(unreadable), n_all, cfg.max_bad_fraction)
+    sets = {s: ImageSet(idx.paths[s], idx.labels[s], cfg.img_size, transform if s == "train" else None, seed=cfg.seed,
+                        cache=caches.get(s)) for s in SPLITS}
+    log.info("data: %d classes, train=%d, val=%d, test=%d, %s, %d decoding worker(s), augmentation %s",
+             n_classes, idx.size("train"), idx.size("val"), idx.size("test"),
+             "cached in memory" if cached else "streamed from disk", workers, policy)
+
+    def evaluate(split: str, stats: bool = False, keep: int = 0) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+        """``(logits, labels, image stats, first images)`` over the readable rows of ``split`` (un-augmented):
+        image stats (:func:`pipeline.imagestats.image_stats_batch` on BGR, as the runtime computes them) when
+        ``stats``; the first ``keep`` images (export verification)."""
+        logits, labels, st, kept = [], [], [], []
+        model.eval()
+        with torch.inference_mode():
+            for xb, yb, ib, ok in make_loader(sets[split], 256, workers):
+                unreadable.update(sets[split].paths[i] for i in ib[~ok])
+                if not ok.any():
+                    continue
+                xb, yb = xb[torch.from_numpy(ok)], yb[torch.from_numpy(ok)]
+                logits.append(model.logits(xb.to(device, non_blocking=True)).float().cpu().numpy())
+                labels.append(yb.numpy())
+                if stats:
+                    st.append(image_stats_batch(np.ascontiguousarray(xb.numpy()[..., ::-1])))
+                if sum(len(k) for k in kept) < keep:
+                    kept.append(xb.numpy()[:keep])
+        if not logits:
+            raise DataError(f"no readable images in the {split} split")
+        st_all = {k: np.concatenate([b[k] for b in st]) for k in st[0]} if st else {}
+        first = np.concatenate(kept)[:keep] if kept else np.zeros((0, cfg.img_size, cfg.img_size, 3), np.uint8)
+        return np.concatenate(logits), np.concatenate(labels), st_all, first
+
+    def bn_batches(epoch: int):
+        """Un-augmented training images (up to 1024, seeded) for :func:`recompute_bn_stats_batches`."""
+        n = idx.size("train")
+        pick = np.sort(np.random.default_rng(cfg.seed + epoch).permutation(n)[:1024])
+        sub = ImageSet([idx.paths["train"][i] for i in pick], idx.labels["train"][pick], cfg.img_size, None,
+                       cache=(caches["train"][0][pick], caches["train"][1][pick]) if cached else None)
+        for xb, _, _, ok in make_loader(sub, cfg.batch_size, workers):
+            if ok.sum() >= 2:
+                yield xb[torch.from_numpy(ok)]
+
+    weights_path, weights_from = initial_weights(cfg)
+    log.info("initial weights: %s", weights_from)
     backbone = build_backbone(cfg.arch, n_classes)
-    if cfg.weights:
-        load_weights(backbone, cfg.weights)
+    if weights_path:
+        load_weights(backbone, weights_path)
     model = ImageClassifier(backbone).to(device)
     model = model.to(memory_format=torch.channels_last)
 
-    x_train, y_train = ds.images["train"], ds.labels["train"]
+    y_train = idx.labels["train"]
     n_train = len(y_train)
     drop_last = n_train > cfg.batch_size
     steps_per_epoch = n_train // cfg.batch_size if drop_last else 1
@@ -304,63 +428,98 @@ def _train(cfg: TrainConfig) -> TrainResult:
                                                     pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
     else:  # OneCycleLR cannot split fewer steps into its two phases: plain cosine decay for such toy runs
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    transform = build_transform(cfg.augment if cfg.augment else "none", seed=cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    y_train_t = torch.from_numpy(y_train)
+    cw = class_weights(y_train, n_classes)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
+                                        weight=torch.tensor(cw, dtype=torch.float32, device=device)
+                                        if cfg.class_balance == "loss" else None)
+    order = EpochOrder(n_train, cfg.seed, weights=cw[y_train] if cfg.class_balance == "sampler" else None)
+    train_loader = make_loader(sets["train"], cfg.batch_size if drop_last else n_train, workers, sampler=order,
+                               drop_last=drop_last)
+    save_policy(transform, out_dir / "augmentation.json")
 
     history: list[dict] = []
-    with TrackedRun(cfg.experiment, f"{cfg.arch}-{cfg.img_size}px", cfg.workdir, enabled=cfg.track) as run:
+    best = {"acc": -1.0, "loss": math.inf, "epoch": 0, "state": None, "acc_epoch": 0}
+    first_epoch = 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["opt"])
+        sched.load_state_dict(resume_state["sched"])
+        best, history = resume_state["best"], resume_state["history"]
+        first_epoch = resume_state["epoch"] + 1
+        log.info("resuming %s after epoch %d of %d", resume_state.get("run_id") or out_dir, first_epoch - 1, cfg.epochs)
+    stopped_early = None
+    with TrackedRun(cfg.experiment, f"{cfg.arch}-{cfg.img_size}px", cfg.workdir, enabled=cfg.track,
+                    run_id=(resume_state or {}).get("run_id") or None) as run:
         run_id = run.run_id
-        run.log_params({k: v for k, v in cfg.model_dump().items() if k not in ("progress",)})
-        run.log_params({"n_train": n_train, "n_val": ds.size("val"), "n_test": ds.size("test"),
-                        "n_classes": n_classes, "data_fingerprint": ds.fingerprint, "device_used": str(device),
-                        "torch_threads": torch.get_num_threads(), "unreadable_images": len(ds.unreadable)})
+        if resume_state is None:
+            run.log_params({k: v for k, v in cfg.model_dump().items() if k not in ("progress", "resume")})
+            run.log_params({"n_train": n_train, "n_val": idx.size("val"), "n_test": idx.size("test"),
+                            "n_classes": n_classes, "data_fingerprint": idx.fingerprint, "device_used": str(device),
+                            "torch_threads": torch.get_num_threads(), "augment_policy": policy,
+                            "initial_weights": weights_from[:500], "data_cached": cached, "workers_used": workers})
+            run.log_artifact(out_dir / "augmentation.json")
 
-        best = {"acc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
-        epochs = tqdm(range(1, cfg.epochs + 1), desc=f"training {cfg.arch}", unit="epoch", disable=not cfg.progress)
+        epochs = tqdm(range(first_epoch, cfg.epochs + 1), desc=f"training {cfg.arch}", unit="epoch",
+                      disable=not cfg.progress, initial=first_epoch - 1, total=cfg.epochs)
         for epoch in epochs:
             t_ep = time.perf_counter()
+            torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout: the same whether resumed or not
             model.train()
-            order = rng.permutation(n_train)
+            sets["train"].set_epoch(epoch)
+            order.set_epoch(epoch)
             total, seen, correct = 0.0, 0, 0
-            batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                           disable=not cfg.progress)
-            for b in batches:
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size] if drop_last else order
-                xb = torch.from_numpy(augment_batch(transform, x_train[idx])).to(device, non_blocking=True)
-                yb = y_train_t[idx].to(device, non_blocking=True)
+            for xb, yb, ib, ok in tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                                       disable=not cfg.progress, total=steps_per_epoch):
+                if not ok.all():
+                    unreadable.update(sets["train"].paths[i] for i in ib[~ok])
+                    keep = torch.from_numpy(ok)
+                    xb, yb = xb[keep], yb[keep]
+                    if len(yb) < 2:
+                        continue
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 logits = model.logits(xb)
                 loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss.item()) * len(idx)
-                seen += len(idx)
+                total += float(loss.item()) * len(yb)
+                seen += len(yb)
                 correct += int((logits.argmax(1) == yb).sum().item())
-            recompute_bn_stats(model, x_train, device, cfg.batch_size, seed=cfg.seed + epoch)
-            val_logits = predict_logits(model, ds.images["val"], device)
-            y_val = ds.labels["val"]
+            if not cached and epoch == first_epoch:
+                check_unreadable(sorted(unreadable), n_all, cfg.max_bad_fraction, warn=False)  # fail early
+            recompute_bn_stats_batches(model, bn_batches(epoch), device)
+            val_logits, y_val, _, _ = evaluate("val")
             val_acc = float((val_logits.argmax(1) == y_val).mean())
             val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
             row = {"epoch": epoch, "train_loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                    "val_accuracy": val_acc, "val_loss": val_loss, "lr": float(sched.get_last_lr()[0]),
-                   "epoch_seconds": time.perf_counter() - t_ep}
+                   "epoch_seconds": time.perf_counter() - t_ep, "images_per_second": seen / max(time.perf_counter() - t_ep, 1e-9)}
             history.append(row)
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            if val_acc > best["acc"]:
+                best["acc_epoch"] = epoch  # early stopping counts from the last better accuracy (not loss tie-breaks)
             if (val_acc, -val_loss) > (best["acc"], -best["loss"]):
-                best.update(acc=val_acc, loss=val_loss, epoch=epoch,
-                            state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+                best = {**best, "acc": val_acc, "loss": val_loss, "epoch": epoch,
+                        "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
             epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val_acc:.3f}", best=best["epoch"])
             log.debug("epoch %d: %s", epoch, row)
+            torch.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "best": best, "history": history, "run_id": run_id,
+                        "key": _resume_key(cfg, classes, idx.fingerprint)}, out_dir / LAST_CHECKPOINT)
+            if cfg.patience and epoch - best["acc_epoch"] >= cfg.patience and epoch < cfg.epochs:
+                stopped_early = epoch
+                log.info("early stopping after epoch %d: no better validation accuracy for %d epochs (best: epoch %d)",
+                         epoch, cfg.patience, best["epoch"])
+                break
+        if stopped_early:
+            run.set_tags({"shadowcam.stopped_early_at_epoch": str(stopped_early)})
 
         # --- best checkpoint, calibration, test ------------------------------------------------------------
         model.load_state_dict(best["state"])
         model = model.to("cpu").eval()
-        device_eval = torch.device("cpu")
-        val_logits = predict_logits(model, ds.images["val"], device_eval)
-        y_val = ds.labels["val"]
+        device = torch.device("cpu")
+        val_logits, y_val, val_stats, _ = evaluate("val", stats=True)
         val_acc = float((val_logits.argmax(1) == y_val).mean())
         temperature = fit_temperature(val_logits, y_val)
         model.temperature.fill_(temperature)
@@ -368,30 +527,29 @@ def _train(cfg: TrainConfig) -> TrainResult:
         atc_t = atc_threshold(val_probs.max(axis=1), val_acc)
         # what production is compared with (drift against training): the validation images' calibrated softmax and
         # image statistics, computed as the runtime computes them (model-sized BGR frames)
-        reference = build_reference(val_probs, image_stats_batch(np.ascontiguousarray(ds.images["val"][..., ::-1])),
-                                    classes, seed=cfg.seed)
+        reference = build_reference(val_probs, val_stats, classes, seed=cfg.seed)
 
-        test_logits = predict_logits(model, ds.images["test"], device_eval)
-        y_test = ds.labels["test"]
+        test_logits, y_test, _, verify = evaluate("test", keep=8)
         test_pred = test_logits.argmax(1)
         test_acc = float((test_pred == y_test).mean())
         cm = confusion_matrix(y_test, test_pred, n_classes)
         pca = per_class_accuracy(cm, classes)
+        check_unreadable(sorted(unreadable), n_all, cfg.max_bad_fraction)
 
         card = ModelCard(
             class_names=list(classes), input_size=[cfg.img_size, cfg.img_size], arch=cfg.arch, input_color="RGB",
             resize_interpolation=RESIZE_INTERPOLATION, temperature=temperature, atc_threshold=atc_t,
             test_accuracy=test_acc, val_accuracy=val_acc, per_class_accuracy=pca, test_size=int(len(y_test)),
-            data_fingerprint=ds.fingerprint, training_run_id=run_id, name=cfg.register_name or "",
+            data_fingerprint=idx.fingerprint, training_run_id=run_id, name=cfg.register_name or "",
             training_reference=reference.to_dict(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             extra={"val_size": int(len(y_val)), "train_size": int(n_train), "best_epoch": best["epoch"],
-                   "epochs": cfg.epochs, "data_sources": ds.sources, "seed": cfg.seed,
+                   "epochs": cfg.epochs, "data_sources": idx.sources, "seed": cfg.seed, "augment": policy,
+                   "class_balance": cfg.class_balance, "stopped_early_at_epoch": stopped_early,
                    # training images per class: the evaluator's majority-class baseline predicts the most common
                    "class_counts": {c: int((y_train == k).sum()) for k, c in enumerate(classes)}},
         )
         ckpt = save_checkpoint(out_dir / "best.pt", model, card)
-        verify = ds.images["test"][:8]
         report = export_onnx(model, card, out_dir / "model.onnx", opset=cfg.opset, tolerance=cfg.export_tolerance,
                              verify_images=verify, seed=cfg.seed)
         card = report.card
@@ -414,7 +572,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                  "export_max_abs_diff": card.export_max_abs_diff,
                  "export_max_abs_diff_probs": report.max_abs_diff_probs,
                  "export_max_abs_diff_logits": report.max_abs_diff_logits,
-                 "train_seconds": time.perf_counter() - t_start}
+                 "train_seconds": time.perf_counter() - t_start, "unreadable_images": len(unreadable)}
         final.update({f"test_accuracy_{_metric_key(c)}": a for c, a in pca.items()})
         (out_dir / "metrics.json").write_text(json.dumps({"final": final, "history": history,
                                                           "confusion": cm.tolist(), "class_names": classes}, indent=2))
@@ -426,7 +584,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             run.log_artifact(fp16_path, tracking.model_artifact_dir(fp16_path))
         for name in ("card.json", "training_reference.json", "confusion_matrix.png", "config.yaml", "metrics.json"):
             run.log_artifact(out_dir / name)
-        run.set_tags({"shadowcam.arch": cfg.arch, "shadowcam.data_fingerprint": ds.fingerprint,
+        run.set_tags({"shadowcam.arch": cfg.arch, "shadowcam.data_fingerprint": idx.fingerprint,
                       "shadowcam.classes": ",".join(classes)})
         if cfg.register_name and cfg.track:
             version = tracking.register_onnx(out_dir / "model.onnx", cfg.register_name, alias=cfg.alias,

@@ -215,6 +215,7 @@ class RunConfig(_Strict):
 
 # --- training ----------------------------------------------------------------------------------------------------
 # Torch-free, so the CLI reads its defaults (and `--help` works) on a runtime-only install.
+AUGMENT_PRESETS = ("auto", "conveyor", "generic", "none", "light")  # light: the old name of conveyor
 ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")  # torchvision backbones
 Arch = Literal["resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"]
 TRAINING_EXPERIMENT = "shadowcam-training"
@@ -231,7 +232,21 @@ class TrainConfig(_Strict):
     lr: float = Field(default=6e-3, gt=0)  # peak LR of the one-cycle schedule
     weight_decay: float = Field(default=0.02, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    augment: Literal["light", "none"] = "light"
+    # augmentation policy: a preset (conveyor: flips + rotations, for top-down conveyor cameras; generic: no flips,
+    # rotations <= 8 deg; none), "auto" (conveyor for a `shadowcam synth` set, generic otherwise) or an albumentations
+    # policy file (A.save JSON/YAML); see models/augment.py
+    augment: str = "auto"
+    class_balance: Literal["none", "loss", "sampler"] = "none"  # loss: class-weighted loss; sampler: balanced batches
+    workers: int | None = Field(default=None, ge=0)  # decoding worker processes; None: one per core but one (max 8)
+    # decode the whole dataset into memory at model size first (memory), stream every epoch from disk (none), or
+    # cache when it fits cache_max_gb (auto)
+    cache: Literal["auto", "memory", "none"] = "auto"
+    cache_max_gb: float = Field(default=1.0, ge=0)
+    patience: int | None = Field(default=None, ge=1)  # early stopping: epochs without a better validation accuracy
+    resume: str | None = None  # a last.pt checkpoint (or the folder holding it) of an interrupted run to continue
+    # with no --weights: start from torchvision's ImageNet weights when they are in the local torch cache (never
+    # downloaded); otherwise from scratch
+    pretrained: bool = True
     seed: int = 0
     class_names: list[str] | None = None  # fix the label space (e.g. the incumbent's); default: first source's
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
@@ -262,6 +277,14 @@ class TrainConfig(_Strict):
         if not v:
             raise ValueError("at least one data source is needed")
         return v
+
+    @field_validator("augment")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        if v in AUGMENT_PRESETS or Path(v).is_file():
+            return v
+        raise ValueError(f"expected one of {', '.join(AUGMENT_PRESETS)} or an albumentations policy file (A.save "
+                         f"JSON/YAML), got {v!r} (no such file)")
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:

@@ -127,9 +127,12 @@ class TrackedRun:
     exception) when the block does.
     """
 
-    def __init__(self, experiment: str, run_name: str, workdir: str | Path | None = None, enabled: bool = True) -> None:
+    def __init__(self, experiment: str, run_name: str, workdir: str | Path | None = None, enabled: bool = True,
+                 run_id: str | None = None) -> None:
+        """``run_id``: continue that run (a resumed training) instead of starting a new one."""
         self.experiment, self.run_name, self.workdir, self.enabled = experiment, run_name, workdir, enabled
         self.run_id = ""
+        self._resume_id = run_id
         self._ctx = None
 
     def __enter__(self) -> "TrackedRun":
@@ -138,7 +141,10 @@ class TrackedRun:
 
             configure(self.workdir)
             exp_id = get_or_create_experiment(self.experiment, self.workdir)
-            self._ctx = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
+            if self._resume_id:
+                self._ctx = mlflow.start_run(run_id=self._resume_id)
+            else:
+                self._ctx = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
             self.run_id = self._ctx.__enter__().info.run_id
         return self
 

@@ -18,7 +18,8 @@ NAME = "retrain"
 HELP = "retrain with production labels (store) + original data; verified ONNX registered as challenger"
 DESCRIPTION = (
     "Collect every labelled production frame from the prediction store (its sampled JPEG and the majority of its "
-    "non-unsure labels), write them as a manifest, train on the original data plus that manifest in the incumbent's "
+    "non-unsure labels), write them as a manifest grouped by camera and time block (whole blocks go to one split), "
+    "train on the original data plus that manifest in the incumbent's "
     "label space (verified ONNX export, MLflow run), and register the new version with the alias 'challenger'. "
     "Promotion is left to the evaluator's paired test and `shadowcam promote`."
 )
@@ -37,6 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, default=d("img_size"), help="model input size in pixels")
     p.add_argument("--epochs", type=int, default=d("epochs"), help="training epochs")
     p.add_argument("--seed", type=int, default=d("seed"), help="seed")
+    p.add_argument("--lr", type=float, default=d("lr"), help="peak learning rate (lower it when fine-tuning --weights)")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="start from these weights (e.g. the incumbent's best.pt: fine-tuning); nothing is downloaded")
+    p.add_argument("--augment", default=d("augment"), metavar="PRESET|FILE",
+                   help="augmentation preset (conveyor, generic, none, auto) or albumentations policy file")
+    p.add_argument("--class-balance", choices=("none", "loss", "sampler"), default=d("class_balance"),
+                   help="class imbalance: class-weighted loss, or class-balanced batches")
+    p.add_argument("--patience", type=int, default=None, metavar="EPOCHS", help="early stopping on validation accuracy")
     p.add_argument("--out", default=None, help="output folder (default WORKDIR/retrain)")
     p.add_argument("--workdir", default=".", help="work directory (mlflow.db, mlartifacts/)")
     p.add_argument("--experiment", default=d("experiment"), help="MLflow experiment")
@@ -49,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
     result, prod = retrain(
         args.db, args.data, workdir=args.workdir, register_name=args.register, alias=args.alias if args.register else None,
         base_model=args.base_model, arch=args.arch, img_size=args.img_size, epochs=args.epochs, seed=args.seed,
-        out=args.out, experiment=args.experiment, progress=not args.no_progress,
+        out=args.out, experiment=args.experiment, progress=not args.no_progress, lr=args.lr, weights=args.weights,
+        augment=args.augment, class_balance=args.class_balance, patience=args.patience,
     )
     print(f"production frames used: {prod.n_frames} ({prod.n_excluded} labelled frames left out) from {prod.manifest}")
     print("per class: " + ", ".join(f"{c} {n}" for c, n in prod.class_counts.items()))

@@ -5,6 +5,8 @@ Examples::
     shadowcam synth --out data/synth && shadowcam train --data data/synth
     shadowcam train --data data/synth --data labels/production.csv --register shadowcam --alias challenger
     shadowcam train --data my_frames/ --arch resnet18 --img-size 96 --epochs 30 --weights resnet18.pth
+    shadowcam train --data frames.csv --augment my_policy.json --class-balance sampler --patience 5
+    shadowcam train --data frames.csv --resume runs/training/20261129T2200Z-mobilenet_v3_small   # after an interruption
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pipeline.config import ARCHS, TrainConfig
 NAME = "train"
 HELP = "train a classifier on ImageFolders/manifests, export verified ONNX + model card, log to MLflow"
 DESCRIPTION = (
-    "Train a torchvision classifier (random init unless --weights) on one or more data sources "
-    "(ImageFolder directories or CSV manifests path,label[,split], concatenated; a folder with manifest.csv uses it). "
-    "Stratified train/val/test split unless the manifest gives one; best epoch by validation accuracy; softmax "
+    "Train a torchvision classifier on one or more data sources (ImageFolder directories or CSV manifests "
+    "path,label[,split][,group], concatenated; a folder with manifest.csv uses it), streamed from disk by worker "
+    "processes (or cached in memory when small). Starts from --weights, else torchvision's ImageNet weights when they "
+    "are in the local torch cache, else from scratch (never downloads). Train/val/test split by group when the "
+    "manifest has a group column (camera, video, time block: near-duplicate frames never straddle splits), "
+    "stratified otherwise, unless the manifest gives the split; best epoch by validation accuracy; softmax "
     "temperature and ATC threshold fitted on validation; test accuracy, per-class accuracy and confusion matrix. "
     "Exports ONNX (uint8 NHWC input, preprocessing in the graph) verified against torch, with the model card in its "
     "metadata, logs an MLflow run and optionally registers the model under an alias."
@@ -40,7 +45,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local initial weights: a torchvision state dict or a shadowcam best.pt (nothing is downloaded)")
     p.add_argument("--classes", default=None, metavar="A,B,...",
                    help="fix the class list and its order (e.g. the incumbent's); default: the first source's")
-    p.add_argument("--augment", choices=("light", "none"), default=d("augment"), help="training augmentation preset")
+    p.add_argument("--augment", default=d("augment"), metavar="PRESET|FILE",
+                   help="augmentation: conveyor (flips + rotations, top-down conveyor cameras), generic (no flips, "
+                        "rotations <= 8 deg), none, auto (conveyor for a `shadowcam synth` set, generic otherwise), or an "
+                        "albumentations policy file written by A.save (JSON/YAML)")
+    p.add_argument("--class-balance", choices=("none", "loss", "sampler"), default=d("class_balance"),
+                   help="class imbalance: class-weighted loss, or class-balanced sampling of batches")
+    p.add_argument("--patience", type=int, default=None, metavar="EPOCHS",
+                   help="early stopping: stop after this many epochs without a better validation accuracy")
+    p.add_argument("--resume", default=None, metavar="DIR|last.pt",
+                   help="continue an interrupted run from its last.pt (written after every epoch); same data and settings")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="without --weights, start from scratch even when torchvision's weights are in the torch cache")
+    p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: one per core but one)")
+    p.add_argument("--cache", choices=("auto", "memory", "none"), default=d("cache"),
+                   help="decode the dataset into memory first (memory), stream it from disk every epoch (none), or "
+                        "cache when it fits --cache-max-gb (auto)")
+    p.add_argument("--cache-max-gb", type=float, default=d("cache_max_gb"), help="memory budget of --cache auto")
     p.add_argument("--fp16", action="store_true", help="also export a float16 ONNX variant (model_fp16.onnx)")
     p.add_argument("--max-bad-fraction", type=float, default=d("max_bad_fraction"),
                    help="share of unreadable images skipped with a warning before the run fails")
@@ -69,7 +90,9 @@ def main(args: argparse.Namespace) -> int:
         class_names=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
         augment=args.augment, fp16=args.fp16, max_bad_fraction=args.max_bad_fraction, device=args.device,
         threads=args.threads, experiment=args.experiment, track=not args.no_mlflow, register_name=args.register,
-        alias=args.alias, workdir=args.workdir, progress=not args.no_progress,
+        alias=args.alias, workdir=args.workdir, progress=not args.no_progress, class_balance=args.class_balance,
+        patience=args.patience, resume=args.resume, pretrained=not args.no_pretrained, workers=args.workers,
+        cache=args.cache, cache_max_gb=args.cache_max_gb,
     )
     result = train(cfg)
     print(result.summary())

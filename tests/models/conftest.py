@@ -34,6 +34,6 @@ def tiny_run(tmp_path_factory, shapes_data) -> TinyRun:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         cfg = make_config(data=[str(shapes_data)], arch="mobilenet_v3_small", img_size=32, epochs=4, batch_size=32,
                           out=str(root / "out"), workdir=str(root), register_name="tiny", alias="challenger",
-                          fp16=True, progress=False, seed=0)
+                          fp16=True, progress=False, seed=0, augment="conveyor")  # shapes have no orientation
         result = train(cfg)
     return TinyRun(result, root, shapes_data, uri)

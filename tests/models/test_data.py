@@ -188,3 +188,40 @@ def test_a_labelled_stream_clip_is_a_data_source(tmp_path):
     assert [str(s.path) for s in listing.samples] == [r.split(",")[0] for r in rows]
     assert [s.label for s in listing.samples] == [r.split(",")[1] for r in rows]
     assert all(s.path.is_file() and s.split is None for s in listing.samples)
+
+
+def test_groups_never_straddle_splits_and_follow_the_fractions(tmp_path, shapes):
+    from models.data import assign_splits, group_split, index_dataset
+
+    rng = np.random.default_rng(0)
+    groups = [f"video{g}" for g in range(60) for _ in range(int(rng.integers(3, 8)))]
+    labels = np.array([int(g[5:]) % 3 for g in groups])
+    split = group_split(groups, labels, 0.15, 0.15, seed=1)
+    by_group = {}
+    for g, s in zip(groups, split):
+        by_group.setdefault(g, set()).add(s)
+    assert all(len(s) == 1 for s in by_group.values())
+    for name, frac in (("val", 0.15), ("test", 0.15)):
+        share = np.mean(split == name)
+        assert abs(share - frac) < 0.06, (name, share)
+        assert set(labels[split == name]) == {0, 1, 2}  # stratified by the groups' majority class
+    assert list(group_split(groups, labels, 0.15, 0.15, seed=1)) == list(split)
+    # rows with a split keep it; grouped rows split by group, the rest stratified
+    rows = [("circle/0000.png", "circle", "test", ""), ("circle/0001.png", "circle", "", "a"),
+            ("circle/0002.png", "circle", "", "a")] + [
+        (f"{c}/{i:04d}.png", c, "", f"{c}{i // 4}") for c in SHAPE_CLASSES for i in range(3, 20)]
+    m = write_manifest(shapes / "grouped.csv", rows, ("path", "label", "split", "group"))
+    try:
+        idx = index_dataset(m, seed=0)
+        where = {p: s for s in ("train", "val", "test") for p in idx.paths[s]}
+        assert where[str(shapes / "circle/0000.png")] == "test"
+        assert where[str(shapes / "circle/0001.png")] == where[str(shapes / "circle/0002.png")]
+        for c in SHAPE_CLASSES:
+            for g in range(1, 5):
+                members = {where[str(shapes / f"{c}/{i:04d}.png")] for i in range(max(3, 4 * g), min(20, 4 * g + 4))}
+                assert len(members) == 1, (c, g, members)
+        assert idx.groups["train"] and all(g is not None for s in ("val",) for g in idx.groups[s])
+    finally:
+        m.unlink()
+    flat = assign_splits([type("S", (), {"split": None, "group": None})()] * 30, np.arange(30) % 3, 0.2, 0.2, 0)
+    assert list(flat) == list(stratified_split(np.arange(30) % 3, 0.2, 0.2, 0))
