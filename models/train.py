@@ -358,8 +358,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
     # --- data: streamed from disk, or decoded once into memory when it fits ------------------------------------
     n_all = sum(idx.size(s) for s in SPLITS)
-    workers = cfg.workers if cfg.workers is not None else default_workers()
     cached = choose_cache(cfg.cache, n_all, cfg.img_size, cfg.cache_max_gb * 1e9)
+    workers = cfg.workers if cfg.workers is not None else default_workers(cached)
     policy = resolve_policy(cfg.augment, list(cfg.data))
     transform = build_transform(policy, seed=cfg.seed)
     caches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -458,6 +458,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
                             "torch_threads": torch.get_num_threads(), "augment_policy": policy,
                             "initial_weights": weights_from[:500], "data_cached": cached, "workers_used": workers})
             run.log_artifact(out_dir / "augmentation.json")
+            if cfg.data_check:
+                _log_data_check(cfg, run, out_dir)
 
         epochs = tqdm(range(first_epoch, cfg.epochs + 1), desc=f"training {cfg.arch}", unit="epoch",
                       disable=not cfg.progress, initial=first_epoch - 1, total=cfg.epochs)
@@ -597,6 +599,23 @@ def _train(cfg: TrainConfig) -> TrainResult:
                          best_epoch=best["epoch"], wall_s=time.perf_counter() - t_start)
     log.info("training done in %.0fs: test accuracy %.4f", result.wall_s, test_acc)
     return result
+
+
+def _log_data_check(cfg: TrainConfig, run: TrackedRun, out_dir: Path) -> None:
+    """``shadowcam data check`` of the training data (the split this run makes), logged with the run and written
+    beside the model; the cross-split near-duplicates (the leak that flatters test accuracy) are also warned about."""
+    from models.datacheck import DataCheckConfig, check_data, log_data_check
+
+    report = check_data(DataCheckConfig(data=list(cfg.data), class_names=cfg.class_names, img_size=cfg.img_size,
+                                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                                        progress=cfg.progress))
+    log_data_check(report, run, out_dir)
+    n_cross = sum(report.duplicates.cross_split_pairs.values()) if report.duplicates is not None else 0
+    run.log_params({"cross_split_duplicates": n_cross})
+    if n_cross:
+        log.warning("data check: %d near-duplicate pair(s) straddle train/val/test: the test accuracy is flattered "
+                    "(give the manifest a group column: camera, video or time block); see %s", n_cross,
+                    out_dir / "data_check.html")
 
 
 def _metric_key(name: str) -> str:

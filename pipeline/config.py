@@ -237,7 +237,7 @@ class TrainConfig(_Strict):
     # policy file (A.save JSON/YAML); see models/augment.py
     augment: str = "auto"
     class_balance: Literal["none", "loss", "sampler"] = "none"  # loss: class-weighted loss; sampler: balanced batches
-    workers: int | None = Field(default=None, ge=0)  # decoding worker processes; None: one per core but one (max 8)
+    workers: int | None = Field(default=None, ge=0)  # worker processes; None: models.loader.default_workers
     # decode the whole dataset into memory at model size first (memory), stream every epoch from disk (none), or
     # cache when it fits cache_max_gb (auto)
     cache: Literal["auto", "memory", "none"] = "auto"
@@ -247,6 +247,9 @@ class TrainConfig(_Strict):
     # with no --weights: start from torchvision's ImageNet weights when they are in the local torch cache (never
     # downloaded); otherwise from scratch
     pretrained: bool = True
+    # `shadowcam data check` (counts, unreadable files, exact and near-duplicates across the splits) on the training
+    # data, logged with the run (data_check.json/.html); the leak it finds is also a param (cross_split_duplicates)
+    data_check: bool = True
     seed: int = 0
     class_names: list[str] | None = None  # fix the label space (e.g. the incumbent's); default: first source's
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
