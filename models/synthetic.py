@@ -1040,6 +1040,74 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, img_size: int | tup
     return manifest
 
 
+ORIENTATION_CLASSES = ("arrow_left", "arrow_right")
+ORIENTATION_COLUMNS = ("path", "label")
+
+
+def draw_arrow_label(img: np.ndarray, rng: np.random.Generator, pointing: str) -> np.ndarray:
+    """Stick a "this way" label on ``img`` (BGR uint8, in place): a white rectangle with a dark arrow pointing
+    ``left`` or ``right``, at a random place, size and tilt (at most 15 degrees). Only the arrow's direction tells
+    the two apart: a horizontal flip turns one class into the other."""
+    if pointing not in ("left", "right"):
+        raise ConfigError(f"pointing must be 'left' or 'right', got {pointing!r}")
+    h, w = img.shape[:2]
+    lw, lh = rng.uniform(0.34, 0.48) * w, rng.uniform(0.2, 0.28) * h
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    # the arrow in label units (-1..1 along x, pointing right), then mirrored for "left"
+    arrow = np.array([[-0.75, -0.18], [0.15, -0.18], [0.15, -0.5], [0.8, 0.0], [0.15, 0.5], [0.15, 0.18], [-0.75, 0.18]])
+    if pointing == "left":
+        arrow[:, 0] = -arrow[:, 0]
+    box = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64)
+    ang = np.deg2rad(rng.uniform(-15, 15))
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+
+    def place(pts: np.ndarray) -> np.ndarray:
+        xy = (pts * [lw / 2, lh / 2]) @ rot.T + [cx, cy]
+        return np.round(xy * 16).astype(np.int32)  # 4 fractional bits: anti-aliased sub-pixel edges
+
+    paper = tuple(float(v) for v in rng.uniform(215, 250, 3))
+    ink = tuple(float(v) for v in rng.uniform(10, 60, 3))
+    cv2.fillPoly(img, [place(box)], paper, lineType=cv2.LINE_AA, shift=4)
+    cv2.fillPoly(img, [place(arrow)], ink, lineType=cv2.LINE_AA, shift=4)
+    return img
+
+
+def generate_orientation_dataset(out_dir: str | Path, n: int, seed: int, img_size: int = 64,
+                                 progress: bool = True, jpeg_quality: int = 95) -> Path:
+    """A dataset where orientation decides the class: parcels on the belt whose label arrow points left
+    (``arrow_left``) or right (``arrow_right``), balanced, ``out_dir/<class>/<index>.jpg`` + ``manifest.csv``
+    (``path,label`` only, like a team's own dataset). A policy that flips images turns a label into the other one;
+    this is the set that tells the ``generic`` augmentation preset from the ``conveyor`` one. Returns the manifest."""
+    if not isinstance(n, (int, np.integer)) or n < 2:
+        raise ConfigError(f"n must be an integer >= 2, got {n!r}")
+    size = _check_size((img_size, img_size))
+    out = Path(out_dir)
+    for c in ORIENTATION_CLASSES:
+        (out / c).mkdir(parents=True, exist_ok=True)
+    it = range(int(n))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"synth {out.name}", unit="img", leave=False)
+    rows = []
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    for i in it:
+        cls = ORIENTATION_CLASSES[i % 2]
+        srng, arng, _ = _item_rngs(seed, i)
+        img = render("parcel_ok", srng, size)
+        draw_arrow_label(img, arng, cls.split("_")[1])
+        rel = f"{cls}/{i:06d}.jpg"
+        if not cv2.imwrite(str(out / rel), img, params):
+            raise OSError(f"cannot write {out / rel}")
+        rows.append((rel, cls))
+    manifest = out / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(ORIENTATION_COLUMNS)
+        wr.writerows(rows)
+    return manifest
+
+
 # =================================================================================================
 # streams
 # =================================================================================================

@@ -1,5 +1,5 @@
 """notebooks/compare_experiments.ipynb runs headless top to bottom (nbclient, a kernel on this venv's Python):
-against the fast demo's MLflow store it shows every table and plot; against a store with only a training run,
+against the demo's MLflow store it shows every table and plot; against a store with only a training run,
 or no store at all, every cell prints a note instead of raising."""
 
 from __future__ import annotations

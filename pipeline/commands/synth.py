@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dataset (default mode)")
     g.add_argument("--n", type=int, default=3000, help="number of images (balanced over the classes)")
     g.add_argument("--img-size", type=int, default=96, metavar="PX", help="square image side in pixels (the 4:3 view is squashed into it, as a serving resize would)")
+    g.add_argument("--orientation", action="store_true",
+                   help="a dataset where orientation decides the class: parcels whose label arrow points left or right "
+                        "(arrow_left, arrow_right; manifest path,label like a team's own data)")
     s = p.add_argument_group("stream (--stream)")
     s.add_argument("--stream", action="store_true", help="write a camera stream instead of a dataset")
     s.add_argument("--frames", type=int, default=600, help="number of frames")
@@ -99,6 +102,14 @@ def main(args: argparse.Namespace) -> int:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     out = Path(args.out)
     t0 = time.perf_counter()
+    if args.orientation:
+        if args.stream or args.shift or args.classes:
+            raise ConfigError("--orientation writes its own two classes, without shifts; drop --stream/--shift/--classes")
+        manifest = syn.generate_orientation_dataset(out, args.n, args.seed, img_size=args.img_size,
+                                                    progress=not args.quiet)
+        print(f"wrote {args.n} orientation images ({args.img_size}x{args.img_size}, seed {args.seed}) to {out}/ in "
+              f"{time.perf_counter() - t0:.1f}s\n  manifest: {manifest}")
+        return 0
     if not args.stream:
         if args.phase:
             raise ConfigError("--phase needs --stream (datasets take --shift)")

@@ -1,4 +1,4 @@
-"""``shadowcam demo --fast`` end to end (one run per session, fixture ``demo_workdir`` in tests/conftest.py).
+"""``shadowcam demo`` end to end (one run per session, fixture ``demo_workdir`` in tests/conftest.py).
 
 The demo's summary is the product's claim: every number in it is measured on the way (nothing built in), and its
 ``checks`` compare the measured intervals with the generator's truth. A false check fails here, with the demo's

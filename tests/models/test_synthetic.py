@@ -490,3 +490,32 @@ def test_cli_list_shifts_and_light_imports():
             "print(sorted(m for m in ('torch', 'albumentations', 'mlflow') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+
+
+def test_orientation_dataset_is_balanced_seeded_and_a_users_dataset(tmp_path):
+    """Orientation decides the class: the two classes differ only in the arrow's direction, so mirroring an image
+    makes it look like the other class; the manifest is path,label (augment auto -> generic)."""
+    import csv
+
+    import cv2
+    import numpy as np
+
+    from models.augment import resolve_policy
+    from models.synthetic import ORIENTATION_CLASSES, draw_arrow_label, generate_orientation_dataset
+
+    m = generate_orientation_dataset(tmp_path / "a", 10, seed=3, img_size=48, progress=False)
+    rows = list(csv.DictReader(m.open()))
+    assert list(rows[0]) == ["path", "label"] and [r["label"] for r in rows].count("arrow_left") == 5
+    assert {r["label"] for r in rows} == set(ORIENTATION_CLASSES)
+    again = generate_orientation_dataset(tmp_path / "b", 10, seed=3, img_size=48, progress=False)
+    assert all((m.parent / r["path"]).read_bytes() == (again.parent / r["path"]).read_bytes() for r in rows)
+    assert resolve_policy("auto", [str(tmp_path / "a")]) == "generic"
+    # the arrow alone, with the same draws (place, size, tilt, colours): the two directions are different pictures
+    blank = np.full((64, 64, 3), 90, np.uint8)
+    left = draw_arrow_label(blank.copy(), np.random.default_rng(0), "left")
+    right = draw_arrow_label(blank.copy(), np.random.default_rng(0), "right")
+    diff = np.abs(left.astype(int) - right).max(axis=2)
+    assert (diff > 100).sum() >= 30 and np.array_equal(left[0], right[0])  # the arrow differs, the rest does not
+    with pytest.raises(ConfigError, match="pointing must be 'left' or 'right'"):
+        draw_arrow_label(blank, np.random.default_rng(0), "up")
+    assert cv2.imread(str(m.parent / rows[0]["path"])).shape == (48, 48, 3)
