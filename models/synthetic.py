@@ -1051,10 +1051,10 @@ def draw_arrow_label(img: np.ndarray, rng: np.random.Generator, pointing: str) -
     if pointing not in ("left", "right"):
         raise ConfigError(f"pointing must be 'left' or 'right', got {pointing!r}")
     h, w = img.shape[:2]
-    lw, lh = rng.uniform(0.34, 0.48) * w, rng.uniform(0.2, 0.28) * h
-    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    lw, lh = rng.uniform(0.5, 0.62) * w, rng.uniform(0.3, 0.38) * h
+    cx, cy = rng.uniform(0.38, 0.62) * w, rng.uniform(0.36, 0.64) * h
     # the arrow in label units (-1..1 along x, pointing right), then mirrored for "left"
-    arrow = np.array([[-0.75, -0.18], [0.15, -0.18], [0.15, -0.5], [0.8, 0.0], [0.15, 0.5], [0.15, 0.18], [-0.75, 0.18]])
+    arrow = np.array([[-0.8, -0.22], [0.05, -0.22], [0.05, -0.7], [0.85, 0.0], [0.05, 0.7], [0.05, 0.22], [-0.8, 0.22]])
     if pointing == "left":
         arrow[:, 0] = -arrow[:, 0]
     box = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64)
