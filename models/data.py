@@ -75,8 +75,22 @@ class SourceListing:
     non_images: int = 0  # files skipped because their extension is not an image type
 
 
+class _SplitCounts:
+    """Rows per split and per class, for a dataclass with ``class_names`` and ``labels`` (split -> class indices)."""
+
+    class_names: list[str]
+    labels: dict[str, np.ndarray]
+
+    def size(self, split: str) -> int:
+        return int(self.labels[split].shape[0])
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        counts = np.bincount(self.labels[split], minlength=len(self.class_names))
+        return {c: int(n) for c, n in zip(self.class_names, counts)}
+
+
 @dataclass
-class Dataset:
+class Dataset(_SplitCounts):
     """Decoded images per split, all at the model input size, RGB uint8 ``(N, H, W, 3)``."""
 
     class_names: list[str]
@@ -89,12 +103,6 @@ class Dataset:
     unreadable: list[str] = field(default_factory=list)  # files skipped because they could not be decoded
     non_images: int = 0
 
-    def size(self, split: str) -> int:
-        return int(self.labels[split].shape[0])
-
-    def class_counts(self, split: str) -> dict[str, int]:
-        counts = np.bincount(self.labels[split], minlength=len(self.class_names))
-        return {c: int(n) for c, n in zip(self.class_names, counts)}
 
     def summary(self) -> str:
         parts = [f"{s}={self.size(s)}" for s in SPLITS]
@@ -312,7 +320,7 @@ def combine_sources(sources: Iterable[str | Path], class_names: Sequence[str] | 
 
 
 @dataclass
-class DataIndex:
+class DataIndex(_SplitCounts):
     """The rows of every split, listed and checked but not decoded: what training streams from."""
 
     class_names: list[str]
@@ -323,12 +331,6 @@ class DataIndex:
     sources: list[str]
     non_images: int = 0
 
-    def size(self, split: str) -> int:
-        return int(self.labels[split].shape[0])
-
-    def class_counts(self, split: str) -> dict[str, int]:
-        counts = np.bincount(self.labels[split], minlength=len(self.class_names))
-        return {c: int(n) for c, n in zip(self.class_names, counts)}
 
 
 def index_dataset(

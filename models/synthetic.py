@@ -1028,16 +1028,25 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int, img_size: int | tup
         pack = _choose_packaging(cls, share, prng)
         img = render(cls, srng, size, packaging=pack)
         img = apply_shifts(img, shift_list, frng)
-        rel = f"{cls}/{i:06d}.jpg"
-        if not cv2.imwrite(str(out / rel), img, params):
-            raise OSError(f"cannot write {out / rel}")
-        rows.append((rel, cls, camera, shift_text, severity, pack if cls in PARCEL_CLASSES else "none"))
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as f:
+        rows.append((_write_image(out, cls, i, img, params), cls, camera, shift_text, severity,
+                     pack if cls in PARCEL_CLASSES else "none"))
+    return _write_manifest(out / "manifest.csv", DATASET_COLUMNS, rows)
+
+
+def _write_image(out: Path, cls: str, i: int, img: np.ndarray, params: list[int]) -> str:
+    """Write image ``i`` of class ``cls`` as ``out/<cls>/<i>.jpg``; returns its path relative to ``out``."""
+    rel = f"{cls}/{i:06d}.jpg"
+    if not cv2.imwrite(str(out / rel), img, params):
+        raise OSError(f"cannot write {out / rel}")
+    return rel
+
+
+def _write_manifest(path: Path, columns: Sequence[str], rows: list[tuple]) -> Path:
+    with path.open("w", newline="") as f:
         wr = csv.writer(f)
-        wr.writerow(DATASET_COLUMNS)
+        wr.writerow(columns)
         wr.writerows(rows)
-    return manifest
+    return path
 
 
 ORIENTATION_CLASSES = ("arrow_left", "arrow_right")
@@ -1096,16 +1105,8 @@ def generate_orientation_dataset(out_dir: str | Path, n: int, seed: int, img_siz
         srng, arng, _ = _item_rngs(seed, i)
         img = render("parcel_ok", srng, size)
         draw_arrow_label(img, arng, cls.split("_")[1])
-        rel = f"{cls}/{i:06d}.jpg"
-        if not cv2.imwrite(str(out / rel), img, params):
-            raise OSError(f"cannot write {out / rel}")
-        rows.append((rel, cls))
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(ORIENTATION_COLUMNS)
-        wr.writerows(rows)
-    return manifest
+        rows.append((_write_image(out, cls, i, img, params), cls))
+    return _write_manifest(out / "manifest.csv", ORIENTATION_COLUMNS, rows)
 
 
 # =================================================================================================
