@@ -2,11 +2,14 @@
 
 ``train(TrainConfig(data=["synth/"]))`` does, in order:
 
-1. load and check the data (:mod:`models.data`): one or more ImageFolder dirs / manifests, concatenated;
-   stratified seeded train/val/test split unless a manifest gives ``split``;
+1. list, check and split the data (:func:`models.data.index_dataset`): one or more ImageFolder dirs / manifests,
+   concatenated; a manifest's ``split`` is kept, rows with a ``group`` are split by whole groups, the rest
+   stratified (seeded); ``shadowcam data check`` runs on it and is logged with the run (``data_check``);
 2. train the :class:`models.export.ImageClassifier` (uint8 NHWC in, preprocessing inside) with AdamW,
-   one-cycle LR, label smoothing and the ``light`` albumentations preset; best epoch by validation accuracy
-   (ties: lower validation loss);
+   one-cycle LR, label smoothing and the augmentation policy (:mod:`models.augment`), images streamed from disk
+   by :mod:`models.loader` (or cached in memory when small); optional class balancing; initial weights from
+   ``--weights`` or the local torch cache; best epoch by validation accuracy (ties: lower validation loss);
+   optional early stopping; ``last.pt`` after every epoch for ``--resume``;
 3. fit the softmax temperature and the ATC threshold on the validation set (:mod:`models.calibration`);
 4. test accuracy, per-class accuracy and confusion matrix on the test split;
 5. export to ONNX (+ optional fp16), verified against torch, with the model card in the metadata;
