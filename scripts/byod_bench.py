@@ -133,8 +133,8 @@ def render(doc: dict) -> str:
         lines += ["## One epoch of a large dataset, streamed from disk", "",
                   f"{m['n_images']:,} synthetic images at {m['img_size']}x{m['img_size']} "
                   f"({m['n_train']:,} in the training split), default training at {m['img_size']} px, `--cache none`, "
-                  f"{m['workers']} decoding worker(s), without the per-run data check (`data_check=False`; the data check "
-                  "of 100,000 images peaked at about 0.9 GB on its own, measured apart).", "",
+                  f"{m['workers']} decoding worker(s), without the per-run data check (`data_check=False`; the data check's "
+                  "duplicate search over 100,000 images peaked at about 0.9 GB in a separate measurement).", "",
                   "| peak RSS, process + workers | peak RSS, training process | training images/s | epoch s | wall s (incl. val, test, export) |",
                   "|---|---|---|---|---|",
                   f"| {m['peak_rss_gb']:.2f} GB | {m['peak_rss_main_gb']:.2f} GB | {m['train_images_per_second']:.0f} | "
