@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from pipeline.types import ConfigError
 
@@ -119,13 +118,3 @@ def is_synthetic_source(source: str | Path) -> bool:
     with manifest.open(newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
     return SYNTH_MARKER_COLUMN in [c.strip() for c in header]
-
-
-def augment_batch(transform, images: np.ndarray) -> np.ndarray:
-    """Apply ``transform`` image by image to a uint8 ``(N, H, W, 3)`` batch; returns a new uint8 array."""
-    if transform is None or len(transform.transforms) == 0:
-        return images
-    out = np.empty_like(images)
-    for i in range(images.shape[0]):
-        out[i] = transform(image=images[i])["image"]
-    return out

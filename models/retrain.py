@@ -69,23 +69,13 @@ def time_block_groups(cameras: list[str], ts: list[float], block_s: float) -> li
     return [f"{cam}/t{int(t // block_s):06d}" for cam, t in zip(cameras, ts)]
 
 
-def split_by_time_blocks(labels: list[str], cameras: list[str], ts: list[float], block_s: float,
-                         val_fraction: float, test_fraction: float, seed: int) -> list[str]:
-    """train/val/test per frame by whole camera time blocks (:func:`time_block_groups`), with the training code's
-    own group split (:func:`models.data.group_split`, stratified by each block's majority label)."""
-    from models.data import group_split
-
-    codes = {c: i for i, c in enumerate(sorted(set(labels)))}
-    return list(group_split(time_block_groups(cameras, ts, block_s), [codes[x] for x in labels], val_fraction,
-                            test_fraction, seed))
-
-
 def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_names: list[str], repeat: int = 1,
                           block_s: float = 5.0, val_fraction: float = 0.15, test_fraction: float = 0.15,
                           seed: int = 0) -> ProductionSet:
     """Write the labelled production frames (sampled JPEGs) as a training manifest ``path,label,split``.
 
-    Splits are assigned by time blocks (:func:`split_by_time_blocks`); training rows are written
+    Splits are assigned by whole camera time blocks (:func:`time_block_groups`, split with the training code's
+    :func:`models.data.group_split`, stratified by each block's majority label); training rows are written
     ``repeat`` times, so a few hundred production frames weigh against thousands of original images.
     Frames of the training sample (strategy ``training:...``) are used for training only: in a val or test block
     they are left out (``n_training_sample_held_out``).
@@ -107,9 +97,11 @@ def export_production_set(store: st.PredictionStore, out_csv: str | Path, class_
             "(label sampled frames first: `shadowcam label serve`, `label import` or `label simulate`)"
         )
     rows.sort(key=lambda r: r[3])
-    splits = split_by_time_blocks([r[1] for r in rows], [r[2] for r in rows], [r[4] for r in rows], block_s,
-                                  val_fraction, test_fraction, seed)
+    from models.data import group_split
+
     groups = time_block_groups([r[2] for r in rows], [r[4] for r in rows], block_s)
+    codes = {c: i for i, c in enumerate(sorted({r[1] for r in rows}))}
+    splits = list(group_split(groups, [codes[r[1]] for r in rows], val_fraction, test_fraction, seed))
     held_out = [sp != "train" and r[5] for r, sp in zip(rows, splits)]
     kept = [(r, sp, g) for r, sp, g, h in zip(rows, splits, groups, held_out) if not h]
     out_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -108,8 +108,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def recompute_bn_stats(model, images: np.ndarray, device, batch_size: int, max_images: int = 1024, seed: int = 0) -> int:
-    """Recompute every BatchNorm layer's running statistics on (up to ``max_images``) un-augmented images.
+def recompute_bn_stats_batches(model, batches, device) -> int:
+    """Recompute every BatchNorm layer's running statistics over ``batches`` of un-augmented uint8 NHWC images
+    (tensors or arrays; batches of fewer than 2 images are skipped).
 
     "Precise BN": reset the running mean/var and average them over forward passes in training mode
     (``momentum=None`` = cumulative average). In runs of a few hundred steps the exponential running averages
@@ -118,15 +119,6 @@ def recompute_bn_stats(model, images: np.ndarray, device, batch_size: int, max_i
     evaluation makes validation accuracy, checkpoint choice and the exported model reflect the weights.
     Returns the number of BatchNorm layers updated.
     """
-    if len(images) == 0:
-        return 0
-    idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:max_images])
-    return recompute_bn_stats_batches(model, (images[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size)), device)
-
-
-def recompute_bn_stats_batches(model, batches, device) -> int:
-    """:func:`recompute_bn_stats` over an iterable of uint8 NHWC image batches (tensors or arrays; batches of
-    fewer than 2 images are skipped)."""
     import torch
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -189,21 +181,6 @@ def load_weights(backbone, path: str | Path) -> tuple[int, int]:
         log.info("weights %s: %d of %d tensors loaded; kept random init for %s", path, len(fitting), len(own),
                  ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""))
     return len(fitting), len(own)
-
-
-def predict_logits(model, images: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
-    """Raw logits ``(N, C)`` float32 for uint8 NHWC ``images``."""
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i:i + batch_size]).to(device, non_blocking=True)
-            out.append(model.logits(x).float().cpu().numpy())
-    if not out:
-        return np.zeros((0, len(getattr(model, "class_names", []) or [])), dtype=np.float32)
-    return np.concatenate(out)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
