@@ -26,8 +26,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline.types import Frame, HealthEvent, Label, LabelImportError, Prediction, StoreError
 
-SCHEMA_VERSION = 2
-
 metadata = sa.MetaData()
 
 schema_meta = sa.Table(
@@ -142,7 +140,7 @@ def _migrate_1_to_2(conn: Connection) -> None:
 
 # MIGRATIONS[v] takes a store at version v to v + 1. Append, never edit.
 MIGRATIONS: list[Callable[[Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
-assert len(MIGRATIONS) == SCHEMA_VERSION
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def default_sqlite_url(workdir: str | Path) -> str:
