@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pipeline.evaluation.truth import majority_truth
 from pipeline.store import PredictionStore
 
-__all__ = ["ReviewItem", "ReviewList", "disagreements"]
+__all__ = ["REVIEW_SOURCE", "ReviewItem", "ReviewList", "Tie", "disagreements", "resolution_refusal", "ties"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,49 @@ def disagreements(store: PredictionStore, classes: Sequence[str], role: str = "i
                                 complete=len(labels[fid]) >= (2 if double else 1)))
     items.sort(key=lambda i: (-i.confidence, i.ts, i.frame_id))
     return ReviewList(items, seen, dict(no_truth), degraded)
+
+
+# --- resolving ties: a reviewer's deciding vote -------------------------------------------------------------------------
+REVIEW_SOURCE = "review"  # labels.source of a reviewer's deciding label
+
+
+@dataclass(frozen=True)
+class Tie:
+    """A double-labelled frame whose two answers tie (no truth): a reviewer picks one of ``answers``."""
+
+    frame_id: str
+    labels: tuple[tuple[str, str], ...]  # (annotator, label), oldest first
+    answers: tuple[str, ...]  # the distinct class answers a reviewer may choose between
+
+
+def _tie_answers(rows: Sequence[tuple[str, str, str]], classes: Sequence[str]) -> tuple[str, ...] | None:
+    """The answers a reviewer may choose between when ``rows`` (annotator, label, source) tie; None when they do not."""
+    if any(src == REVIEW_SOURCE for _, _, src in rows):
+        return None
+    if majority_truth((lab for _, lab, _ in rows), classes).status != "tie":
+        return None
+    return tuple(dict.fromkeys(lab for _, lab, _ in rows if lab in classes))
+
+
+def ties(store: PredictionStore, classes: Sequence[str]) -> list[Tie]:
+    """The double-labelled frames whose labels tie and that no reviewer has resolved yet, oldest sample first."""
+    out = []
+    for fid, rows in store.double_label_frame_labels().items():
+        answers = _tie_answers(rows, classes)
+        if answers:
+            out.append(Tie(fid, tuple((a, lab) for a, lab, _ in rows), answers))
+    return out
+
+
+def resolution_refusal(classes: Sequence[str], label: str):
+    """The rule :meth:`PredictionStore.resolve_label` checks under the frame's lock: the frame's labels must tie, not be
+    resolved yet, and ``label`` must be one of the tied answers (then the resolution is a 2-1 majority). Returns a
+    function of the frame's label rows giving a refusal status (``not_tied``, ``not_an_answer``) or None."""
+
+    def refuse(rows: list[tuple[str, str, str]]) -> str | None:
+        answers = _tie_answers(rows, classes)
+        if answers is None:
+            return "not_tied"
+        return None if label in answers else "not_an_answer"
+
+    return refuse

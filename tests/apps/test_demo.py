@@ -277,9 +277,12 @@ def test_status_page_renders_the_demos_figures_in_chromium(demo_workdir: Path, s
         inc_all = next(r for r in doc["rows"] if r["role"] == "incumbent" and r["kind"] == "model")
         assert inc_all["accuracy"]["value"] == pytest.approx(champ["prod_accuracy"], abs=1e-9), (inc_all, champ)
         shot = tmp_path / "status.png"
-        with serving(create_app(store, tokens={"m4nager-demo": "manager"}, eval_config=cfg)) as base, chromium() as browser:
+        from pipeline.labeling.auth import issue_token
+
+        token = issue_token(store, "manager", "reviewer", rotate=True).token  # /status is for reviewers and admins
+        with serving(create_app(store, eval_config=cfg)) as base, chromium() as browser:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            log_in(page, base, "m4nager-demo")
+            log_in(page, base, token)
             page.goto(base + "/status")
             text = page.inner_text("#status-table")
             assert inc_all["accuracy_text"] in text and inc_all["error_cost_text"] in text, text

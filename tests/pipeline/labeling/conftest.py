@@ -86,3 +86,50 @@ def filled(tmp_path: Path) -> Filled:
     f = fill_store(tmp_path / "w", n=6, double=(1,))
     yield f
     f.store.close()
+
+
+# --- logging in (tokens live hashed in the store; the login form carries a CSRF nonce) ---------------------------------
+def issue_tokens(store: PredictionStore, roles: dict[str, str]) -> dict[str, str]:
+    """``{annotator: role}`` -> ``{annotator: token}``: a fresh generated token for each (rotating any earlier one)."""
+    from pipeline.labeling.auth import issue_token
+
+    return {name: issue_token(store, name, role, rotate=True).token for name, role in roles.items()}
+
+
+def login_form_nonce(c) -> str:
+    """GET /login and return the form's CSRF nonce (the cookie is kept by the client)."""
+    import re
+
+    html = c.get("/login").text
+    return re.search(r'name="login_csrf" value="([^"]+)"', html).group(1)
+
+
+def log_in(c, token: str):
+    """Log ``c`` (a TestClient or httpx client) in with ``token`` as a browser would: the login form, then its POST."""
+    return c.post("/login", data={"token": token, "login_csrf": login_form_nonce(c)})
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a logged-in page's forms carry."""
+    import re
+
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def logged_in(app, token: str):
+    """A TestClient logged in with ``token`` whose POSTs carry the session's CSRF token unless the test gives one."""
+    from fastapi.testclient import TestClient
+
+    class Client(TestClient):
+        csrf = ""
+
+        def post(self, url, *args, data=None, **kw):  # noqa: ANN001, ANN202
+            if isinstance(data, dict) and "csrf_token" not in data and url != "/login":
+                data = {**data, "csrf_token": self.csrf}
+            return super().post(url, *args, data=data, **kw)
+
+    c = Client(app)
+    r = log_in(c, token)
+    assert r.status_code == 200, r.text
+    c.csrf = csrf_of(r.text)
+    return c

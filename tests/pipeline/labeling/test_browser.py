@@ -13,7 +13,7 @@ import pytest
 from pipeline.store import label_skips, labels
 from tests.helpers.browser import BROWSER_MARKS, CHROMIUM, serving
 
-from .conftest import fill_store
+from .conftest import fill_store, issue_tokens
 
 pytestmark = BROWSER_MARKS
 
@@ -23,14 +23,15 @@ def server(tmp_path: Path):
     from pipeline.labeling.app import create_app
 
     filled = fill_store(tmp_path / "w", n=6, double=(5,))
-    with serving(create_app(filled.url, tokens={"s3cret-alice": "alice"})) as base:
-        yield base, filled
+    token = issue_tokens(filled.store, {"alice": "annotator"})["alice"]
+    with serving(create_app(filled.url)) as base:
+        yield base, filled, token
     filled.store.close()
 
 
 def test_label_with_keyboard_in_chromium(server, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    base, filled = server
+    base, filled, token = server
     f = filled.frame_ids
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -45,7 +46,7 @@ def test_label_with_keyboard_in_chromium(server, tmp_path: Path) -> None:
             with page.expect_navigation():
                 page.keyboard.press("Enter")
             assert "That token is not valid" in page.inner_text("#login-error")
-            page.fill("#token", "s3cret-alice")
+            page.fill("#token", token)
             with page.expect_navigation():
                 page.keyboard.press("Enter")
             assert page.inner_text("#frame-id") == f[0]

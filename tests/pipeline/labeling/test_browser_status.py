@@ -18,7 +18,7 @@ from pipeline.labeling.status import build_status, deployments
 from tests.helpers.browser import BROWSER_MARKS, chromium, log_in, serving
 from tests.helpers.onnx_models import make_tiny_classifier
 
-from .conftest import CLASSES, fill_store
+from .conftest import CLASSES, fill_store, issue_tokens
 from .test_status import NOW, fill
 
 pytestmark = BROWSER_MARKS
@@ -30,13 +30,14 @@ def test_overlay_appears_after_the_answer(tmp_path: Path) -> None:
     filled = fill_store(tmp_path / "w", n=4)
     model = make_tiny_classifier(tmp_path / "m.onnx", CLASSES, input_size=(24, 32), seed=3)
     f = filled.frame_ids
-    with serving(create_app(filled.url, tokens={"s3cret": "alice"}, explain_model=model)) as base, chromium() as browser:
+    token = issue_tokens(filled.store, {"alice": "reviewer"})["alice"]
+    with serving(create_app(filled.url, explain_model=model)) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         # not logged in: the overlay and the status page send the browser to the login page
         for url in (f"/overlay?frame_id={f[0]}", "/status"):
             page.goto(base + url)
             assert page.url.endswith("/login"), url
-        log_in(page, base, "s3cret")
+        log_in(page, base, token)
         assert page.inner_text("#frame-id") == f[0]
         assert page.locator("#overlay-image").count() == 0  # nothing before the answer
         with page.expect_navigation():
@@ -57,9 +58,10 @@ def test_status_page_renders_the_figures(tmp_path: Path) -> None:
     store = fill(tmp_path)
     doc = build_status(store, deployments(store)[0], EvalConfig(), now=NOW)
     shot_path = tmp_path / "status.png"
-    with serving(create_app(store, tokens={"m4nager": "manager"}, eval_config=EvalConfig())) as base, chromium() as browser:
+    token = issue_tokens(store, {"manager": "reviewer"})["manager"]
+    with serving(create_app(store, eval_config=EvalConfig())) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        log_in(page, base, "m4nager")
+        log_in(page, base, token)
         page.goto(base + "/status")
         assert "champion inc:1, challenger sh:2 in shadow" in page.inner_text("#status-title")
         table = page.inner_text("#status-table")

@@ -109,17 +109,17 @@ def test_labelstudio_annotator_ids_and_cancelled(filled: Filled, tmp_path: Path)
 F0, F1 = "{f0}", "{f1}"
 BAD = [
     # (case, file name, content, expected message fragment ("{name}" = the file's path))
-    ("unknown class", "l.csv", f"frame_id,label\n{F0},box\n{F1},crate\n", "{name}:3: unknown class 'crate'; expected one of: box, pallet, empty, unsure"),
-    ("unknown class, close match", "l.csv", f"frame_id,label\n{F0},Box\n", "{name}:2: unknown class 'Box' (did you mean 'box'?)"),
-    ("unknown frame id", "l.csv", f"frame_id,label\n{F0},box\nr9:cam0:99,box\n", "{name}:3: unknown frame id 'r9:cam0:99'"),
+    ("unknown class", "l.csv", f"frame_id,label\n{F0},box\n{F1},crate\n", "{name}:3: field 'label': unknown class 'crate'; expected one of: box, pallet, empty, unsure"),
+    ("unknown class, close match", "l.csv", f"frame_id,label\n{F0},Box\n", "{name}:2: field 'label': unknown class 'Box' (did you mean 'box'?)"),
+    ("unknown frame id", "l.csv", f"frame_id,label\n{F0},box\nr9:cam0:99,box\n", "{name}:3: field 'frame_id': unknown frame id 'r9:cam0:99'"),
     ("duplicate in file", "l.csv", f"frame_id,label\n{F0},box\n{F1},box\n{F0},pallet\n", "{name}:4: duplicate label for frame '{f0}' by annotator 'import' (first at line 2)"),
     ("duplicate in file, jsonl", "l.jsonl", f'{{"frame_id": "{F0}", "label": "box", "annotator": "a"}}\n{{"frame_id": "{F0}", "label": "box", "annotator": "a"}}\n', "{name}:2: duplicate label for frame '{f0}' by annotator 'a' (first at line 1)"),
     ("duplicate vs existing", "l.csv", f"frame_id,label,annotator\n{F1},box,x\n{F0},empty,old\n", "{name}:3: frame '{f0}' already has a label by annotator 'old' in the store ('box')"),
     ("malformed row: missing column", "l.csv", f"frame_id,label\n{F0},box\n{F1}\n", "{name}:3: malformed row: 1 field(s), expected 2 (frame_id,label)"),
-    ("malformed row: empty label", "l.csv", f"frame_id,label\n{F0},\n", "{name}:2: malformed row: empty label"),
+    ("malformed row: empty label", "l.csv", f"frame_id,label\n{F0},\n", "{name}:2: field 'label': empty"),
     ("header lacks label", "l.csv", f"frame_id,class\n{F0},box\n", "{name}:1: header 'frame_id,class' lacks column(s) label"),
     ("bad JSON line", "l.jsonl", f'{{"frame_id": "{F0}", "label": "box"}}\n{{"frame_id": "{F1}", "label": \n', "{name}:2: malformed row: not valid JSON"),
-    ("jsonl missing label", "l.jsonl", f'{{"frame_id": "{F0}"}}\n', "{name}:1: malformed row: missing or non-string label"),
+    ("jsonl missing label", "l.jsonl", f'{{"frame_id": "{F0}"}}\n', "{name}:1: field 'label': missing or not a string"),
     ("jsonl not an object", "l.jsonl", '["a", "b"]\n', "{name}:1: malformed row: a JSON list"),
     ("empty file", "l.csv", "", "{name}: no labels found"),
     ("header only", "l.csv", "frame_id,label\n", "{name}: no labels found"),
@@ -134,7 +134,7 @@ BAD = [
      "{name}:3: task 2 (id 2), annotation 1: malformed annotation: 2 choice(s) ['box', 'pallet']; expected exactly one"),
     ("labelstudio unknown class", "l.json",
      f'[\n {{"id": 5, "data": {{"frame_id": "{F0}"}}, "annotations": [{{"completed_by": 2, "result": [{{"value": {{"choices": ["crate"]}}}}]}}]}}\n]',
-     "{name}:2: unknown class 'crate'"),
+     "{name}:2: field 'label': unknown class 'crate'"),
 ]
 
 
@@ -161,7 +161,7 @@ def test_all_problems_listed_and_capped(filled: Filled, tmp_path: Path) -> None:
     with pytest.raises(LabelImportError) as ei:
         import_labels(filled.store, p, max_reported=5)
     assert len(ei.value.problems) == 60  # unknown class + unknown frame on each of 30 rows
-    assert f"{p}:2: unknown class 'crate'" in str(ei.value) and "... and 55 more" in str(ei.value)
+    assert f"{p}:2: field 'label': unknown class 'crate'" in str(ei.value) and "... and 55 more" in str(ei.value)
     assert filled.store.count(labels) == 0
 
 
@@ -187,5 +187,5 @@ def test_cli_export_and_import(filled: Filled, tmp_path: Path, capsys: pytest.Ca
     bad.write_text(f"frame_id,label\n{filled.frame_ids[1]},crate\n")
     assert cli_main(["label", "import", str(bad), "--db", filled.url]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}:2: unknown class 'crate'" in err and "nothing was imported" in err
+    assert f"{bad}:2: field 'label': unknown class 'crate'" in err and "nothing was imported" in err
     assert filled.store.count(labels) == 1

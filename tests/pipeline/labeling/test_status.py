@@ -116,8 +116,10 @@ def test_deployments_and_the_page(store: PredictionStore, tmp_path: Path) -> Non
     store.begin_run("run2", "inc:3", None, ["box", "pallet", "empty"], {})
     deps = deployments(store)
     assert [(d.key, d.incumbent, d.shadow) for d in deps] == [("1", "inc:1", "sh:2"), ("2", "inc:3", None)]
-    c = TestClient(create_app(store, tokens={"t": "manager"}, eval_config=EvalConfig()))
-    assert c.post("/login", data={"token": "t"}).status_code == 200
+    from .conftest import issue_tokens, logged_in
+
+    token = issue_tokens(store, {"manager": "reviewer"})["manager"]
+    c = logged_in(create_app(store, eval_config=EvalConfig()), token)
     newest = c.get("/status")  # the newest deployment: a run without frames yet
     assert newest.status_code == 200 and "Deployment 2: champion inc:3, no challenger" in newest.text
     r = c.get("/status", params={"deployment": "1"})

@@ -370,18 +370,25 @@ def test_parse_target_bad(text, match):
 # --------------------------------------------------------------------------------------------------
 # the labeling page
 # --------------------------------------------------------------------------------------------------
-TOKENS = {"tok-alice": "alice"}
-
-
 def _login(app) -> TestClient:
-    c = TestClient(app)
-    assert c.post("/login", data={"token": "tok-alice"}).status_code == 200
-    return c
+    from .conftest import logged_in
+
+    return logged_in(app, app.state.alice_token)
+
+
+def _create_app(store, **kw):
+    """create_app with a fresh token for annotator alice in the store (kept on ``app.state.alice_token``)."""
+    from .conftest import issue_tokens
+
+    token = issue_tokens(store if isinstance(store, PredictionStore) else PredictionStore(store), {"alice": "annotator"})["alice"]
+    app = create_app(store, **kw)
+    app.state.alice_token = token
+    return app
 
 
 def test_labeling_page_shows_the_target_above_the_frame(two_cameras):
     target = LabelTarget(half_width=0.07)
-    app = create_app(two_cameras, tokens=TOKENS, target=target, target_eval=CLASSICAL)
+    app = _create_app(two_cameras, target=target, target_eval=CLASSICAL)
     c = _login(app)
     html = c.get("/").text
     expected = [s.message for s in target_status(two_cameras, target, CLASSICAL)]
@@ -404,7 +411,7 @@ def test_labeling_page_shows_the_target_above_the_frame(two_cameras):
 
 
 def test_labeling_page_refreshes_stale_targets_in_the_background(two_cameras):
-    app = create_app(two_cameras, tokens=TOKENS, target=LabelTarget(half_width=0.07), target_eval=CLASSICAL, target_refresh_s=0.0)
+    app = _create_app(two_cameras, target=LabelTarget(half_width=0.07), target_eval=CLASSICAL, target_refresh_s=0.0)
     c = _login(app)
     assert c.get("/api/progress").json()["target"]["statuses"][1]["labels"] == 25
     frame = re.search(r'name="frame_id" value="([^"]+)"', c.get("/").text).group(1)
@@ -419,11 +426,11 @@ def test_labeling_page_refreshes_stale_targets_in_the_background(two_cameras):
 
 
 def test_labeling_page_without_target_and_with_an_empty_store(two_cameras, tmp_path):
-    c = _login(create_app(two_cameras, tokens=TOKENS))
+    c = _login(_create_app(two_cameras))
     assert 'id="target"' not in c.get("/").text and "target" not in c.get("/api/progress").json()
     empty = PredictionStore(str(tmp_path / "empty.db"))
     try:
-        c = _login(create_app(empty, class_names=CLASSES, tokens=TOKENS, target=LabelTarget()))
+        c = _login(_create_app(empty, class_names=CLASSES, target=LabelTarget()))
         html = c.get("/").text
         assert 'id="target-error"' in html and "no runs in the store yet" in html
     finally:
@@ -437,9 +444,11 @@ def test_label_serve_cli_passes_the_target(two_cameras, monkeypatch, capsys):
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
-    assert cli.main(["label", "serve", "--db", two_cameras.url, "--token", "tok-alice:alice",
+    assert cli.main(["label", "serve", "--db", two_cameras.url, "--token", "Str0ng-token-for-alice-2026:alice",
                      "--target", "±7@95%", "--target-scope", "model"]) == 0
-    assert "label target: ±7 points at 95% per model" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "label target: ±7 points at 95% per model" in out.out
+    assert "WARNING: --token puts tokens in `ps` output" in out.err  # works, with a warning
     t = served["app"].state.target
     assert (t.kind, t.half_width, t.level, t.scope) == ("half_width", 0.07, 0.95, "model")
     assert cli.main(["label", "serve", "--db", two_cameras.url, "--target", "lots"]) == 2
