@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -140,40 +141,73 @@ def list_image_folder(root: str | Path) -> SourceListing:
                          hashlib.sha256(listing.encode()).hexdigest(), non_images)
 
 
+def _field_problem(name: str, value: str) -> str | None:
+    """Why ``value`` is unusable as manifest field ``name`` (None when it is usable)."""
+    bad = next((c for c in value if ord(c) < 32 and c != "\t" or ord(c) == 127), None)
+    if bad is not None:
+        return f"field {name!r}: contains the control character {bad!r}; expected plain text"
+    return None
+
+
 def read_manifest(path: str | Path) -> SourceListing:
-    """Read a CSV manifest ``path,label[,split][,group]`` (header required; other columns ignored)."""
+    """Read a CSV manifest ``path,label[,split][,group]`` (header required; other columns ignored).
+
+    Every problem is a one-line :class:`DataError` naming ``file:line`` and the field (``field 'label': empty``); a
+    row with more or fewer cells than the header is an error too, never a silently shifted row."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the manifest ({e.strerror or e.__class__.__name__})") from None
     try:
         text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: manifest is not UTF-8 text") from None
-    reader = csv.DictReader(text.splitlines())
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    path_col = "path" if "path" in columns or "source_ref" not in columns else "source_ref"  # stream clips
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns and not (c == "path" and path_col != "path")]
-    if missing:
-        raise DataError(f"{path}: manifest is missing column(s) {', '.join(missing)} "
-                        f"(expected a header path,label[,split]; got {','.join(columns) or 'nothing'})")
-    base = path.parent
-    samples: list[Sample] = []
-    non_images = 0
-    for lineno, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        rel, label, split = row.get(path_col, ""), row.get("label", ""), row.get("split", "") or None
-        group = row.get("group", "") or None
-        if not rel or not label:
-            raise DataError(f"{path}:{lineno}: empty path or label")
-        if split is not None and split not in SPLITS:
-            raise DataError(f"{path}:{lineno}: split {split!r} is not one of {', '.join(SPLITS)} (or empty)")
-        p = Path(rel)
-        p = p if p.is_absolute() else base / p
-        if not is_image_file(p):
-            non_images += 1
-            continue
-        samples.append(Sample(p, label, split, group))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: manifest is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header_row = next((r for r in reader if r and any(c.strip() for c in r)), [])
+        columns = [c.strip() for c in header_row]
+        header_line = reader.line_num
+        path_col = "path" if "path" in columns or "source_ref" not in columns else "source_ref"  # stream clips
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns and not (c == "path" and path_col != "path")]
+        if missing:
+            raise DataError(f"{path}:{header_line or 1}: manifest is missing column(s) {', '.join(missing)} "
+                            f"(expected a header path,label[,split]; got {_short(','.join(columns)) if columns else 'nothing'})")
+        twice = sorted({c for c in (path_col, "label", "split", "group") if columns.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}:{header_line}: manifest header repeats column(s) {', '.join(twice)}")
+        base = path.parent
+        samples: list[Sample] = []
+        non_images = 0
+        for rec in reader:
+            lineno = reader.line_num
+            if not rec or not any(c.strip() for c in rec):
+                continue
+            if len(rec) != len(columns):
+                raise DataError(f"{path}:{lineno}: malformed row: {len(rec)} field(s), expected {len(columns)} "
+                                f"({_short(','.join(columns))})")
+            row = {k: v.strip() for k, v in zip(columns, rec)}
+            rel, label, split = row.get(path_col, ""), row.get("label", ""), row.get("split", "") or None
+            group = row.get("group", "") or None
+            for name, value in ((path_col, rel), ("label", label)):
+                if not value:
+                    raise DataError(f"{path}:{lineno}: field {name!r}: empty; expected an image path and its label")
+            for name, value in ((path_col, rel), ("label", label), ("group", group or "")):
+                why = _field_problem(name, value)
+                if why:
+                    raise DataError(f"{path}:{lineno}: {why}")
+            if split is not None and split not in SPLITS:
+                raise DataError(f"{path}:{lineno}: field 'split': {_short(split)} is not one of {', '.join(SPLITS)} (or empty)")
+            p = Path(rel)
+            p = p if p.is_absolute() else base / p
+            if not is_image_file(p):
+                non_images += 1
+                continue
+            samples.append(Sample(p, label, split, group))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({' '.join(str(e).split())})") from None
     if not samples:
         why = f" ({non_images} non-image row(s) ignored)" if non_images else ""
         raise DataError(f"{path}: manifest lists no images{why}")
@@ -181,6 +215,12 @@ def read_manifest(path: str | Path) -> SourceListing:
         log.warning("%s: ignored %d non-image row(s)", path, non_images)
     classes = sorted({s.label for s in samples})
     return SourceListing(path, "manifest", samples, classes, hashlib.sha256(raw).hexdigest(), non_images)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``repr(text)`` cut to ``limit`` characters, for one-line messages."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def list_source(source: str | Path) -> SourceListing:

@@ -91,7 +91,7 @@ def _store_incumbent(db: str, cache_dir: str | None) -> dict | None:
     from pipeline.types import ShadowcamError
 
     log = logging.getLogger("shadowcam.data")
-    store = PredictionStore(existing_store(db))
+    store = PredictionStore(existing_store(db), must_exist=True)
     try:
         runs = store.list_runs()
     finally:

@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("shadowcam.evaluate")
     workdir = Path(args.workdir)
-    store = PredictionStore(args.db or default_sqlite_url(workdir))
+    store = PredictionStore(args.db or default_sqlite_url(workdir), must_exist=True)
     try:
         cfg = EvalConfig(
             alpha=args.alpha, reference=parse_reference(args.reference), min_effect=args.min_effect, cumulative=args.cumulative,

@@ -69,7 +69,7 @@ def _load_source(args: argparse.Namespace):
         if not path.is_file():
             raise ExplainError(f"{args.source!r} is not an image file, and the prediction store {path} to look it up "
                                f"as a frame id does not exist (give --db or --workdir)")
-    store = PredictionStore(db)
+    store = PredictionStore(db, must_exist=True)
     try:
         image_path = frame_image_path(store, args.source, args.image_root)
     finally:

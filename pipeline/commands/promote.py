@@ -57,7 +57,7 @@ def _store_evidence(args: argparse.Namespace, version: str):
     from pipeline.evaluation.evaluator import Evaluator
     from pipeline.store import PredictionStore
 
-    store = PredictionStore(args.db)
+    store = PredictionStore(args.db, must_exist=True)
     try:
         where = make_url(store.url).render_as_string(hide_password=True)
         cfg = EvalConfig(alpha=args.alpha, delta=args.delta, workdir=str(args.workdir))
@@ -78,6 +78,10 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--force and --db apply to a promotion, not to --rollback")
     if args.force and not (args.reason or "").strip():
         raise ConfigError("--force needs --reason TEXT: say why the evidence is overridden (it is recorded on the model versions)")
+    if args.db:  # a mistyped store is refused before the registry is read (and is never created)
+        from pipeline.store import PredictionStore
+
+        PredictionStore(args.db, must_exist=True).close()
 
     uri = tracking.configure(args.workdir)
     evidence = None

@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from models.retrain import retrain
+    from pipeline.store import PredictionStore
 
+    PredictionStore(args.db, must_exist=True).close()  # a mistyped store path is refused here, not created by retrain()
     result, prod = retrain(
         args.db, args.data, workdir=args.workdir, register_name=args.register, alias=args.alias if args.register else None,
         base_model=args.base_model, arch=args.arch, img_size=args.img_size, epochs=args.epochs, seed=args.seed,

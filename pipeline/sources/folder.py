@@ -2,11 +2,14 @@
 
 Folders have no clock of their own: a picture's timestamp is the wall time it was read. Each pass lists the
 folder again (images added since the last pass are picked up); files that are not images are reported as
-:class:`~pipeline.sources.base.NonImage`, undecodable images as :class:`~pipeline.sources.base.Corrupt`.
+:class:`~pipeline.sources.base.NonImage` (the reader counts them: ``CameraStats.skipped_non_image``, in the run
+summary), named in the source's ``connected`` health event, and logged once per source; undecodable images are
+:class:`~pipeline.sources.base.Corrupt`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Generator
@@ -19,6 +22,8 @@ from pipeline.config import SourceConfig
 from pipeline.sources.base import Corrupt, EndOfStream, NonImage, Picture, Restart, SourceItem, Status
 from pipeline.sources.uri import SourceSpec
 from pipeline.types import CameraUnavailableError, HealthKind
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2"}
@@ -46,6 +51,14 @@ def list_images(folder: Path) -> list[Path]:
     return list_folder(folder).images
 
 
+def describe_others(others: list[Path], shown: int = 3) -> str:
+    """``"2 non-image file(s) skipped: notes.txt, Thumbs.db"`` (the first ``shown`` names), or "" when none."""
+    if not others:
+        return ""
+    names = ", ".join(p.name if p.name.isprintable() else repr(p.name) for p in others[:shown]) + (", ..." if len(others) > shown else "")
+    return f"{len(others)} non-image file(s) skipped: {names}"
+
+
 class FolderFrames:
     """The images of one folder. Lists it on construction: a folder without images is a CameraUnavailableError."""
 
@@ -58,14 +71,19 @@ class FolderFrames:
         if not self._listing.images:
             raise CameraUnavailableError(
                 f"source {cfg.uri!r}: folder has no images (expected files ending in "
-                f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}" + (f"; {describe_others(self._listing.others)}" if self._listing.others else "")
+                + ")"
             )
+        if self._listing.others:  # once per source; the reader counts them on every pass
+            log.warning("source %r: %s (expected files ending in %s)", cfg.uri, describe_others(self._listing.others),
+                        ", ".join(sorted(IMAGE_EXTENSIONS)))
 
     def frames(self, stop: threading.Event) -> Generator[SourceItem, None, None]:
         folder = self.spec.path
         assert folder is not None  # checked in __init__
         listing = self._listing
-        yield Status("reading", HealthKind.CONNECTED, f"folder {folder} ({len(listing.images)} images)")
+        others = f", {describe_others(listing.others)}" if listing.others else ""
+        yield Status("reading", HealthKind.CONNECTED, f"folder {folder} ({len(listing.images)} images{others})")
         while not stop.is_set():
             for p in listing.others:
                 yield NonImage(str(p))
@@ -91,4 +109,4 @@ class FolderFrames:
         """Nothing to release (images are read one at a time)."""
 
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderFrames", "FolderListing", "list_folder", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderFrames", "FolderListing", "describe_others", "list_folder", "list_images"]

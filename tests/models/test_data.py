@@ -163,7 +163,7 @@ BAD_INPUTS = [
     ("manifest bad split", ["{tmp}/m.csv:2", "'holdout'"]),
     ("manifest missing files", ["3 of 33", "gone.png"]),
     ("manifest only non-images", ["{tmp}/m.csv", "no images", "2 non-image"]),
-    ("manifest empty label", ["{tmp}/m.csv:2", "empty path or label"]),
+    ("manifest empty label", ["{tmp}/m.csv:2", "field 'label': empty"]),
 ]
 
 

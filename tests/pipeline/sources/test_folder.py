@@ -47,7 +47,8 @@ def test_folder_iterator_yields_items_then_ends(tmp_path: Path) -> None:
         for item in src.frames(threading.Event()):
             items.append(item)
     assert [type(i) for i in items] == [Status, NonImage, Picture, Corrupt, Picture]
-    assert items[0] == Status("reading", HealthKind.CONNECTED, f"folder {folder.resolve()} (3 images)")
+    assert items[0] == Status("reading", HealthKind.CONNECTED,
+                              f"folder {folder.resolve()} (3 images, 1 non-image file(s) skipped: notes.txt)")
     assert items[1].path == str((folder / "notes.txt").resolve())
     assert [i.source_ref for i in items if isinstance(i, Picture)] == [str(p.resolve()) for p in good]
     assert "img_000x.png" in items[3].detail
