@@ -683,10 +683,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         "bench_seconds": time.perf_counter() - t_start,
     }
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(render_markdown(results))
+    kept_md, kept_json = _kept_sections(cfg.out)
+    cfg.out.write_text(render_markdown(results) + kept_md)
     raw_json = json.dumps(results, indent=2, default=str) + "\n"
     (cfg.workdir / "bench_results.json").write_text(raw_json)
-    cfg.out.with_suffix(".json").write_text(raw_json)  # committed beside the document it was rendered from
+    # committed beside the document it was rendered from (with the other scripts' keys it already held)
+    cfg.out.with_suffix(".json").write_text(json.dumps({**results, **kept_json}, indent=2, default=str) + "\n")
     say(f"wrote {cfg.out} (and {cfg.workdir / 'bench_results.json'}) in {results['bench_seconds']:.0f} s")
     return results
 
@@ -705,6 +707,29 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _pending() -> int:
 
     return ShadowConfig().max_pending_batches
+
+
+# Sections other scripts generate into the same document (scripts/gpu_bench.py): a bench run keeps them.
+KEPT_SECTIONS = ("gpu_bench",)
+
+
+def _kept_sections(out: Path) -> tuple[str, dict[str, Any]]:
+    """The generated blocks (``<!-- BEGIN name ... -->`` .. ``<!-- END name -->``) and JSON keys of
+    :data:`KEPT_SECTIONS` already in ``out`` and its ``.json``, to write back after this bench's own text."""
+    md, js = "", {}
+    if out.exists():
+        text = out.read_text()
+        for name in KEPT_SECTIONS:
+            m = re.search(rf"<!-- BEGIN {name}\b.*?<!-- END {name} -->\n?", text, flags=re.S)
+            if m:
+                md += "\n" + m.group(0)
+    if out.with_suffix(".json").exists():
+        try:
+            old = json.loads(out.with_suffix(".json").read_text())
+        except ValueError:
+            old = {}
+        js = {k: old[k] for k in KEPT_SECTIONS if isinstance(old, dict) and k in old}
+    return md, js
 
 
 def render_markdown(r: dict[str, Any]) -> str:
