@@ -9,19 +9,62 @@ from __future__ import annotations
 
 import math
 import re
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.types import ConfigError
 
 
-def config_error(e: ValidationError, where: str) -> ConfigError:
-    """A pydantic error as the project's one-line :class:`ConfigError` naming where and which field."""
+# True while validate_config() validates a whole document: nested configs then let pydantic's ValidationError through,
+# so the one message names the full dotted field ("sources.0.max_fps") and its line, not just the inner class.
+_WHOLE_DOCUMENT: ContextVar[bool] = ContextVar("shadowcam_config_whole_document", default=False)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (a message never quotes a whole section)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def config_error(e: ValidationError, where: str, text: str | None = None) -> ConfigError:
+    """A pydantic error as the project's one-line :class:`ConfigError` naming where and which field.
+
+    ``text``: the YAML the data came from; the message then names the line of the field as ``where:LINE:``
+    (the deepest part of the field's path that the file spells out)."""
     first = e.errors()[0]
-    field = ".".join(str(x) for x in first["loc"]) or "(top level)"
-    return ConfigError(f"{where}: field {field!r}: {first['msg']} (got {first.get('input')!r})")
+    loc = tuple(first["loc"])
+    field = ".".join(str(x) for x in loc) or "(top level)"
+    line = yaml_line(text, loc) if text is not None else None
+    msg = " ".join(str(first["msg"]).split())
+    return ConfigError(f"{where}{f':{line}' if line else ''}: field {field!r}: {msg} (got {_short(first.get('input'))})")
+
+
+def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at path ``loc`` (mapping keys, sequence indexes) in ``text``, or of the deepest
+    node on that path the text has; None when the text cannot be composed or the path is not in it at all."""
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+            if hit is None:
+                break
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 class _Strict(BaseModel):
@@ -34,6 +77,8 @@ class _Strict(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
+            if _WHOLE_DOCUMENT.get():  # inside validate_config: the outer call names the file and the full field path
+                raise
             raise config_error(e, type(self).__name__) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -100,6 +145,13 @@ class ShadowConfig(_Strict):
     rate: float = Field(default=1.0, ge=0, le=1)  # share of batches sent to the shadow
     timeout_s: float = Field(default=5.0, gt=0)  # a shadow batch slower than this is abandoned
     max_pending_batches: int = Field(default=2, ge=1)  # more waiting than this: shed (skip) shadow work
+    # What happens when the shadow's queue is full (pipeline/shadow.py, "backpressure"): "auto" waits for the shadow
+    # when every source is a replay (files/folders read at full speed) and sheds otherwise (live cameras, or files
+    # paced with max_fps: the incumbent is never delayed); "always" waits, "never" sheds.
+    backpressure: Literal["auto", "always", "never"] = "auto"
+    # with backpressure: the longest the serve loop waits for room in the shadow's queue, and the longest one shadow
+    # call may run (instead of timeout_s) before it is abandoned; two abandoned calls mark the shadow stuck (shed)
+    backpressure_max_wait_s: float = Field(default=60.0, gt=0)
 
 
 class LabelTarget(_Strict):
@@ -119,6 +171,34 @@ class LabelTarget(_Strict):
     met_factor: float = Field(default=0.1, gt=0, le=1)  # > 0: every frame keeps a chance (unbiased estimates)
     drift_factor: float = Field(default=2.0, ge=1)
     check_every_s: float = Field(default=60.0, gt=0)
+
+
+class LabelAuthConfig(_Strict):
+    """The labeling page's sessions, login rate limits, cookies and request limits (docs/security.md).
+
+    Sessions live in the store: one ends ``session_idle_s`` after its last request, and ``session_max_s`` after
+    its login whatever happens (then the annotator logs in again). ``last_seen`` is written at most every
+    ``touch_every_s`` (a write per request would load the store), so idle expiry is exact to that much.
+    Failed logins are counted in the store over the last ``login_window_s``: ``max_failures_per_client`` from one
+    client address, or ``max_failures_per_annotator`` against one annotator's token, lock further logins out
+    (429) until older failures leave the window. ``secure_cookie``: ``auto`` sets ``Secure`` when the request came
+    over TLS. Request bodies larger than ``max_body_bytes`` are refused with 413.
+    """
+
+    session_idle_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    session_max_s: float = Field(default=12 * 3600.0, gt=0, allow_inf_nan=False)
+    touch_every_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+    login_window_s: float = Field(default=900.0, gt=0, allow_inf_nan=False)
+    max_failures_per_client: int = Field(default=20, ge=1)
+    max_failures_per_annotator: int = Field(default=5, ge=1)
+    secure_cookie: Literal["auto", "always", "never"] = "auto"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _idle_within_max(self) -> "LabelAuthConfig":
+        if self.session_idle_s > self.session_max_s:
+            raise ValueError(f"session_idle_s ({self.session_idle_s:g}) must not exceed session_max_s ({self.session_max_s:g})")
+        return self
 
 
 class TrainingSampleConfig(_Strict):
@@ -162,10 +242,33 @@ class SamplingConfig(_Strict):
         return v
 
 
+class RetentionConfig(_Strict):
+    """What ``shadowcam store retain`` keeps (:mod:`pipeline.retention`). Frames younger than ``full_days`` keep
+    everything; older ones keep their full rows (frame, predictions with probabilities) only when sampled or
+    labelled, or drawn into the reservoir (``reservoir_per_camera_day`` frames per run, camera and UTC day, chosen by
+    a hash seeded with ``seed``: the same frames on every run); the rest become per-``window`` aggregates (counts,
+    incumbent-vs-shadow agreement, confidence, probability and image-statistic histograms) and are deleted."""
+
+    full_days: float = Field(default=30.0, gt=0, allow_inf_nan=False)  # keep every row this many days (by frame time)
+    reservoir_per_camera_day: int = Field(default=200, ge=0)  # frames kept in full per run, camera and day
+    window: float = 3600.0  # aggregate window: seconds or a duration (10m, 1h); divides a day
+    confidence_bins: int = Field(default=20, ge=2, le=1000)  # histogram bins over [0, 1] (confidence, each class's probability)
+    seed: int = 0  # the reservoir's hash seed
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, v: Any) -> float:
+        w = parse_duration(v, "store.retention.window")
+        if w < 60 or 86400 % w:
+            raise ValueError(f"must divide a day into whole windows of at least 60 s (60s, 10m, 1h, 6h, 1d), got {v!r}")
+        return w
+
+
 class StoreConfig(_Strict):
     url: str = "shadowcam.db"  # SQLite path or SQLAlchemy URL (postgresql://...)
     flush_every: int = Field(default=256, ge=1)  # rows per transaction at most
     flush_interval_s: float = Field(default=0.5, gt=0)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # applied by `shadowcam store retain`
 
 
 class MetricsConfig(_Strict):
@@ -190,6 +293,35 @@ class ServingCostConfig(_Strict):
     device: str | None = None  # free text, e.g. "H100 80GB", "2-vCPU cloud VM"
 
 
+class ClusterConfig(_Strict):
+    """``cluster:`` - spread the run's cameras over a Ray cluster (:mod:`pipeline.fleet`, ``shadowcam run --cluster``).
+
+    Each actor runs a :class:`pipeline.runner.Runner` over ``cameras_per_actor`` cameras (in config order) with its
+    own incumbent and shadow sessions; all of them write to the one ``store.url`` (PostgreSQL). Ray restarts an actor
+    that dies (``max_restarts``) and re-runs its work (``max_task_retries``): replayed files and folders continue
+    after the frames already committed, live cameras reconnect.
+    """
+
+    # None: RAY_ADDRESS, else the cluster `ray start` began on this machine, else a new local one; "ray://HOST:10001"
+    # (Ray Client, from outside the cluster) or "HOST:6379" (the head's GCS address, from a cluster node)
+    address: str | None = None
+    cameras_per_actor: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=1.0, gt=0)  # CPUs each actor asks for (and, unless set, its models' intra-op threads)
+    num_gpus: float | None = Field(default=None, ge=0)  # per actor; None: a share of the cluster's GPUs when it has some, else 0
+    max_restarts: int = Field(default=3, ge=-1)  # restarts per actor (-1: without limit)
+    max_task_retries: int = Field(default=-1, ge=-1)  # re-runs of an actor's work after a restart (-1: as many as restarts)
+    placement: Literal["spread", "pack"] = "spread"  # spread: actors round-robin over the nodes (soft); pack: Ray decides
+    report_every_s: float = Field(default=5.0, gt=0)  # how often the driver gathers and logs the actors' metrics
+    env: dict[str, str] = Field(default_factory=dict)  # extra environment variables of the actors (runtime_env)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto" or v.startswith("ray://") or re.fullmatch(r"[\w.\-\[\]:]+:\d+", v):
+            return v
+        raise ValueError(f"expected null, 'auto', 'ray://HOST:PORT' (Ray Client) or 'HOST:PORT' (the head's address), got {v!r}")
+
+
 class RunConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     incumbent: ModelConfig | None = None
@@ -202,6 +334,7 @@ class RunConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     serving_cost: ServingCostConfig | None = None  # None: no cost figures in the summary
+    cluster: ClusterConfig | None = None  # None: one process; set: the cameras spread over Ray actors (pipeline.fleet)
     max_frames: int | None = Field(default=None, ge=1)  # stop after this many frames in all
     workdir: str = "."
 
@@ -291,43 +424,86 @@ class TrainConfig(_Strict):
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """The YAML document in ``path`` ({} when empty); a missing file or bad YAML is a one-line :class:`ConfigError`
-    naming the file (``what``: how the file is called in that message)."""
-    import yaml
+    """The YAML document in ``path`` ({} when empty); a missing or unreadable file, text that is not UTF-8 and bad
+    YAML are each a one-line :class:`ConfigError` naming the file (and the line, for bad YAML; ``what``: how the file is
+    called in that message)."""
+    return _parse_yaml(Path(path), _read_text(Path(path), what))
 
-    path = Path(path)
+
+def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a YAML {what}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e.__class__.__name__})") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: not valid YAML ({what})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    return {} if doc is None else doc
+
+
+def validate_config(model: type[M], data: Any, where: str, text: str | None = None) -> M:
+    """``model.model_validate(data)`` with every problem as one one-line :class:`ConfigError`: ``where`` (a file),
+    the line of the field when ``text`` (the YAML) is given, the full dotted field, what was wrong and the value."""
+    token = _WHOLE_DOCUMENT.set(True)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, where, text) from None
+    except ConfigError as e:  # a validator raised its own one-line error (e.g. a costs file it loads): say where
+        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a validator met a value of a type it did not expect
+        raise ConfigError(f"{where}: invalid value ({e.__class__.__name__}: {_short(str(e), 160)})") from None
+    finally:
+        _WHOLE_DOCUMENT.reset(token)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a YAML file (optional) and apply overrides (CLI options). Errors name the file and field."""
+    """Load a YAML file (optional) and apply overrides (CLI options, dotted keys such as ``store.url``).
+
+    Every problem is a one-line :class:`ConfigError` naming the file, the line and the field
+    (``configs/run.yaml:12: field 'batching.max_batch': ...``): bad YAML, a document that is not a mapping,
+    unknown keys, wrong types and out-of-range values. Nothing else escapes."""
     data: dict[str, Any] = {}
     where = "command-line options"
+    text: str | None = None
     if path is not None:
         path = Path(path)
         where = str(path)
-        data = read_yaml(path)
+        text = _read_text(path, "config file")
+        data = _parse_yaml(path, text)
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+            raise ConfigError(f"{path}:1: expected a mapping of settings at the top level, got a YAML {type(data).__name__}")
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        _set_dotted(data, key, value)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise config_error(e, where) from None
+        _set_dotted(data, key, value, where)
+    return validate_config(RunConfig, data, where, text)
 
 
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+def _set_dotted(d: dict[str, Any], key: str, value: Any, where: str = "command-line options") -> None:
     parts = key.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
+    for i, p in enumerate(parts[:-1]):
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            section = ".".join(parts[: i + 1])
+            raise ConfigError(f"{where}: field {section!r}: expected a mapping of settings (to set {key!r} in it), "
+                              f"got {_short(nxt)}")
+        d = nxt
     d[parts[-1]] = value
 
 

@@ -25,8 +25,14 @@ Threads of a run::
 * The served output (``on_prediction``) is produced on the main thread right after the incumbent answers; it
   never waits for the shadow, the sampler or the store.
 * The writer joins a batch with its shadow result only when the batch was queued for the shadow; the wait is
-  bounded (``(max_pending_batches + 2) * shadow timeout``; the pair guarantees an answer within that), and only
-  batches waiting for a shadow result are parked, so memory stays bounded by the shadow queue.
+  bounded (:func:`pipeline.shadow.shadow_result_within_s`: ``(max_pending_batches + 2)`` shadow call limits; the
+  pair guarantees an answer within that), and only batches waiting for a shadow result are parked, so memory
+  stays bounded by the shadow queue.
+* Backpressure (``shadow_mode.backpressure``, :func:`uses_backpressure`): on a replay (every source a file or
+  folder read at full speed) the main thread waits for room in the shadow's queue instead of shedding, so the
+  batcher and the file readers wait too and the shadow gets every frame, however busy the machine; with any
+  live source (or a file paced with ``max_fps``) the shadow is shed as before and the incumbent never waits.
+  The summary records it (``shadow["backpressure"]``: frames that waited, total wait).
 * The writer's input queue is bounded: if the store cannot keep up, the main thread waits (back-pressure)
   rather than dropping rows - file sources then read slower and live cameras drop their oldest frames, which
   the readers count. Per-frame image statistics (for drift) are skipped for a batch when the writer is more
@@ -68,7 +74,7 @@ from pipeline.modelcard import check_compatible
 from pipeline.runtime import OnnxClassifier, usable_cores
 from pipeline.sampling import LabelSampler
 from pipeline.serving_cost import ServingCost, serving_cost
-from pipeline.shadow import ServedResult, ShadowPair
+from pipeline.shadow import ServedResult, ShadowPair, shadow_result_within_s
 from pipeline.sources import LIVE_KINDS, CameraReader, classify_uri, open_sources, stop_all
 from pipeline.store import PredictionStore
 from pipeline.types import ConfigError, FrameBatch, HealthEvent, Prediction, Role
@@ -77,7 +83,7 @@ from pipeline.writer import WRITER_QUEUE_BATCHES, StoreWriter
 log = logging.getLogger(__name__)
 
 __all__ = ["DRAIN_TIMEOUT_S", "WRITER_QUEUE_BATCHES", "LabelFeedbackLoop", "Pipeline", "PipelineBuilder", "RunSummary", "Runner",
-           "StoreWriter", "is_realtime", "new_run_id"]
+           "StoreWriter", "is_realtime", "new_run_id", "uses_backpressure"]
 
 DRAIN_TIMEOUT_S = 30.0  # after a stop signal: at most this long serving frames already queued
 NEYMAN_FEEDBACK_EVERY_S = 60.0  # strategy "neyman" without a label target: how often the strata's labels are re-read
@@ -153,6 +159,13 @@ class RunSummary:
                 f"(rate {sh.get('rate')}); frames shed {sh.get('frames_shed', 0)}, skipped {sh.get('frames_skipped', 0)}; "
                 f"batches timed out {sh.get('timeouts', 0)}, errors {sh.get('errors', 0)}, garbage {sh.get('garbage', 0)}"
             )
+            bp = sh.get("backpressure") or {}
+            if bp.get("enabled"):
+                lines.append(
+                    f"shadow backpressure ({bp.get('mode')}): {bp.get('frames_waited', 0)} frames waited for the shadow, "
+                    f"{bp.get('wait_s', 0.0):.1f} s in all (longest {bp.get('longest_wait_s', 0.0):.1f} s); "
+                    f"gave up on {bp.get('frames_gave_up', 0)} frames after {bp.get('max_wait_s')} s"
+                )
         else:
             lines.append("shadow: none")
         cost = self.extra.get("serving_cost")
@@ -184,6 +197,16 @@ def is_realtime(sources: list[Any]) -> bool:
         except Exception:  # a missing file: open_sources raises the proper error later
             continue
     return False
+
+
+def uses_backpressure(mode: str, sources: list[Any]) -> bool:
+    """Whether the shadow applies backpressure (``ShadowConfig.backpressure``): ``"always"``, ``"never"``, or
+    ``"auto"``: when the run is a replay (no live source and no ``max_fps``: :func:`is_realtime` is False)."""
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return not is_realtime(sources)
 
 
 def _redact_url(url: str) -> str:
@@ -294,7 +317,9 @@ class PipelineBuilder:
             sampler = self._sampler(wd, inc)
             store.begin_run(self.run_id, inc.model_id, sh.model_id if sh is not None else None, inc.class_names,
                             self._config_doc(store_url, inc, sh))
-            join_timeout = (cfg.shadow_mode.max_pending_batches + 2) * cfg.shadow_mode.timeout_s + 1.0
+            # a replay waits for the shadow instead of shedding it (backpressure); live sources shed
+            backpressure = uses_backpressure(cfg.shadow_mode.backpressure, cfg.sources)
+            join_timeout = shadow_result_within_s(cfg.shadow_mode, backpressure)
             writer = StoreWriter(store, self.run_id, sampler, cfg.store.flush_every, cfg.store.flush_interval_s,
                                  join_timeout, compute_stats=self.image_stats)
             stack.callback(writer.close, timeout=join_timeout + 30.0)
@@ -302,7 +327,7 @@ class PipelineBuilder:
             # incumbent and is shed when it falls behind; a replay of files at full speed: it catches up at normal
             # priority
             pair = ShadowPair(inc, sh, cfg.shadow_mode, on_shadow=writer.submit_shadow, cpu_twin=self.cpu_twin,
-                              metrics=metrics, catch_up=not realtime)
+                              metrics=metrics, catch_up=not realtime, backpressure=backpressure)
             stack.callback(pair.close, drain=True)
             metrics.pair = pair
             metrics.writer_stats = writer.stats
@@ -562,9 +587,9 @@ class Runner:
         if self.progress:
             self._bar = tqdm(total=self.cfg.max_frames, unit="frame", desc=f"run {self.run_id}", dynamic_ncols=True)
             running.callback(self._bar.close)
-        log.info("run_started run_id=%s incumbent=%s shadow=%s sources=%d store=%s workdir=%s", self.run_id,
-                 p.incumbent.model_id, p.shadow.model_id if p.shadow is not None else None, len(p.readers),
-                 _redact_url(p.store_url), p.workdir)
+        log.info("run_started run_id=%s incumbent=%s shadow=%s sources=%d shadow_backpressure=%s store=%s workdir=%s",
+                 self.run_id, p.incumbent.model_id, p.shadow.model_id if p.shadow is not None else None, len(p.readers),
+                 p.pair.backpressure, _redact_url(p.store_url), p.workdir)
         p.writer.start()
         running.callback(p.writer.close, timeout=p.join_timeout_s + 30.0)
         p.pair.start()

@@ -6,15 +6,16 @@
   else its fallback chain (CPU twin -> the camera's last good prediction -> "unknown"; see that module);
 * :class:`ShadowScheduler` (here) offers the same batch to the shadow and runs it off the serving path.
 
-:meth:`ShadowPair.infer` answers a batch with the incumbent's predictions and returns at once: the served
-predictions are computed before the shadow sees the batch, and offering it to the shadow never waits.
+:meth:`ShadowPair.infer` answers a batch with the incumbent's predictions: the served predictions are computed
+before the shadow sees the batch, and offering it to the shadow never waits - except under *backpressure*
+(a replay, see below), where it waits for room in the shadow's queue.
 
 Threads::
 
     caller (serving) --infer--> IncumbentServer.serve -- incumbent call thread (then CPU-twin call thread)
            |
            +--offer (put_nowait; shed when full)--> shadow queue --> "shadow-dispatch" thread
-                                                                      |-- background lane: call thread at the
+              (backpressure: wait for room)                           |-- background lane: call thread at the
                                                                       |   lowest CPU priority (started, not waited)
                                                                       '-- catch-up lane: call thread at normal
                                                                           priority (waited, with the timeout)
@@ -25,9 +26,11 @@ The shadow side:
 * **isolation** - the shadow never runs on the serving thread. Its exceptions, NaN output ("garbage"), stalls
   and slowness become a :class:`ShadowResult` with an outcome; the served predictions are never touched by it.
 * **shedding** - the shadow has a bounded queue (``ShadowConfig.max_pending_batches``). When it is full the
-  batch is *shed* (skipped and counted): under load the shadow loses work first; serving never waits for it.
+  batch is *shed* (skipped and counted): under load the shadow loses work first; serving never waits for it
+  (unless **backpressure** is on: a replay waits instead, see below).
 * **sampling** - only a share ``ShadowConfig.rate`` of the batches is offered (seeded, so runs repeat).
-* **timeouts** - a shadow call longer than ``ShadowConfig.timeout_s`` is abandoned: it is told to stop
+* **timeouts** - a shadow call longer than ``ShadowConfig.timeout_s`` (under backpressure
+  ``backpressure_max_wait_s``, :func:`shadow_call_limit_s`) is abandoned: it is told to stop
   (``RunOptions.terminate``, which ONNX Runtime honours between graph nodes) and its thread is left behind;
   the next batch gets a fresh thread (:class:`pipeline.calls.Caller`). *Tradeoff*: Python cannot kill a thread
   stuck inside a native call, so an abandoned thread may keep a core (or GPU stream) busy until ONNX Runtime
@@ -45,14 +48,30 @@ The shadow side:
     shadow loses frames, the incumbent never loses CPU to it;
   - replay (files and folders read as fast as possible; ``catch_up=True``): it runs on the *catch-up lane* at
     normal priority, so the shadow shares the cores and covers every frame it can keep up with - nobody waits on a
-    replay's latency, but its point is to have both models' answer for every frame. A shadow that is slower than
-    the incumbent even so still sheds what the queue cannot hold (the incumbent is never held back for it).
+    replay's latency, but its point is to have both models' answer for every frame. Without backpressure (below)
+    a shadow that is slower than the incumbent even so sheds what the queue cannot hold.
+
+  With backpressure (below) every batch runs on the catch-up lane (normal priority), one at a time.
 
   ``shadowcam bench`` (docs/benchmarks.md) measures both: throughput on a replay, the incumbent's latency on a
   paced source. The priority applies to the calling thread, i.e. to all of the shadow's compute when its session
   has one intra-op thread (the CPU default on 2-3 cores, see :func:`pipeline.runtime.default_cpu_threads`);
   threads of a larger ONNX Runtime pool keep normal priority. Off the CPU (CUDA, TensorRT) there is one lane at
   normal priority. Counted in ``stats()["shadow"]["batches_background"]`` / ``["batches_catch_up"]``.
+
+* **backpressure** (``ShadowConfig.backpressure``; the runner turns it on for ``"auto"`` when every source is
+  a replay: files and folders read at full speed) - a replay has no deadline, and the paired comparison needs
+  the shadow's answer for every frame, so instead of shedding, :meth:`ShadowScheduler.offer` *waits* for room in
+  the queue. The wait holds up the serve loop, the batcher and the file readers (which block rather than
+  drop): the replay runs at the pace of the slower model. On a busy machine nothing is lost, the replay just
+  takes longer: the shadow runs at normal priority on one lane (a lowest-priority thread could be starved by
+  any other process), and a call is abandoned only after ``backpressure_max_wait_s`` (not ``timeout_s``).
+  Bounded, never forever: an offer waits at most ``backpressure_max_wait_s`` (then the batch is shed and
+  counted as ``gave_up``), and once :data:`MAX_ABANDONED` calls were abandoned (a hung shadow) offers stop
+  waiting and shed as "stalled" at once, so a dead shadow costs a replay about ``2 * backpressure_max_wait_s``
+  and ends with a clear count (``frames_shed``, ``timeouts``). Live sources (any camera stream, or a file paced
+  with ``max_fps``) keep shedding: the incumbent is never delayed. Counted in
+  ``stats()["shadow"]["backpressure"]``: batches and frames that waited, the total and longest wait.
 
 Exactly one :class:`ShadowResult` follows for every batch whose :attr:`ServedResult.shadow` is ``QUEUED``; for
 the other batches the :class:`ShadowStatus` in the served result is the whole story.
@@ -108,7 +127,23 @@ __all__ = [
     "ShadowScheduler",
     "ShadowStatus",
     "lower_thread_priority",
+    "shadow_call_limit_s",
+    "shadow_result_within_s",
 ]
+
+
+def shadow_call_limit_s(cfg: ShadowConfig, backpressure: bool) -> float:
+    """How long one shadow call may run before it is abandoned: ``timeout_s``, or under backpressure (a replay,
+    where a busy machine must slow the shadow down rather than cost it frames) ``backpressure_max_wait_s`` if
+    that is longer."""
+    return max(cfg.timeout_s, cfg.backpressure_max_wait_s) if backpressure else cfg.timeout_s
+
+
+def shadow_result_within_s(cfg: ShadowConfig, backpressure: bool) -> float:
+    """The longest a batch queued for the shadow waits for its :class:`ShadowResult`: the call in progress, the
+    ``max_pending_batches`` before it and its own, each bounded by :func:`shadow_call_limit_s`, plus a margin.
+    The store writer's join timeout (:mod:`pipeline.writer`) and :meth:`ShadowScheduler.close` use it."""
+    return (cfg.max_pending_batches + 2) * shadow_call_limit_s(cfg, backpressure) + 1.0
 
 
 class ShadowStatus(str, enum.Enum):
@@ -181,6 +216,8 @@ class ShadowScheduler:
         catch_up: on the CPU, run a batch that comes while the background lane is busy on the catch-up lane
             (True) or leave it queued for the background lane, shed when the queue is full (False).
         seed: of the shadow sampling (``cfg.rate`` < 1).
+        backpressure: :meth:`offer` waits for room in the queue instead of shedding, and the shadow runs on one
+            lane at normal priority with :func:`shadow_call_limit_s` per call (replays; see the module docstring).
     """
 
     def __init__(
@@ -191,12 +228,18 @@ class ShadowScheduler:
         metrics: Any = None,
         catch_up: bool = True,
         seed: int = 0,
+        backpressure: bool = False,
     ):
         self.shadow = shadow
         self.cfg = cfg or ShadowConfig()
         self.on_shadow = on_shadow
         self.metrics = metrics
         self.catch_up = catch_up
+        self.backpressure = backpressure
+        self.call_limit_s = shadow_call_limit_s(self.cfg, backpressure)
+        self._waits = {"batches_waited": 0, "frames_waited": 0, "wait_s": 0.0, "longest_wait_s": 0.0,
+                       "batches_gave_up": 0, "frames_gave_up": 0}
+        self._stuck_logged = False
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._frames_predicted = 0
@@ -234,7 +277,7 @@ class ShadowScheduler:
                 self._flush_queue(ShadowOutcome.CLOSED)
             self._queue.put(None)
             self._wake.set()
-            limit = timeout if timeout is not None else (self.cfg.max_pending_batches + 2) * self.cfg.timeout_s + 1.0
+            limit = timeout if timeout is not None else shadow_result_within_s(self.cfg, self.backpressure)
             self._worker.join(limit)
             if self._worker.is_alive():
                 log.warning("shadow_worker_not_stopped after=%.1fs", limit)
@@ -244,7 +287,8 @@ class ShadowScheduler:
 
     # --- the verb ------------------------------------------------------------------------------------
     def offer(self, batch_id: int, batch: FrameBatch) -> ShadowStatus:
-        """Queue ``batch`` for the shadow if it is sampled and there is room; never waits. Counted by status."""
+        """Queue ``batch`` for the shadow if it is sampled and there is room (under backpressure: once there is
+        room, waiting at most ``backpressure_max_wait_s``); else never waits. Counted by status."""
         status = self._decide(batch_id, batch)
         with self._lock:
             self._batches[status.value] += 1
@@ -261,13 +305,61 @@ class ShadowScheduler:
         if self.cfg.rate < 1.0 and self._rng.random() >= self.cfg.rate:
             return ShadowStatus.SKIPPED
         if self._stuck() >= MAX_ABANDONED:
+            self._log_stuck()
             return ShadowStatus.STALLED
         try:
             self._queue.put_nowait((bid, batch))
         except queue.Full:
-            return ShadowStatus.SHED
+            if not self.backpressure:
+                return ShadowStatus.SHED
+            return self._wait_for_room(bid, batch)
         self._wake.set()
         return ShadowStatus.QUEUED
+
+    def _wait_for_room(self, bid: int, batch: FrameBatch) -> ShadowStatus:
+        """Backpressure: wait until the queue has room (QUEUED), the shadow is stuck (STALLED), the scheduler
+        closes (CLOSED) or ``backpressure_max_wait_s`` passed (SHED, counted as given up). Wait times counted."""
+        t0 = time.perf_counter()
+        deadline = t0 + self.cfg.backpressure_max_wait_s
+        status = ShadowStatus.SHED
+        while True:
+            if self._closing:
+                status = ShadowStatus.CLOSED
+                break
+            if self._stuck() >= MAX_ABANDONED:
+                self._log_stuck()
+                status = ShadowStatus.STALLED
+                break
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:  # in slices, to notice a stuck shadow or a close while waiting
+                self._queue.put((bid, batch), timeout=min(remaining, 0.25))
+            except queue.Full:
+                continue
+            status = ShadowStatus.QUEUED
+            self._wake.set()
+            break
+        waited = time.perf_counter() - t0
+        with self._lock:
+            w = self._waits
+            w["batches_waited"] += 1
+            w["frames_waited"] += len(batch)
+            w["wait_s"] += waited
+            w["longest_wait_s"] = max(w["longest_wait_s"], waited)
+            if status is ShadowStatus.SHED:
+                w["batches_gave_up"] += 1
+                w["frames_gave_up"] += len(batch)
+        if status is ShadowStatus.SHED:
+            log.warning("shadow_backpressure_gave_up batch=%d frames=%d after=%.1fs (backpressure_max_wait_s): shed",
+                        bid, len(batch), waited)
+        return status
+
+    def _log_stuck(self) -> None:
+        if self.backpressure and not self._stuck_logged:
+            self._stuck_logged = True
+            log.warning("shadow_stuck abandoned_calls=%d: backpressure suspended, shadow batches are shed as stalled "
+                        "until one returns", self._stuck())
 
     # --- the dispatch thread -------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -280,7 +372,10 @@ class ShadowScheduler:
         """
         sh = self.shadow
         assert sh is not None
-        lanes = getattr(sh, "device", "cpu") == "cpu"
+        # two lanes on the CPU; off the CPU and under backpressure one, at normal priority (on the CPU: the
+        # catch-up lane, counted as such)
+        cpu = getattr(sh, "device", "cpu") == "cpu"
+        lanes = cpu and not self.backpressure
         bg: _BackgroundCall | None = None  # the batch in flight on the background lane
         while True:
             if bg is None:
@@ -312,14 +407,14 @@ class ShadowScheduler:
                                              on_done=self._wake.set)
                 bg = _BackgroundCall(bid, batch, time.perf_counter(), ro, box)
                 continue
-            if lanes:
+            if cpu:
                 self._count_lane("lane_catch_up")
             t0 = time.perf_counter()
 
             def run(b: FrameBatch = batch) -> np.ndarray:
                 t_call = time.perf_counter()
                 try:
-                    return call_classifier(self._caller, sh, b, self.cfg.timeout_s)
+                    return call_classifier(self._caller, sh, b, self.call_limit_s)
                 finally:
                     self._add_busy(time.perf_counter() - t_call)
 
@@ -454,6 +549,7 @@ class ShadowScheduler:
             predicted = self._frames_predicted
             busy = self._busy_s
             latency = latency_percentiles(list(self._latency))
+            waits = dict(self._waits)
         sh = self.shadow
         return {
             "model": sh.model_id if sh is not None else None,
@@ -476,6 +572,18 @@ class ShadowScheduler:
             "batches_background": sb.get("lane_background", 0),
             "batches_catch_up": sb.get("lane_catch_up", 0),
             "latency_ms": latency,
+            "backpressure": {
+                "mode": self.cfg.backpressure,  # as configured (auto|always|never)
+                "enabled": self.backpressure,  # as resolved for this run's sources
+                "max_wait_s": self.cfg.backpressure_max_wait_s,
+                "call_limit_s": self.call_limit_s,
+                "batches_waited": waits["batches_waited"],  # offers that found the queue full and waited
+                "frames_waited": waits["frames_waited"],
+                "wait_s": round(waits["wait_s"], 6),  # total time the serve loop waited for the shadow
+                "longest_wait_s": round(waits["longest_wait_s"], 6),
+                "batches_gave_up": waits["batches_gave_up"],  # waited backpressure_max_wait_s, then shed
+                "frames_gave_up": waits["frames_gave_up"],
+            },
         }
 
 
@@ -499,6 +607,8 @@ class ShadowPair:
             catch-up lane (True: replaying files, where every frame should get both models) or leave it queued
             for the background lane, shed when the queue is full (False: real-time sources, where the
             incumbent must not share its cores). The runner sets it from the sources; see the module docstring.
+        backpressure: :meth:`infer` waits for room in the shadow's queue instead of shedding (replays: the runner
+            sets it from ``cfg.backpressure`` and the sources); see the module docstring.
     """
 
     def __init__(
@@ -512,12 +622,14 @@ class ShadowPair:
         seed: int = 0,
         metrics: Any = None,
         catch_up: bool = True,
+        backpressure: bool = False,
     ):
         if shadow is not None:
             check_compatible(incumbent.card, shadow.card, f"incumbent {incumbent.model_id}", f"shadow {shadow.model_id}")
         self.metrics = metrics
         self.server = IncumbentServer(incumbent, cpu_twin=cpu_twin, stale_max_age_s=stale_max_age_s, metrics=metrics)
-        self.scheduler = ShadowScheduler(shadow, cfg, on_shadow=on_shadow, metrics=metrics, catch_up=catch_up, seed=seed)
+        self.scheduler = ShadowScheduler(shadow, cfg, on_shadow=on_shadow, metrics=metrics, catch_up=catch_up, seed=seed,
+                                         backpressure=backpressure)
         self._ids = itertools.count()
         self._started = False
         self.started_at = time.time()
@@ -543,6 +655,10 @@ class ShadowPair:
     def catch_up(self) -> bool:
         return self.scheduler.catch_up
 
+    @property
+    def backpressure(self) -> bool:
+        return self.scheduler.backpressure
+
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> "ShadowPair":
         if not self._started:
@@ -564,7 +680,8 @@ class ShadowPair:
 
     # --- the verb ------------------------------------------------------------------------------------
     def infer(self, batch: FrameBatch) -> ServedResult:
-        """Serve ``batch`` with the incumbent (or the fallback chain) and offer it to the shadow."""
+        """Serve ``batch`` with the incumbent (or the fallback chain) and offer it to the shadow (under backpressure
+        this waits for room in the shadow's queue; the served predictions are computed before)."""
         if not self._started:
             self.start()
         bid = next(self._ids)
