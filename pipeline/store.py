@@ -705,10 +705,10 @@ class PredictionStore:
     def retention_runs(self) -> list[tuple[str, list[str]]]:
         """``(run_id, class_names)`` of every run with frames (runs without a ``runs`` row too, with no class names),
         in run_id order. Walks the frames index one run at a time (cheap on a store of any size)."""
-        names = {r: json.loads(c) if c else [] for r, c in self.table_rows_raw(sa.select(runs.c.run_id, runs.c.class_names))}
         out: list[tuple[str, list[str]]] = []
         last: str | None = None
         with self.engine.connect() as conn:
+            names = {r: json.loads(c) if c else [] for r, c in conn.execute(sa.select(runs.c.run_id, runs.c.class_names))}
             while True:
                 q = sa.select(sa.func.min(frames.c.run_id))
                 run_id = conn.execute(q if last is None else q.where(frames.c.run_id > last)).scalar()
@@ -716,11 +716,6 @@ class PredictionStore:
                     return out
                 out.append((run_id, names.get(run_id, [])))
                 last = run_id
-
-    def table_rows_raw(self, query: Any) -> list[tuple]:
-        """The rows of a SQLAlchemy select, as tuples."""
-        with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query)]
 
     def first_frame_ts(self, run_id: str, camera_id: str, at_or_after: float, before: float) -> float | None:
         """The time of the camera's first frame in ``[at_or_after, before)`` in run ``run_id`` (None: no frame there)."""
@@ -776,31 +771,34 @@ class PredictionStore:
         with self.engine.begin() as conn:
             rows = conn.execute(sa.select(f.c.frame_id, f.c.seq, f.c.ts, *[f.c[k] for k in IMAGE_STAT_COLUMNS])
                                 .where(in_window).order_by(f.c.ts, f.c.frame_id)).all()
+            # every lookup below goes by frame id through a primary key or unique index (never a join that the
+            # planner could turn into a scan of a month of predictions)
             referenced: set[str] = set()
-            for t, col in _frame_references():
-                referenced.update(r[0] for r in conn.execute(sa.select(col).join(f, f.c.frame_id == col).where(in_window)))
+            for _, col in _frame_references():
+                for chunk in _chunks([r[0] for r in rows], _IN_CHUNK):
+                    referenced.update(r[0] for r in conn.execute(sa.select(col).where(_is_in(conn, col, chunk))))
             go = [r for r in rows if int(r[1]) not in keep and r[0] not in referenced]
             if not go:
                 return len(rows), 0, 0, 0
             gone = {r[0] for r in go}
-            preds = [r for r in conn.execute(
-                sa.select(p.c.frame_id, p.c.role, p.c.model_name, p.c.model_version, p.c.probs, p.c.label, p.c.degraded)
-                .join(f, f.c.frame_id == p.c.frame_id).where(in_window).order_by(p.c.id)
-            ).all() if r[0] in gone]
+            ids = sorted(gone)
+            pred_q = sa.select(p.c.id, p.c.frame_id, p.c.role, p.c.model_name, p.c.model_version, p.c.probs, p.c.label, p.c.degraded)
+            preds = sorted((r for chunk in _chunks(ids, _IN_CHUNK) for r in conn.execute(pred_q.where(_is_in(conn, p.c.frame_id, chunk)))),
+                           key=lambda r: r[0])
+            preds = [tuple(r)[1:] for r in preds]
             key_cols = (wa.c.role, wa.c.model_name, wa.c.model_version)
             existing = {tuple(r[:3]): json.loads(r[3]) | {"n_frames": r[4], "n_predictions": r[5]} for r in conn.execute(
                 sa.select(*key_cols, wa.c.sketch, wa.c.n_frames, wa.c.n_predictions)
                 .where((wa.c.run_id == run_id) & (wa.c.camera_id == camera_id) & (wa.c.window_start == start))
             )}
-            window = WindowRows(run_id, camera_id, start, end, [tuple(r) for r in go], [tuple(r) for r in preds])
+            window = WindowRows(run_id, camera_id, start, end, [tuple(r) for r in go], preds)
             out = summarize(window, existing)
             if dry_run:
                 return len(rows) - len(go), len(go), len(preds), len(out)
-            ids = sorted(gone)
             n_pred = n_frames = 0
-            for chunk in _chunks(ids, 1000):
-                n_pred += conn.execute(p.delete().where(p.c.frame_id.in_(chunk))).rowcount
-                n_frames += conn.execute(f.delete().where(f.c.frame_id.in_(chunk))).rowcount
+            for chunk in _chunks(ids, _IN_CHUNK):
+                n_pred += conn.execute(p.delete().where(_is_in(conn, p.c.frame_id, chunk))).rowcount
+                n_frames += conn.execute(f.delete().where(_is_in(conn, f.c.frame_id, chunk))).rowcount
             if n_frames != len(ids) or n_pred != len(preds):
                 raise StoreError(f"retention of run {run_id} camera {camera_id} window {start:.0f}: {len(ids) - n_frames} frames "
                                  f"were deleted meanwhile (another retention running?); nothing written for this window")
@@ -1655,6 +1653,18 @@ def _copy_rows(conn: Connection, table: sa.Table, columns: Sequence[str], rows: 
         if lost:
             conn.invalidate(e)
         raise sa.exc.DBAPIError.instance(sql, None, e, psycopg.Error, connection_invalidated=lost, dialect=conn.dialect) from e
+
+
+_IN_CHUNK = 5000  # frame ids per lookup / delete statement in retention
+
+
+def _is_in(conn: Connection, col: sa.Column, values: Sequence[str]) -> Any:
+    """``col IN (values)``; on PostgreSQL ``col = ANY(:array)`` (one parameter: no per-value SQL to compile)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return col == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(sa.String)))
+    return col.in_(list(values))
 
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:

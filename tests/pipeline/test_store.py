@@ -15,11 +15,11 @@ from pipeline.store import (
     FrameRecord,
     PredictionStore,
     SampleRecord,
+    decode_probs,
     frames,
     health_events,
     labels,
     predictions,
-    probs_from_json,
     runs,
     samples,
     schema_meta,
@@ -77,7 +77,7 @@ def test_round_trip(store_url):
     got = {r["frame_id"] + r["role"]: r for r in st.table_rows(predictions)}
     for p in preds:
         r = got[p.frame_id + p.role.value]
-        np.testing.assert_allclose(probs_from_json(r["probs"]), p.probs, atol=1e-6)
+        np.testing.assert_allclose(decode_probs(r["probs"]), p.probs, atol=store_mod.PROBS_MAX_ABS_ERROR)
         assert (r["label"], r["model_name"], r["model_version"]) == (p.label, p.model_name, p.model_version)
         assert r["degraded"] == (p.degraded.value if p.degraded else None)
         assert r["confidence"] == pytest.approx(0.8)
@@ -114,19 +114,20 @@ def test_one_prediction_per_frame_and_role_is_enforced(store_url):
     st.close()
 
 
-def test_migrates_from_previous_version(store_url):
-    """A store at version SCHEMA_VERSION - 1 (newest table missing) is moved forward on open."""
+def test_migrates_from_previous_version(store_url, monkeypatch):
+    """A store at version SCHEMA_VERSION - 1 is moved forward on open: the newest migration runs once, on a store
+    that may already have its tables (migrations are idempotent), and the data stays."""
     st = PredictionStore(store_url)
     st.write_batch([FrameRecord.from_frame(_frames("r1", 1)[0], "r1")])
-    newest = sorted(set(store_mod.metadata.tables) - {"schema_meta"})
     with st.engine.begin() as conn:
         conn.execute(schema_meta.update().where(schema_meta.c.key == "version").values(value=str(SCHEMA_VERSION - 1)))
-        if SCHEMA_VERSION >= 2:
-            store_mod.label_skips.drop(conn)
     st.close()
+    calls = []
+    newest = store_mod.MIGRATIONS[-1]
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS[:-1], lambda conn: (calls.append(1), newest(conn))])
     st = PredictionStore(store_url)
-    assert st.schema_version() == SCHEMA_VERSION
-    assert set(sa.inspect(st.engine).get_table_names()) >= set(newest)
+    assert calls == [1] and st.schema_version() == SCHEMA_VERSION
+    assert set(sa.inspect(st.engine).get_table_names()) >= set(store_mod.metadata.tables)
     assert st.count(frames) == 1  # data kept
     st.close()
 
@@ -300,5 +301,174 @@ def test_evaluation_queries_leave_the_training_sample_out(store_url):
         preds, labs = st.labelled_frame_rows(["r1"])
         assert {r[0] for r in preds} == {fr[0].frame_id} and [r[0] for r in labs] == [fr[0].frame_id]
         assert len(st.table_rows(labels)) == 2
+    finally:
+        st.close()
+
+
+# --- the probabilities codec, the compact schema and the migration of JSON stores (issue 14) ----------------------------
+
+def test_probs_codec_round_trip_and_float16_error_bound():
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.full(7, 0.2), size=2000).astype(np.float32)
+    p[0] = [1.0, 0, 0, 0, 0, 0, 0]
+    p[1, :2], p[1, 2:] = [1e-7, 1 - 1e-7], 0.0  # a subnormal in float16
+    blobs = [store_mod.encode_probs(row) for row in p]
+    assert {len(b) for b in blobs} == {14}  # 2 bytes a class
+    one = np.stack([decode_probs(b) for b in blobs])
+    many = store_mod.decode_probs_many(blobs, 7)
+    assert one.dtype == many.dtype == np.float32 and many.shape == (2000, 7)
+    np.testing.assert_array_equal(one, many)
+    err = np.abs(many - p)
+    assert err.max() <= store_mod.PROBS_MAX_ABS_ERROR and err.max() > 1e-5  # the bound holds and is nearly reached
+    assert (err / np.maximum(p, 6.2e-5)).max() <= 2.0**-11 + 1e-9  # relative: half a float16 step
+    np.testing.assert_array_equal(many[0], [1, 0, 0, 0, 0, 0, 0])
+    # legacy JSON text decodes too, alone or mixed with bytes; memoryviews are bytes
+    assert decode_probs("[0.25, 0.75]").tolist() == [0.25, 0.75]
+    mixed = store_mod.decode_probs_many(["[0.5, 0.5]", memoryview(store_mod.encode_probs(np.array([0.25, 0.75])))], 2)
+    np.testing.assert_array_equal(mixed, [[0.5, 0.5], [0.25, 0.75]])
+    assert store_mod.decode_probs_many([], 3).shape == (0, 3)
+    assert store_mod.probs_from_json is decode_probs
+
+
+@pytest.mark.parametrize(
+    ("values", "n", "match"),
+    [
+        ([b"\x00\x3c\x00"], 1, "not a whole number of float16"),
+        ([b"\x00\x3c" * 3, b"\x00\x3c" * 2], 3, "row 1 has 2 classes, expected 3"),
+        (["[0.5, 0.5]"], 3, "row 0 has 2 classes, expected 3"),
+        (["{not json"], 2, "not a JSON list"),
+    ],
+)
+def test_probs_codec_refuses_bad_values(values, n, match):
+    with pytest.raises(StoreError, match=match):
+        store_mod.decode_probs_many(values, n)
+
+
+# the schema as it was at version 2 (before _migrate_compact_predictions): frozen here so that the test keeps making
+# a genuine old store whatever the current tables look like
+_V2 = sa.MetaData()
+sa.Table("schema_meta", _V2, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False))
+sa.Table("runs", _V2, sa.Column("run_id", sa.String(64), primary_key=True), sa.Column("started_at", sa.Float, nullable=False),
+         sa.Column("ended_at", sa.Float), sa.Column("incumbent_model", sa.String(256)), sa.Column("shadow_model", sa.String(256)),
+         sa.Column("class_names", sa.Text), sa.Column("config", sa.Text), sa.Column("summary", sa.Text))
+_V2_FRAMES = sa.Table(
+    "frames", _V2, sa.Column("frame_id", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False, index=True), sa.Column("camera_id", sa.String(128), nullable=False, index=True),
+    sa.Column("seq", sa.Integer, nullable=False), sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("source_ref", sa.Text, nullable=False, default=""), sa.Column("width", sa.Integer), sa.Column("height", sa.Integer),
+    *[sa.Column(k, sa.Float) for k in ("brightness", "contrast", "sharpness", "noise")],
+)
+_V2_PREDICTIONS = sa.Table(
+    "predictions", _V2, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), nullable=False, index=True),
+    sa.Column("camera_id", sa.String(128), nullable=False), sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False), sa.Column("model_version", sa.String(64), nullable=False, default=""),
+    sa.Column("probs", sa.Text, nullable=False), sa.Column("label", sa.String(128), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False), sa.Column("latency_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("degraded", sa.String(32)), sa.Column("ts", sa.Float, nullable=False),
+    sa.UniqueConstraint("frame_id", "role", name="uq_prediction_frame_role"),
+)
+sa.Table("health_events", _V2, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+         sa.Column("run_id", sa.String(64), nullable=False, index=True), sa.Column("camera_id", sa.String(128), nullable=False),
+         sa.Column("kind", sa.String(32), nullable=False), sa.Column("ts", sa.Float, nullable=False), sa.Column("detail", sa.Text, default=""))
+sa.Table("samples", _V2, sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), primary_key=True),
+         sa.Column("camera_id", sa.String(128), nullable=False, index=True), sa.Column("strategy", sa.String(64), nullable=False),
+         sa.Column("inclusion_prob", sa.Float, nullable=False), sa.Column("image_path", sa.Text, nullable=False),
+         sa.Column("sampled_at", sa.Float, nullable=False), sa.Column("double_label", sa.Boolean, nullable=False, default=False),
+         sa.Column("status", sa.String(16), nullable=False, default="pending", index=True))
+_V2_LABELS = sa.Table(
+    "labels", _V2, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), nullable=False, index=True),
+    sa.Column("label", sa.String(128), nullable=False), sa.Column("annotator", sa.String(128), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False), sa.Column("ts", sa.Float, nullable=False),
+    sa.UniqueConstraint("frame_id", "annotator", name="uq_label_frame_annotator"),
+)
+sa.Table("label_skips", _V2, sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), primary_key=True),
+         sa.Column("annotator", sa.String(128), primary_key=True), sa.Column("ts", sa.Float, nullable=False))
+
+
+def _make_v2_store(url: str, n_frames: int, chunk: int | None = None) -> list[list[float]]:
+    """A version-2 store with ``n_frames`` frames of run r1 and two predictions each, probabilities as JSON text
+    (as the old code wrote them), and a label on frame 0. Returns the probabilities in id order."""
+    eng = store_mod.make_engine(url)
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(3), size=2 * n_frames).round(6)
+    with eng.begin() as conn:
+        _V2.create_all(conn)
+        conn.execute(_V2.tables["schema_meta"].insert().values(key="version", value="2"))
+        conn.execute(_V2.tables["runs"].insert().values(run_id="r1", started_at=1.0, incumbent_model="inc:1",
+                                                        shadow_model="sh:2", class_names=json.dumps(CLASSES)))
+        conn.execute(_V2_FRAMES.insert(), [dict(frame_id=f"r1:cam1:{i}", run_id="r1", camera_id="cam1", seq=i, ts=1000.0 + i,
+                                                source_ref="", brightness=100.0) for i in range(n_frames)])
+        conn.execute(_V2_PREDICTIONS.insert(), [
+            dict(frame_id=f"r1:cam1:{i // 2}", camera_id="cam1", role=("incumbent", "shadow")[i % 2], model_name=("inc", "sh")[i % 2],
+                 model_version=("1", "2")[i % 2], probs=json.dumps(probs[i].tolist()), label=CLASSES[int(probs[i].argmax())],
+                 confidence=float(probs[i].max()), latency_ms=1.0, degraded=None, ts=2000.0 + i)
+            for i in range(2 * n_frames)
+        ])
+        conn.execute(_V2_LABELS.insert().values(frame_id="r1:cam1:0", label="box", annotator="ann", source="web", ts=5.0))
+    eng.dispose()
+    return probs.tolist()
+
+
+def test_a_version_2_store_with_json_probabilities_is_migrated(store_url, monkeypatch):
+    """Opening an old store converts its JSON probabilities to float16 (in chunks, ids kept), swaps the single-column
+    indexes for the ones the queries use, and leaves every row readable and every constraint in force."""
+    monkeypatch.setattr(store_mod, "PROBS_MIGRATION_CHUNK", 7)  # several chunks on a small store
+    want = np.asarray(_make_v2_store(store_url, 20), dtype=np.float32)
+    st = PredictionStore(store_url)
+    try:
+        assert st.schema_version() == SCHEMA_VERSION
+        insp = sa.inspect(st.engine)
+        assert isinstance({c["name"]: c for c in insp.get_columns("predictions")}["probs"]["type"], sa.LargeBinary)
+        assert {ix["name"] for ix in insp.get_indexes("frames")} == {"ix_frames_run_camera_ts"}
+        assert not [ix for ix in insp.get_indexes("predictions") if ix["column_names"] == ["frame_id"]]
+        assert "window_aggregates" in insp.get_table_names()
+        rows = st.table_rows(predictions, order_by=predictions.c.id)
+        assert [r["id"] for r in rows] == list(range(1, 41))  # ids (the write order) kept
+        got = store_mod.decode_probs_many([r["probs"] for r in rows], 3)
+        np.testing.assert_allclose(got, want, atol=store_mod.PROBS_MAX_ABS_ERROR)
+        assert [r["model_name"] for r in rows[:2]] == ["inc", "sh"] and rows[1]["role"] == "shadow"
+        assert st.labels_by_frame() == {"r1:cam1:0": ["box"]}
+        # the uniqueness of (frame, role) and the foreign key still hold; new writes continue the ids
+        with pytest.raises(sa.exc.IntegrityError):
+            st.write_batch([], [_pred(Frame("cam1", 0, 0.0, np.zeros((2, 2, 3), np.uint8), frame_id="r1:cam1:0"), Role.SHADOW, "sh:2", 0)])
+        fr = _frames("r2", 1)
+        st.write_batch([FrameRecord.from_frame(fr[0], "r2")], [_pred(fr[0], Role.INCUMBENT, "inc:1", 1)])
+        assert st.table_rows(predictions, predictions.c.frame_id == fr[0].frame_id)[0]["id"] > 40  # (PostgreSQL skips the failed one)
+    finally:
+        st.close()
+    PredictionStore(store_url).close()  # reopening migrates nothing again
+
+
+def test_the_store_keeps_only_the_indexes_the_queries_use(store_url):
+    st = PredictionStore(store_url)
+    try:
+        insp = sa.inspect(st.engine)
+        assert [(ix["name"], ix["column_names"]) for ix in insp.get_indexes("frames")] == [
+            ("ix_frames_run_camera_ts", ["run_id", "camera_id", "ts"])]
+        assert insp.get_indexes("predictions") == [] or all(ix.get("unique") for ix in insp.get_indexes("predictions"))
+        if st.engine.dialect.name == "postgresql":  # 64-bit ids: a month of a 48-stream box is ~7.5e9 predictions
+            ids = {c["name"]: c for c in insp.get_columns("predictions")}["id"]
+            assert isinstance(ids["type"], sa.BigInteger)
+    finally:
+        st.close()
+
+
+def test_odd_text_and_missing_values_survive_the_write_path(store_url):
+    """PostgreSQL batches go through COPY: tabs, newlines, backslashes, quotes, non-ASCII and NULLs must come back as
+    written (SQLite goes through executemany: same check)."""
+    st = PredictionStore(store_url)
+    try:
+        fr = _frames("r1", 2)
+        odd = 'C:\\videos\\dock 1\t"night"\nshift#\\N é'
+        recs = [FrameRecord(fr[0].frame_id, "r1", "cam\t1", 0, 1000.0, odd, None, None, None, 2.5, None, None),
+                FrameRecord.from_frame(fr[1], "r1")]
+        st.write_batch(recs, [_pred(fr[0], Role.INCUMBENT, "name\\with\ttab:v\n1", 1, Degraded.UNKNOWN), _pred(fr[1], Role.SHADOW, "sh:2", 2)])
+        row = st.table_rows(frames, frames.c.frame_id == fr[0].frame_id)[0]
+        assert (row["source_ref"], row["camera_id"], row["width"], row["brightness"], row["contrast"]) == (odd, "cam\t1", None, None, 2.5)
+        p = st.table_rows(predictions, predictions.c.frame_id == fr[0].frame_id)[0]
+        assert (p["model_name"], p["model_version"], p["degraded"], p["label"]) == ("name\\with\ttab", "v\n1", "unknown", "bag")
+        assert decode_probs(p["probs"]).tolist() == pytest.approx([0.1, 0.8, 0.1], abs=store_mod.PROBS_MAX_ABS_ERROR)
     finally:
         st.close()
