@@ -10,7 +10,7 @@ functions that each answer one question and can be tested on arrays:
   would make (:func:`models.data.assign_splits` with the same fractions and seed: by group where the manifest has one).
 * **Duplicates** (:func:`find_duplicates`): exact copies (sha256 of the file bytes) and near-duplicates, in
   particular pairs whose two images sit in *different* splits: a test image whose near-copy is in the training
-  split measures memory, not generalisation. Finding them is two steps, neither of which compares all pairs:
+  split measures memory, not generalisation. Finding them takes three steps, none of which compares all pairs:
 
   1. *candidates* from two 64-bit hashes, each searched within a Hamming radius by multi-index hashing
      (:func:`hamming_pairs`): ``imagehash.phash`` (the DCT hash; catches re-encodes, resizes, brightness changes,
@@ -24,14 +24,27 @@ functions that each answer one question and can be tested on arrays:
      (:func:`chromaticity_gap`; grey thumbnails cannot tell a green belt from a grey one). Hashes alone are not
      enough for a fixed camera: every frame shares its belt and rails, so unrelated frames collide (phash within
      4 bits: 85 unrelated pairs among 3,000 synthetic images, none of them above 0.92 correlation).
+  3. *in front of a fixed view* (``foreground``): whole-image comparisons fail where a busy *static* background
+     (roller-belt stripes) outweighs the item that moves across it, and on an empty belt, whose frames' hashes are
+     noise. So :func:`estimate_views` decodes a sample (``view_sample``), finds the fixed views in it
+     (:func:`find_views`: leader clustering of 16x16 thumbnails that agree pixel by pixel; photos without a shared
+     background give none) and estimates each one's background (:func:`robust_background`: a median that leaves
+     out the foreground); every image is then compared with its view at 64x64 (:func:`describe_foreground`, with a
+     threshold from the view's own noise, :func:`noise_threshold`): nothing in front of the background makes it
+     *background-only*; else its foreground (item, shadow) is cut out into a centred 32x32 canvas.
+     :func:`foreground_pairs` pairs canvases of one view within ``foreground_distance`` bits of a shift hash or a
+     DCT hash that correlate at least ``foreground_similarity`` (0.8) and agree in colour and size. The
+     background-only images of a view are near-duplicates of each other: each view's set is counted as all its
+     pairs from its members (never compared pairwise) and listed only as far as ``max_pairs_listed`` allows.
 
-  Measured with ``tests/models/test_datacheck.py``'s data (figures in its docstring): planted JPEG/resize/
-  brightness copies are all found (precision 0.99); of a conveyor clip's frames split at random, the val/test
-  frames whose item also has frames in train are paired with one of them in 97% / 91% / 80% of cases on three
-  scenes (99-100% counting a twin frame of the empty belt as a match). Limit: a busy *static* background with a
-  moving item (roller-belt stripes) defeats the global-shift comparison (17% on such a scene): video belongs in a
-  group-aware split (a ``group`` column); this check is the safety net. Not quadratic: 100,000 images' phash pairs
-  take ~10 s; the shift pass tightens its radius (noted in the report) when the images are too alike for it.
+  Measured with ``tests/models/test_datacheck.py``'s data and ``scripts/byod_bench.py neardup`` (docs/byod.md):
+  planted JPEG/resize/brightness copies are all found (precision 0.98); of a conveyor clip's frames split at
+  random, the val/test frames whose item also has frames in train are paired with one of them in 100% / 100% /
+  97% / 100% of cases on four scenes (stream seeds 3 / 11 / 21 / 33; 21 is a roller belt; before step 3: 97% / 91%
+  / 17% / 80%), at a precision (pairs showing the same item or two empty-belt frames) of 0.97-0.99. Video still
+  belongs in a group-aware split (a ``group`` column); this check is the safety net. Not quadratic: 100,000
+  images' phash pairs take ~10 s; each hash search tightens its radius (noted in the report) when the images are
+  too alike for it; small sets of foregrounds (``EXHAUSTIVE_FOREGROUNDS``) are compared exhaustively.
 
 * **Label issues** (:func:`find_label_issues`, only when asked: it trains): out-of-fold predicted probabilities
   from a small CNN trained ``label_folds`` times on the other folds, handed to ``cleanlab.filter.find_label_issues``.
@@ -112,6 +125,11 @@ class DataCheckConfig(_Strict):
     shift_similarity: float = Field(default=0.95, gt=0, le=1)  # a near-duplicate: thumbnail cross-correlation at the best shift, at least
     colour_tolerance: float = Field(default=0.02, ge=0, le=1)  # ... and their mean chromaticities (r, g, b shares) differ by at most this
     max_candidates_per_image: int = Field(default=2000, ge=1)  # shift pass: tighten its radius above this many candidates
+    foreground: bool = True  # also compare what stands in front of a fixed camera's background (items on a static belt)
+    view_sample: int = Field(default=1000, ge=8)  # images decoded first to find the fixed views and their backgrounds
+    foreground_threshold: float | None = Field(default=None, gt=0, le=255)  # grey levels (largest of R, G, B) from the background that are foreground (None: per view, from its noise)
+    foreground_distance: int = Field(default=12, ge=0, le=16)  # foreground candidates: shift hashes of the foreground at most this many bits apart
+    foreground_similarity: float = Field(default=0.8, gt=0, le=1)  # a near-duplicate: foreground canvases correlate at least this much at the best shift
     max_pairs_listed: int = Field(default=200, ge=0)  # pairs kept in the report (cross-split first); all are counted
     # label issues (trains a small model: only when asked)
     label_issues: bool = False
@@ -155,7 +173,9 @@ class DuplicatePair:
     """Two images that are copies (``kind="exact"``: same file bytes) or near-copies of each other.
 
     ``method``: "sha256", "perceptual" (phash within ``distance`` bits) or "shifted" (shift hash within ``distance``
-    bits and thumbnail cross-correlation ``similarity`` at the best shift)."""
+    bits and thumbnail cross-correlation ``similarity`` at the best shift), "foreground" (the same thing in front of
+    one fixed view: the foreground canvases' shift hashes within ``distance`` bits, their cross-correlation
+    ``similarity``) or "background" (both show nothing but their view's background; ``distance`` 0)."""
 
     a: str
     b: str
@@ -171,6 +191,17 @@ class DuplicatePair:
     @property
     def cross_split(self) -> bool:
         return self.split_a != self.split_b
+
+
+@dataclass(frozen=True)
+class BackgroundSet:
+    """Images of one fixed view with nothing in front of its background (an empty belt): near-duplicates of each
+    other, counted as all their pairs (listed only as far as ``max_pairs_listed`` allows)."""
+
+    view: int
+    n_images: int
+    by_split: dict[str, int]
+    examples: list[str]  # a few of its images
 
 
 @dataclass(frozen=True)
@@ -191,6 +222,8 @@ class Duplicates:
     largest_group: int
     method: str
     notes: list[str] = field(default_factory=list)
+    n_views: int = 0  # fixed views (cameras) whose background was estimated and compared with (0: foreground off or none found)
+    background_sets: list[BackgroundSet] = field(default_factory=list)  # per view, its background-only images (2 or more)
 
 
 @dataclass(frozen=True)
@@ -522,13 +555,288 @@ def chromaticity_gap(colours: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.nd
     return np.abs(share[np.asarray(i, np.int64)] - share[np.asarray(j, np.int64)]).max(axis=1) if len(i) else np.empty(0)
 
 
+# --------------------------------------------------------------------------------------------------
+# Pure functions: fixed views, their backgrounds, and what is in front of them
+# --------------------------------------------------------------------------------------------------
+FG_SIDE = 64  # images are compared with their view's background at FG_SIDE x FG_SIDE
+ITEM = 32  # side of the foreground descriptors
+VIEW_MATCH_SIDE = 16  # side of the blurred thumbnails that decide which fixed view an image shows
+VIEW_TOLERANCE = 8.0  # grey levels (largest of R, G, B) within which such a thumbnail pixel agrees with a view's background
+NO_VIEW, BACKGROUND_ONLY, FOREGROUND = -1, 0, 1  # ForegroundViews.state
+EXHAUSTIVE_FOREGROUNDS = 128  # foreground_pairs compares all pairs of this many foregrounds or fewer
+BACKGROUND_THRESHOLD = 25.0  # grey levels: what robust_background leaves out while estimating a background
+
+
+def _view_thumbs(images: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) -> (N, VIEW_MATCH_SIDE, VIEW_MATCH_SIDE, 3) float32 (area averages: sensor noise cancels)."""
+    m = VIEW_MATCH_SIDE
+    return np.stack([cv2.resize(np.asarray(im, np.float32), (m, m), interpolation=cv2.INTER_AREA) for im in images]) \
+        if len(images) else np.empty((0, m, m, 3), np.float32)
+
+
+def view_agreement(thumbs: np.ndarray, background: np.ndarray, tolerance: float) -> np.ndarray:
+    """Share of pixels of each of ``thumbs`` ((N, m, m, 3)) within ``tolerance`` grey levels (largest of R, G, B) of
+    ``background`` ((m, m, 3)): near 1 for a frame of that view, 1 minus the share something covers when an item is
+    in front of it, low for another view (or another lighting)."""
+    return (np.abs(np.asarray(thumbs, np.float32) - background).max(axis=-1) <= tolerance).mean(axis=(1, 2))
+
+
+_K3 = np.ones((3, 3), np.uint8)
+
+
+def foreground_mask(image: np.ndarray, background: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) uint8 0/1: where ``image`` differs from ``background`` (both (H, W, 3)) by more than ``threshold``
+    grey levels in some channel, after a 3x3 blur; a 3x3 opening drops isolated pixels and one-pixel lines (sensor
+    noise, a belt's splice line), a closing and hole filling make an item one solid silhouette (an item's pixels
+    that happen to match the background behind it do not punch holes in it)."""
+    diff = cv2.GaussianBlur(np.abs(np.asarray(image, np.float32) - background).max(axis=-1), (3, 3), 0)
+    m = cv2.morphologyEx((diff > threshold).astype(np.uint8), cv2.MORPH_OPEN, _K3)
+    if not m.any():
+        return m
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _K3)
+    # fill holes: what the border cannot reach through the background is inside an item
+    flood = np.pad(1 - m, 1, constant_values=1)
+    cv2.floodFill(flood, None, (0, 0), 2)
+    return (m | (flood[1:-1, 1:-1] == 1)).astype(np.uint8)
+
+
+def robust_background(frames: np.ndarray, threshold: float, rounds: int = 2) -> np.ndarray:
+    """The background of frames of one fixed view ((M, H, W, 3)). A plain per-pixel median keeps a ghost where
+    items pass in most frames (the middle of a conveyor), so: the median of the quarter of the frames that agree
+    best with the plain median (the emptiest ones; at least 8), then ``rounds`` times the per-pixel median of all
+    frames that do not show foreground there (:func:`foreground_mask` against the previous estimate, dilated by a
+    pixel)."""
+    f = np.asarray(frames, np.float32)
+    plain = np.median(f, axis=0)
+    agree = (np.abs(f - plain).max(axis=-1) <= threshold).mean(axis=(1, 2))
+    k = min(len(f), max(8, len(f) // 4))
+    bg = np.median(f[np.argsort(-agree, kind="stable")[:k]], axis=0)
+    for _ in range(rounds):
+        masks = np.stack([cv2.dilate(foreground_mask(x, bg, threshold), _K3) for x in f]).astype(bool)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: foreground in every frame
+                bg = np.nanmedian(np.where(masks[..., None], np.nan, f), axis=0)
+        bg = np.where(np.isnan(bg), plain, bg)
+    return bg.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Views:
+    """The fixed views :func:`find_views` found: their backgrounds, the foreground threshold of each (grey levels)
+    and the backgrounds' :func:`_view_thumbs`."""
+
+    backgrounds: np.ndarray  # (K, H, W, 3) float32
+    thresholds: np.ndarray  # (K,) float32
+    thumbs: np.ndarray  # (K, VIEW_MATCH_SIDE, VIEW_MATCH_SIDE, 3) float32
+
+    def __len__(self) -> int:
+        return len(self.backgrounds)
+
+
+def noise_threshold(frames: np.ndarray, background: np.ndarray, factor: float = 6.0, low: float = 16.0,
+                    high: float = 40.0) -> float:
+    """A foreground threshold for one view: ``factor`` times the median (blurred, largest-channel) difference
+    between its ``frames`` and its ``background`` (most pixels are background, so the median is the noise: sensor,
+    compression, a moving belt's texture), within [``low``, ``high``] grey levels. A quiet static view (rollers)
+    gets a low one, so a dark item on a dark belt still stands out; a noisy view a high one."""
+    f = np.asarray(frames, np.float32)
+    med = float(np.median([np.median(cv2.GaussianBlur(np.abs(x - background).max(axis=-1), (3, 3), 0)) for x in f]))
+    return float(np.clip(factor * med, low, high))
+
+
+def find_views(frames: np.ndarray, threshold: float | None = None, tolerance: float = VIEW_TOLERANCE, min_agreement: float = 0.6,
+               min_frames: int = 8, max_views: int = 16, max_tries: int = 64, max_frames: int = 256,
+               seed: int = 0) -> Views:
+    """The fixed views (cameras) among ``frames`` ((S, H, W, 3) uint8, a sample of the dataset), K >= 0 of them.
+    Leader clustering on :func:`view_agreement`: a frame drawn at random gathers the free frames that agree with it
+    on at least ``min_agreement`` of their pixels; with ``min_frames`` or more, their :func:`robust_background`
+    (from at most ``max_frames`` of them) is a view, which then claims every free frame that agrees with it. Stops
+    after ``max_views`` views or ``max_tries`` draws in a row that found none (photos that share no background give
+    no view: the foreground comparison then does nothing). Each view's foreground threshold is ``threshold``, or
+    by default its :func:`noise_threshold`."""
+    f = np.asarray(frames)
+    m = VIEW_MATCH_SIDE
+    none = Views(np.empty((0, *f.shape[1:]), np.float32), np.empty(0, np.float32), np.empty((0, m, m, 3), np.float32))
+    if len(f) < min_frames:
+        return none
+    rng = np.random.default_rng(seed)
+    small = _view_thumbs(f)
+    free = np.ones(len(f), bool)
+    views: list[np.ndarray] = []
+    thresholds: list[float] = []
+    misses = 0
+    for i in rng.permutation(len(f)):
+        if len(views) >= max_views or misses >= max_tries or free.sum() < min_frames:
+            break
+        if not free[i]:
+            continue
+        cand = np.flatnonzero(free)
+        members = cand[view_agreement(small[cand], small[i], tolerance) >= min_agreement]
+        if len(members) < min_frames:
+            misses += 1
+            continue
+        pick = members if len(members) <= max_frames else rng.choice(members, max_frames, replace=False)
+        bg = robust_background(f[pick], BACKGROUND_THRESHOLD if threshold is None else threshold)
+        claimed = cand[view_agreement(small[cand], _view_thumbs(bg[None])[0], tolerance) >= min_agreement]
+        if len(claimed) < min_frames:
+            misses += 1
+            continue
+        views.append(bg)
+        thresholds.append(noise_threshold(f[pick], bg) if threshold is None else float(threshold))
+        free[claimed] = False
+        misses = 0
+    if not views:
+        return none
+    bgs = np.stack(views)
+    return Views(bgs, np.array(thresholds, np.float32), _view_thumbs(bgs))
+
+
+@dataclass
+class ForegroundViews:
+    """Per image, what stands in front of its fixed view (see :func:`describe_foreground`)."""
+
+    view: np.ndarray  # (N,) int16: index of the view (background) it shows, -1 none
+    state: np.ndarray  # (N,) int8: NO_VIEW, BACKGROUND_ONLY (nothing in front of the view) or FOREGROUND
+    canvas: np.ndarray  # (N, ITEM, ITEM) int8: the foreground's grey levels minus their mean, centred, 0 elsewhere
+    colour: np.ndarray  # (N, 3) float32: the foreground's mean R, G, B
+    area: np.ndarray  # (N,) float32: share of the image it covers
+
+    @classmethod
+    def empty(cls, n: int) -> ForegroundViews:
+        return cls(np.full(n, -1, np.int16), np.full(n, NO_VIEW, np.int8), np.zeros((n, ITEM, ITEM), np.int8),
+                   np.zeros((n, 3), np.float32), np.zeros(n, np.float32))
+
+
+
+def describe_foreground(image: np.ndarray, views: Views, tolerance: float = VIEW_TOLERANCE, min_agreement: float = 0.5,
+                        min_blob: float = 0.004) -> tuple[int, int, np.ndarray, np.ndarray, float]:
+    """(view, state, canvas, colour, area) of one ``image`` ((H, W, 3), the views' size) against the fixed ``views``.
+
+    The view is the one the image agrees with most (:func:`view_agreement`), when on at least ``min_agreement`` of
+    its pixels. The foreground is :func:`foreground_mask`'s (at the view's threshold) connected parts of at least
+    ``min_blob`` of the image; none at all (not a pixel) makes the image BACKGROUND_ONLY; only specks (a sliver of
+    an item leaving the view) make it NO_VIEW: neither empty nor comparable. The canvas holds the foreground's grey
+    levels (less its one-pixel rim, which mixes in the background) minus their mean, 0 elsewhere, in a square window
+    centred on it (side ``ITEM`` pixels of the image, more for a larger foreground, resized to ``ITEM``), slightly
+    blurred: where the item is in the view no longer matters, its size, shape and markings do."""
+    none = (-1, NO_VIEW, np.zeros((ITEM, ITEM), np.int8), np.zeros(3, np.float32), 0.0)
+    if not len(views):
+        return none
+    img = np.asarray(image, np.float32)
+    agree = view_agreement(views.thumbs, _view_thumbs(img[None])[0], tolerance)
+    v = int(np.argmax(agree))
+    if agree[v] < min_agreement:
+        return none
+    m = foreground_mask(img, views.backgrounds[v], float(views.thresholds[v]))
+    if not m.any():
+        return v, BACKGROUND_ONLY, none[2], none[3], 0.0
+    _, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    big = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_blob * m.size) + 1
+    if not len(big):
+        return v, NO_VIEW, none[2], none[3], 0.0
+    keep = np.isin(lab, big)
+    inner = cv2.erode(keep.astype(np.uint8), _K3).astype(bool)  # the item's own pixels: its rim mixes in the background
+    inner = inner if inner.any() else keep
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    vals = np.where(inner, grey - grey[inner].mean(), 0.0).astype(np.float32)
+    ys, xs = np.nonzero(keep)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = int(max(ITEM, math.ceil(1.25 * max(y1 - y0, x1 - x0))))
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    pad = np.pad(vals, side)
+    win = pad[cy + side - side // 2: cy + side - side // 2 + side, cx + side - side // 2: cx + side - side // 2 + side]
+    canvas = cv2.resize(win, (ITEM, ITEM), interpolation=cv2.INTER_AREA) if side != ITEM else win
+    canvas = cv2.GaussianBlur(canvas, (0, 0), 0.7)  # an item a few pixels on is resampled differently: compare its shapes, not its aliasing
+    return (v, FOREGROUND, np.clip(np.round(canvas), -127, 127).astype(np.int8), img[keep].mean(axis=0).astype(np.float32),
+            float(keep.mean()))
+
+
+def dct_hashes(canvases: np.ndarray) -> np.ndarray:
+    """64-bit hashes of (N, S, S) canvases: bit k says whether the k-th of the 8x8 lowest 2-D DCT coefficients is
+    above its median over the canvases given (as :func:`shift_hashes` thresholds, so comparable only within one
+    call). The canvases are centred on their foreground, so this hash sees where within the item things are, which
+    the shift hash's Fourier magnitudes do not: the two find different candidates."""
+    from scipy.fft import dctn
+
+    c = np.asarray(canvases, np.float32)
+    if not len(c):
+        return np.empty(0, np.uint64)
+    low = dctn(c, axes=(1, 2), norm="ortho")[:, :8, :8].reshape(len(c), 64)
+    return pack_bits(low > np.median(low, axis=0))
+
+
+def _bounded_pairs(hashes: np.ndarray, radius: int, limit: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, int]:
+    """:func:`hamming_pairs` within ``radius`` bits, the radius tightened to the next one that probes fewer buckets
+    while more than ``limit`` candidate pairs would be examined: (pairs, radius used), pairs None when even 3 bits
+    is too many."""
+    t = radius
+    while True:
+        try:
+            return hamming_pairs(hashes, t, max_candidates=limit), t
+        except OverflowError:
+            if t < 4:
+                return None, t
+            t = (t // 4) * 4 - 1  # 4 chunks: t // 4 bits each
+
+
+def foreground_pairs(fg: ForegroundViews, cfg: DataCheckConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Pairs of FOREGROUND images of one view whose foregrounds are the same thing: candidates within
+    ``cfg.foreground_distance`` bits of the canvases' shift hashes (:func:`shift_features` of the canvases) or of
+    their :func:`dct_hashes` (each search bounded like the shift pass; all pairs when there are at most
+    ``EXHAUSTIVE_FOREGROUNDS``), kept when the canvases correlate at least ``cfg.foreground_similarity`` at their best
+    shift (:func:`shift_similarity`), the foregrounds' mean colours agree (:func:`chromaticity_gap` at most twice
+    ``cfg.colour_tolerance``: the foreground alone, without the background that dilutes a colour difference) and
+    their areas are within a factor 2. Returns (i, j, distance, similarity, notes), i < j image indices."""
+    empty = np.empty(0, np.int64)
+    idx = np.flatnonzero(fg.state == FOREGROUND)
+    if len(idx) < 2:
+        return empty, empty, empty, np.empty(0, np.float32), []
+    canvas = fg.canvas[idx].astype(np.float32)
+    limit = cfg.max_candidates_per_image * len(idx)
+    notes, keys, dists = [], [], []
+    if len(idx) <= EXHAUSTIVE_FOREGROUNDS:  # a few: compare them all (hash bits thresholded at the median of a few are noise)
+        a, b = np.triu_indices(len(idx), 1)
+        keys.append(a * len(idx) + b)
+        dists.append(np.zeros(len(a), np.int64))
+    for name, hashes in () if keys else (("shift", shift_hashes(shift_features(canvas))), ("DCT", dct_hashes(canvas))):
+        found, t = _bounded_pairs(hashes, cfg.foreground_distance, limit)
+        if found is None:
+            notes.append(f"foreground search ({name} hash) skipped: the foregrounds are so alike that even 3 bits would "
+                         f"examine over {limit} candidate pairs (raise max_candidates_per_image to force it)")
+            continue
+        if t != cfg.foreground_distance:
+            notes.append(f"foreground search ({name} hash) tightened from {cfg.foreground_distance} to {t} bits: the "
+                         f"foregrounds are alike enough that {cfg.foreground_distance} bits would examine over {limit} candidate pairs")
+        keys.append(found[0] * len(idx) + found[1])
+        dists.append(found[2])
+    if not keys:
+        return empty, empty, empty, np.empty(0, np.float32), notes
+    key, first = np.unique(np.concatenate(keys), return_index=True)  # a pair both hashes propose: its first distance
+    a, b, d = key // len(idx), key % len(idx), np.concatenate(dists)[first]
+    ok = fg.view[idx[a]] == fg.view[idx[b]]
+    area_a, area_b = fg.area[idx[a]], fg.area[idx[b]]
+    ok &= np.minimum(area_a, area_b) * 2 >= np.maximum(area_a, area_b)
+    a, b, d = a[ok], b[ok], d[ok]
+    ok = chromaticity_gap(fg.colour[idx], a, b) <= 2 * cfg.colour_tolerance
+    a, b, d = a[ok], b[ok], d[ok]
+    sim = shift_similarity(canvas, a, b)
+    ok = sim >= cfg.foreground_similarity
+    return idx[a[ok]], idx[b[ok]], d[ok], sim[ok], notes
+
+
 def find_duplicates(paths: Sequence[str], splits: Sequence[str], labels: Sequence[str], digests: Sequence[str],
-                    phashes: np.ndarray, thumbs: np.ndarray, cfg: DataCheckConfig, colours: np.ndarray | None = None) -> Duplicates:
+                    phashes: np.ndarray, thumbs: np.ndarray, cfg: DataCheckConfig, colours: np.ndarray | None = None,
+                    foreground: ForegroundViews | None = None) -> Duplicates:
     """Exact copies (equal ``digests``) and near-copies: candidate pairs within ``cfg.phash_distance`` bits of
     ``phashes`` or (``cfg.shift_tolerant``) ``cfg.shift_distance`` bits of the shift hashes of ``thumbs``, kept
     when :func:`shift_similarity` is at least ``cfg.shift_similarity`` and (with ``colours``, the images' mean
-    R, G, B) their :func:`chromaticity_gap` at most ``cfg.colour_tolerance`` (see the module docstring). Inputs are
-    per decoded image, in one order."""
+    R, G, B) their :func:`chromaticity_gap` at most ``cfg.colour_tolerance``; with ``foreground``
+    (``cfg.foreground``: :func:`describe_foreground` of each image against its fixed view), also the pairs of
+    :func:`foreground_pairs` and the sets of images that show nothing but their view's background (see the module
+    docstring). Inputs are per decoded image, in one order."""
     n = len(paths)
     splits = np.asarray(splits, dtype=object)
     labels_a = np.asarray(labels, dtype=object)
@@ -543,17 +851,8 @@ def find_duplicates(paths: Sequence[str], splits: Sequence[str], labels: Sequenc
     pi, pj, pd = hamming_pairs(phashes, cfg.phash_distance)
     keys, dist, shifted = pi * n + pj, pd, np.zeros(len(pi), bool)
     if cfg.shift_tolerant and n > 1:
-        sh = shift_hashes(shift_features(thumbs))
-        t = cfg.shift_distance
         limit = cfg.max_candidates_per_image * n
-        found = None
-        while found is None:
-            try:
-                found = hamming_pairs(sh, t, max_candidates=limit)
-            except OverflowError:
-                if t < 4:
-                    break
-                t = (t // 4) * 4 - 1  # the next radius that probes fewer buckets (4 chunks: t // 4 bits each)
+        found, t = _bounded_pairs(shift_hashes(shift_features(thumbs)), cfg.shift_distance, limit)
         if found is None:
             notes.append(f"shift-tolerant search skipped: the images are so alike that even 3 bits would examine over "
                          f"{limit} candidate pairs (raise max_candidates_per_image to force it)")
@@ -576,27 +875,63 @@ def find_duplicates(paths: Sequence[str], splits: Sequence[str], labels: Sequenc
     keep &= sim >= cfg.shift_similarity
     if colours is not None:
         keep[keep] &= chromaticity_gap(colours, ci[keep], cj[keep]) <= cfg.colour_tolerance
-    order = np.argsort(keys[keep], kind="stable")
     near = [(int(a), int(b), "shifted" if s else "perceptual", int(d), float(q))
-            for a, b, s, d, q in zip(ci[keep][order], cj[keep][order], shifted[keep][order], dist[keep][order], sim[keep][order])]
-    # counts: a set of k identical files holds k(k-1)/2 pairs, counted from its members (never enumerated); the
-    # report lists each set as pairs of its first file with the others
+            for a, b, s, d, q in zip(ci[keep], cj[keep], shifted[keep], dist[keep], sim[keep])]
+    # the foreground in front of a fixed view: pairs the whole-image comparison did not find, and background-only sets
+    bg_sets: list[np.ndarray] = []
+    use_fg = cfg.foreground and foreground is not None and n > 1
+    if use_fg:
+        fi, fj, fd, fs, fg_notes = foreground_pairs(foreground, cfg)
+        notes += fg_notes
+        fk = fi * n + fj
+        new = ~np.isin(fk, keys[keep]) & ((group[fi] < 0) | (group[fi] != group[fj]))
+        near += [(int(a), int(b), "foreground", int(d), float(q)) for a, b, d, q in zip(fi[new], fj[new], fd[new], fs[new])]
+        empty = np.flatnonzero(foreground.state == BACKGROUND_ONLY)
+        for v in np.unique(foreground.view[empty]):
+            members = empty[foreground.view[empty] == v]
+            if len(members) > 1:
+                bg_sets.append(members)
+    in_bg = np.full(n, -1, np.int64)
+    for k, members in enumerate(bg_sets):
+        in_bg[members] = k
+    near = [p for p in near if in_bg[p[0]] < 0 or in_bg[p[0]] != in_bg[p[1]]]  # a background set's pairs are counted as its own
+    near.sort(key=lambda p: (p[0], p[1]))
+    # counts: a set of k identical files (or of k background-only frames of one view) holds k(k-1)/2 pairs, counted
+    # from its members (never enumerated); the report lists an exact set as pairs of its first file with the others,
+    # a background set as its pairs, cross-split first, as far as max_pairs_listed allows
     uf = _UnionFind(n)
     cross: Counter[str] = Counter()
     leaked: dict[str, set[int]] = {"val": set(), "test": set()}
     conflicts = 0
+
+    def count_set(members: Sequence[int], sign: int = 1) -> None:
+        nonlocal conflicts
+        by_split = Counter(splits[members].tolist())
+        by_label = Counter(labels_a[members].tolist())
+        conflicts += sign * (len(members) * (len(members) - 1) - sum(c * (c - 1) for c in by_label.values())) // 2
+        for a, b in SPLIT_PAIRS:
+            cross[f"{a}-{b}"] += sign * by_split.get(a, 0) * by_split.get(b, 0)
+        if sign > 0 and by_split.get("train"):
+            for k in members:
+                if splits[k] in leaked:
+                    leaked[splits[k]].add(k)
+
     for g in groups:
         for k in g[1:]:
             uf.union(g[0], k)
-        by_split = Counter(splits[g].tolist())
-        by_label = Counter(labels_a[g].tolist())
-        conflicts += (len(g) * (len(g) - 1) - sum(c * (c - 1) for c in by_label.values())) // 2
-        for a, b in SPLIT_PAIRS:
-            cross[f"{a}-{b}"] += by_split.get(a, 0) * by_split.get(b, 0)
-        if by_split.get("train"):
-            for k in g:
-                if splits[k] in leaked:
-                    leaked[splits[k]].add(k)
+        count_set(g)
+    n_background_pairs = 0
+    for members in bg_sets:
+        for k in members[1:]:
+            uf.union(int(members[0]), int(k))
+        count_set(members)
+        n_background_pairs += len(members) * (len(members) - 1) // 2
+    for g in groups:  # pairs both byte-identical and background-only are counted once, as exact
+        for members in Counter(int(in_bg[k]) for k in g if in_bg[k] >= 0).items():
+            if members[1] > 1:
+                twins = [k for k in g if in_bg[k] == members[0]]
+                count_set(twins, -1)
+                n_background_pairs -= len(twins) * (len(twins) - 1) // 2
     near_pairs = [(a, b, "near", m, d, q) for a, b, m, d, q in near]
     for a, b, *_ in near_pairs:
         uf.union(a, b)
@@ -609,7 +944,7 @@ def find_duplicates(paths: Sequence[str], splits: Sequence[str], labels: Sequenc
                 if splits[other] in leaked:
                     leaked[splits[other]].add(other)
     all_pairs = [(g[0], k, "exact", "sha256", 0, None) for g in groups for k in g[1:]] + near_pairs
-    sizes = Counter(uf.find(k) for k in range(n)) if all_pairs else Counter()
+    sizes = Counter(uf.find(k) for k in range(n)) if all_pairs or bg_sets else Counter()
     multi = [s for s in sizes.values() if s > 1]
     in_split = Counter(splits.tolist())
 
@@ -618,20 +953,55 @@ def find_duplicates(paths: Sequence[str], splits: Sequence[str], labels: Sequenc
                              kind, method, int(d), None if s is None else round(float(s), 4))
 
     ranked = sorted(all_pairs, key=lambda p: (splits[p[0]] == splits[p[1]], p[2] != "exact", p[4], -(p[5] or 1.0), p[0], p[1]))
+    cap = cfg.max_pairs_listed
+    first = [p for p in ranked if splits[p[0]] != splits[p[1]]]
+    listed = first[:cap]
+    listed += _background_pairs(bg_sets, splits, group, cross_split=True, limit=cap - len(listed))
+    listed += [p for p in ranked if splits[p[0]] == splits[p[1]]][:max(0, cap - len(listed))]
+    listed += _background_pairs(bg_sets, splits, group, cross_split=False, limit=cap - len(listed))
     methods = Counter(p[2] for p in near)
     method = (f"exact: sha256 of the file bytes; near: candidates within {cfg.phash_distance} bits of imagehash.phash (perceptual)"
               + (f" or {cfg.shift_distance} bits of a Fourier-magnitude hash (shifted)" if cfg.shift_tolerant else "")
               + f", kept when the {THUMB}x{THUMB} grey thumbnails' cross-correlation at the best shift is >= {cfg.shift_similarity:g}"
-              + (f" and the mean colours' R, G, B shares differ by <= {cfg.colour_tolerance:g}" if colours is not None else ""))
+              + (f" and the mean colours' R, G, B shares differ by <= {cfg.colour_tolerance:g}" if colours is not None else "")
+              + (f"; in front of a fixed view's background (estimated from a sample): foregrounds within {cfg.foreground_distance} "
+                 f"bits of a Fourier-magnitude hash whose {ITEM}x{ITEM} canvases correlate >= {cfg.foreground_similarity:g} "
+                 "(foreground), and frames with nothing in front of the background (background)" if use_fg else ""))
+    n_views = len(np.unique(foreground.view[foreground.view >= 0])) if use_fg else 0
     return Duplicates(
         n_exact_groups=len(groups), n_exact_images=sum(len(g) for g in groups),
-        exact_groups=[[paths[k] for k in g] for g in groups[:50]], n_near_pairs=len(near),
-        n_near_by_method={m: int(methods.get(m, 0)) for m in ("perceptual", "shifted")},
-        pairs=[_pair(*p) for p in ranked[:cfg.max_pairs_listed]],
+        exact_groups=[[paths[k] for k in g] for g in groups[:50]], n_near_pairs=len(near) + n_background_pairs,
+        n_near_by_method={**{m: int(methods.get(m, 0)) for m in ("perceptual", "shifted", "foreground")}, "background": n_background_pairs},
+        pairs=[_pair(*p) for p in listed],
         cross_split_pairs={f"{a}-{b}": int(cross.get(f"{a}-{b}", 0)) for a, b in SPLIT_PAIRS},
         leaked={s: [len(leaked[s]), int(in_split.get(s, 0))] for s in ("val", "test")},
         conflicting_labels=int(conflicts), n_groups=len(multi), largest_group=max(multi, default=0), method=method, notes=notes,
+        n_views=n_views,
+        background_sets=[BackgroundSet(int(foreground.view[m[0]]), len(m), {s: int((splits[m] == s).sum()) for s in SPLITS},
+                                       [paths[k] for k in m[:3]]) for m in bg_sets],
     )
+
+
+def _background_pairs(bg_sets: Sequence[np.ndarray], splits: np.ndarray, group: np.ndarray, cross_split: bool,
+                      limit: int) -> list[tuple]:
+    """Up to ``limit`` pairs of the background sets (cross-split ones, or those within a split), enumerated only as
+    far as needed; pairs of byte-identical files are left out (they are listed as exact)."""
+    out: list[tuple] = []
+    if limit <= 0:
+        return out
+    for members in bg_sets:
+        by = {s: members[splits[members] == s] for s in SPLITS}
+        combos = SPLIT_PAIRS if cross_split else tuple((s, s) for s in SPLITS)
+        for sa, sb in combos:
+            xs, ys = by[sa], by[sb]
+            for ai, x in enumerate(xs):
+                for y in (ys[ai + 1:] if sa == sb else ys):
+                    if group[x] >= 0 and group[x] == group[y]:
+                        continue
+                    out.append((int(min(x, y)), int(max(x, y)), "near", "background", 0, None))
+                    if len(out) >= limit:
+                        return out
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -646,6 +1016,7 @@ class _Scan:
     colours: np.ndarray  # (N, 3) mean R, G, B
     stats: dict[int, dict[str, float]]  # index -> image statistics (only for the coverage sample)
     small: dict[int, np.ndarray]  # index -> RGB image at the label-issue size
+    foreground: ForegroundViews | None = None  # with views: what stands in front of each image's fixed view
 
 
 def _phash64(rgb: np.ndarray) -> int:
@@ -656,11 +1027,32 @@ def _phash64(rgb: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
+def _fg_image(img: np.ndarray) -> np.ndarray:
+    """An RGB image at the size the foreground is analysed at (FG_SIDE x FG_SIDE)."""
+    return img if img.shape[:2] == (FG_SIDE, FG_SIDE) else cv2.resize(img, (FG_SIDE, FG_SIDE), interpolation=cv2.INTER_AREA)
+
+
+def estimate_views(paths: Sequence[Path], size: tuple[int, int], cfg: DataCheckConfig) -> Views:
+    """:func:`find_views` on a seeded sample of ``cfg.view_sample`` images (decoded as :func:`scan_images` does)."""
+    n = len(paths)
+    pick = np.sort(np.random.default_rng(cfg.seed).choice(n, min(n, cfg.view_sample), replace=False)) if n else np.empty(0, int)
+
+    def one(k: int) -> np.ndarray | None:
+        img = load_image(paths[k], size)
+        return None if img is None else _fg_image(img)
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as ex:
+        frames = [im for im in ex.map(one, pick.tolist()) if im is not None]
+    frames_a = np.stack(frames) if frames else np.empty((0, FG_SIDE, FG_SIDE, 3), np.uint8)
+    return find_views(frames_a, cfg.foreground_threshold, seed=cfg.seed)
+
+
 def scan_images(paths: Sequence[Path], size: tuple[int, int], *, hashes: bool = True, want_stats: np.ndarray | None = None,
-                small_size: int | None = None, workers: int = 1, progress: bool = False) -> _Scan:
+                small_size: int | None = None, workers: int = 1, progress: bool = False, views: Views | None = None) -> _Scan:
     """Read and decode every file once (``load_image`` at ``size``, RGB): its sha256, and with ``hashes`` its phash
-    and grey thumbnail; on request its image statistics (BGR at ``size``, as the runtime computes them: only where
-    ``want_stats``) and a copy at ``small_size``. ``workers`` threads (OpenCV and PIL release the GIL)."""
+    and grey thumbnail (and with ``views`` its :func:`describe_foreground` at FG_SIDE x FG_SIDE); on request its
+    image statistics (BGR at ``size``, as the runtime computes them: only where ``want_stats``) and a copy at
+    ``small_size``. ``workers`` threads (OpenCV and PIL release the GIL)."""
     from tqdm.auto import tqdm
 
     n = len(paths)
@@ -671,6 +1063,7 @@ def scan_images(paths: Sequence[Path], size: tuple[int, int], *, hashes: bool = 
     colours = np.zeros((n if hashes else 0, 3), np.float32)
     stats: dict[int, dict[str, float]] = {}
     small: dict[int, np.ndarray] = {}
+    fg = ForegroundViews.empty(n) if hashes and views is not None else None
 
     def one(k: int) -> None:
         p = paths[k]
@@ -686,6 +1079,8 @@ def scan_images(paths: Sequence[Path], size: tuple[int, int], *, hashes: bool = 
             phashes[k] = np.uint64(_phash64(img))
             thumbs[k] = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
             colours[k] = img.reshape(-1, 3).mean(axis=0)
+            if fg is not None:
+                fg.view[k], fg.state[k], fg.canvas[k], fg.colour[k], fg.area[k] = describe_foreground(_fg_image(img), views)
         if want_stats is not None and want_stats[k]:
             s = image_stats_batch(np.ascontiguousarray(img[None, ..., ::-1]))
             stats[k] = {name: float(v[0]) for name, v in s.items()}
@@ -696,7 +1091,7 @@ def scan_images(paths: Sequence[Path], size: tuple[int, int], *, hashes: bool = 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
         for _ in tqdm(ex.map(one, range(n)), total=n, desc="data check: decoding", unit="img", disable=not progress, leave=False):
             pass
-    return _Scan(ok, digests, phashes, thumbs, colours, stats, small)
+    return _Scan(ok, digests, phashes, thumbs, colours, stats, small, fg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1010,9 +1405,15 @@ def check_data(cfg: DataCheckConfig) -> DataReport:
         want_stats = np.zeros(len(samples), bool)
         k = min(len(samples), math.ceil(cfg.coverage_sample / max(0.05, 1 - cfg.val_fraction - cfg.test_fraction)) + 50)
         want_stats[rng.choice(len(samples), k, replace=False)] = True
+    views = None
+    if cfg.duplicates and cfg.foreground and len(samples) > 1:
+        t = time.perf_counter()
+        views = estimate_views([s.path for s in samples], size, cfg)
+        timings["views"] = time.perf_counter() - t
     t = time.perf_counter()
     scan = scan_images([s.path for s in samples], size, hashes=cfg.duplicates, want_stats=want_stats,
-                       small_size=cfg.label_img_size if cfg.label_issues else None, workers=cfg.workers, progress=cfg.progress)
+                       small_size=cfg.label_img_size if cfg.label_issues else None, workers=cfg.workers, progress=cfg.progress,
+                       views=views)
     timings["decode_and_hash"] = time.perf_counter() - t
 
     unreadable = [str(s.path) for s, ok in zip(samples, scan.ok) if not ok]
@@ -1035,8 +1436,11 @@ def check_data(cfg: DataCheckConfig) -> DataReport:
     )
     if cfg.duplicates and len(kept) > 1:
         t = time.perf_counter()
+        fg = scan.foreground
+        if fg is not None:
+            fg = ForegroundViews(fg.view[keep], fg.state[keep], fg.canvas[keep], fg.colour[keep], fg.area[keep])
         report.duplicates = find_duplicates(paths, splits, names, [scan.digests[k] for k in keep], scan.phashes[keep],
-                                            scan.thumbs[keep], cfg, scan.colours[keep])
+                                            scan.thumbs[keep], cfg, scan.colours[keep], foreground=fg)
         timings["duplicates"] = time.perf_counter() - t
     if cfg.label_issues and len(kept) > 1:
         t = time.perf_counter()
@@ -1125,6 +1529,11 @@ def coverage_lines(cov: Coverage) -> list[str]:
     return out
 
 
+def _near_methods(d: Duplicates) -> str:
+    m = d.n_near_by_method
+    return ", ".join(f"{m.get(k, 0)} {k}" for k in ("perceptual", "shifted", "foreground", "background") if k in m)
+
+
 def format_text(r: DataReport) -> str:
     n_cls = len(r.classes)
     lines = [f"shadowcam data check: {', '.join(r.sources)}",
@@ -1142,8 +1551,10 @@ def format_text(r: DataReport) -> str:
     d = r.duplicates
     if d is not None:
         lines.append(f"Duplicates: {d.n_exact_groups} set(s) of exact copies ({d.n_exact_images} images); {d.n_near_pairs} near-duplicate pair(s) "
-                     f"({d.n_near_by_method.get('perceptual', 0)} perceptual, {d.n_near_by_method.get('shifted', 0)} shifted); "
-                     f"{d.conflicting_labels} pair(s) with different labels")
+                     f"({_near_methods(d)}); {d.conflicting_labels} pair(s) with different labels")
+        for b in d.background_sets:
+            lines.append(f"  view {b.view}: {b.n_images} images show only its background (" + ", ".join(f"{s} {k}" for s, k in b.by_split.items())
+                         + f"), all near-duplicates of each other; e.g. {b.examples[0]}")
         cross = ", ".join(f"{k} {v}" for k, v in d.cross_split_pairs.items())
         lines.append(f"  across splits: {cross} pair(s)")
         for s in ("val", "test"):
@@ -1225,9 +1636,12 @@ def render_html(r: DataReport, max_pairs: int = 24, max_issues: int = 40) -> str
     if d is not None:
         h.append("<h2>Duplicates</h2>")
         h.append(f"<p>{d.n_exact_groups} set(s) of exact copies ({d.n_exact_images} images); {d.n_near_pairs} near-duplicate pair(s) "
-                 f"({d.n_near_by_method.get('perceptual', 0)} perceptual, {d.n_near_by_method.get('shifted', 0)} shifted); "
+                 f"({e(_near_methods(d))}); "
                  f"{d.n_groups} connected group(s), the largest of {d.largest_group} images; {d.conflicting_labels} pair(s) with "
                  f"different labels.<br><span class=muted>{e(d.method)}</span></p>")
+        for b in d.background_sets:
+            h.append(f"<p>View {b.view}: <b>{b.n_images}</b> images show only its background (" + e(", ".join(f"{s} {k}" for s, k in b.by_split.items()))
+                     + "), all near-duplicates of each other, e.g. " + "".join(_img(x) for x in b.examples) + "</p>")
         h.append("<table><tr><th class=l>splits</th><th>pairs</th></tr>" + "".join(
             f"<tr><td class=l>{k}</td><td{' class=flag' if v else ''}>{v}</td></tr>" for k, v in d.cross_split_pairs.items()) + "</table>")
         for s in ("val", "test"):
