@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-duplicates", action="store_true", help="skip the duplicate search")
     g.add_argument("--phash-distance", type=int, default=_S,
                    help=f"near-duplicate candidates: imagehash.phash at most this many bits apart (default {d['phash_distance']})")
+    g.add_argument("--no-foreground", action="store_true",
+                   help="skip the fixed-camera search (each view's background estimated, the items in front of it compared)")
     g.add_argument("--no-shift-tolerant", action="store_true",
                    help="do not look for moved copies (frames of an item moving through a fixed camera's view)")
     g.add_argument("--shift-distance", type=int, default=_S,
@@ -131,6 +133,7 @@ def main(args: argparse.Namespace) -> int:
     if hasattr(args, "classes"):
         kw["class_names"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     kw.update(data=list(args.data), duplicates=not args.no_duplicates, shift_tolerant=not args.no_shift_tolerant,
+              foreground=not args.no_foreground,
               label_issues=args.label_issues, progress=not args.no_progress and sys.stderr.isatty())
     if kw.get("db") and not kw.get("model"):
         found = _store_incumbent(kw["db"], kw.get("cache_dir"))
