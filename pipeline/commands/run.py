@@ -5,9 +5,12 @@ Examples::
     shadowcam run --source videos/dock1.mp4 --source frames/ --source rtsp://cam3/stream \\
         --incumbent models:/shadowcam@champion --shadow models:/shadowcam@challenger --db runs/demo/shadowcam.db
     shadowcam run --config configs/run.example.yaml --max-frames 5000 --summary-json runs/demo/summary.json
+    shadowcam run --cluster ray --config fleet.yaml --db postgresql://shadowcam@db-host/shadowcam   # a Ray fleet
 
 Options override the YAML config (``--config``); the resolved config is stored with the run.
 Ctrl-C (or SIGTERM) drains the queues, flushes the store and prints the summary; a second Ctrl-C aborts.
+With ``--cluster`` (or ``cluster:`` in the config) the cameras are spread over Ray actors (:mod:`pipeline.fleet`,
+docs/fleet.md); the summary is then the fleet's.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary-json", default=None, metavar="FILE", help="also write the end-of-run summary as JSON")
     p.add_argument("--json-logs", action="store_true", help="log JSON lines instead of key=value text")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cluster", default=None, metavar="ray|ray://HOST:PORT",
+                   help="spread the cameras over Ray actors: 'ray' (RAY_ADDRESS, else the cluster `ray start` began on "
+                        "this machine) or 'ray://HOST:PORT' (Ray Client); needs a postgresql:// store (config: cluster.address)")
+    p.add_argument("--cameras-per-actor", type=int, default=None, metavar="N",
+                   help="with --cluster: cameras per Ray actor (config: cluster.cameras_per_actor)")
+    p.add_argument("--fleet-id", default=None, metavar="ID",
+                   help="with --cluster: the fleet run's id; give the id of an interrupted fleet run to continue it "
+                        "(its replays go on after the frames already stored); default: a new one")
 
 
 def build_config(args: argparse.Namespace):
@@ -72,6 +83,24 @@ def build_config(args: argparse.Namespace):
     if args.sources:
         overrides["sources"] = [{"uri": s, "loop": True} if args.loop else {"uri": s} for s in args.sources]
     cfg = load_config(args.config, overrides)
+    cluster, per_actor = getattr(args, "cluster", None), getattr(args, "cameras_per_actor", None)
+    if getattr(args, "fleet_id", None) is not None and not cluster and cfg.cluster is None:
+        from pipeline.types import ConfigError
+
+        raise ConfigError("--fleet-id: only with --cluster ray (or cluster: in the config)")
+    if cluster or per_actor is not None:
+        from pipeline.config import ClusterConfig
+        from pipeline.fleet import parse_cluster_option
+        from pipeline.types import ConfigError
+
+        if not cluster and cfg.cluster is None:
+            raise ConfigError("--cameras-per-actor: only with --cluster ray (or cluster: in the config)")
+        doc = cfg.cluster.model_dump() if cfg.cluster is not None else {}
+        if cluster:
+            doc["address"] = parse_cluster_option(cluster)
+        if per_actor is not None:
+            doc["cameras_per_actor"] = per_actor
+        cfg.cluster = ClusterConfig(**doc)
     if args.providers:
         names = [x.strip() for x in args.providers.split(",") if x.strip()]
         for model in (cfg.incumbent, cfg.shadow):
@@ -92,6 +121,14 @@ def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if cfg.incumbent is None:
         raise ConfigError("no incumbent model: give --incumbent MODEL or 'incumbent: {uri: ...}' in --config")
+    if cfg.cluster is not None:
+        from pipeline.fleet import FleetRunner
+
+        fleet = FleetRunner(cfg, fleet_id=args.fleet_id).run()
+        print(fleet.format_table())
+        if args.summary_json:
+            print(f"summary written to {fleet.write_json(args.summary_json)}")
+        return 1 if fleet.failed else 0
     runner = Runner(cfg, progress=not args.no_progress and sys.stderr.isatty())
     summary = runner.run()
     print(summary.format_table())

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Container
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -51,6 +52,7 @@ class CameraStats:
     state: str = "created"  # created|connecting|streaming|reading|reconnecting|eof|stopped|failed
     frames_skipped: int = 0  # live frames skipped to honour max_fps
     skipped_non_image: int = 0  # folder sources: files that are not images, skipped (once per pass, like corrupt ones)
+    frames_already_stored: int = 0  # resumed replays (CameraReader.resume): frames an earlier attempt committed, passed over
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +138,7 @@ class CameraReader:
         self._gate = HealthGate(health, self._event)
         self._connected_before = False  # a `connected` status after the first is a reconnect
         self._seq = 0
+        self._stored: Container[int] = ()  # seqs committed by an earlier attempt (resume): passed over, not queued
         self._last_ts = -np.inf
         self._interval = 1.0 / cfg.max_fps if cfg.max_fps else 0.0
         self._next_emit = 0.0  # time.monotonic() of the next frame allowed by max_fps
@@ -168,6 +171,15 @@ class CameraReader:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("camera %s: reader thread still busy after %.1fs (blocked in OpenCV)", self.camera_id, timeout)
+
+    def resume(self, frame_run_id: str, stored: Container[int]) -> None:
+        """Continue a replay that an earlier process began (a restarted fleet actor, :mod:`pipeline.fleet`); call
+        before :meth:`start`. Frame ids are made with ``frame_run_id`` instead of this reader's ``run_id`` (so they
+        are the same in every attempt), and a picture whose seq is in ``stored`` (committed by an earlier attempt)
+        is passed over without pacing or queueing (``frames_already_stored``). Seqs count the pictures that pass
+        the blank/frozen checks, so a file or folder replayed again gets the same seqs."""
+        self.run_id = frame_run_id
+        self._stored = stored
 
     def get(self, timeout: float) -> Frame | None:
         """The next frame, or None after ``timeout`` s (or at once when the reader has finished)."""
@@ -326,6 +338,10 @@ class CameraReader:
             return
         if verdict == "frozen":
             self.stats.frames_frozen += 1
+            return
+        if self._seq in self._stored:  # committed by an earlier attempt (resume): never stored twice
+            self._seq += 1
+            self.stats.frames_already_stored += 1
             return
         if not self._paced():
             return
