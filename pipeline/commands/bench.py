@@ -9,7 +9,10 @@
   against uniform sampling + Wilson, on the demo's clean and shifted streams, ``docs/label_efficiency.md``
   (see :mod:`apps.bench_labels`);
 * ``serving``: money per million predictions of the demo-size model on this machine, from the runner's measured busy
-  time and a stated price per device-hour, ``docs/serving_cost.md`` and the README's table (see :mod:`apps.bench_serving`).
+  time and a stated price per device-hour, ``docs/serving_cost.md`` and the README's table (see :mod:`apps.bench_serving`);
+* ``store``: fills stores of 1M and 10M predictions (SQLite by default) in bulk, times ``shadowcam evaluate`` on each as a
+  child process (wall time, peak memory), measures bytes per prediction and the write rate, ``docs/scale.md`` (see
+  :mod:`pipeline.scale`; no training extras needed).
 
 Examples::
 
@@ -22,6 +25,8 @@ Examples::
     shadowcam bench labels --model a.onnx --shadow b.onnx --reps 20 --strategies uniform,neyman --out /tmp/le.md
     shadowcam bench serving                          # ~1 min: the README's serving-cost table for this machine
     shadowcam bench serving --price 2.50 --device-name "1x L4 GPU VM" --readme ''   # your price; README untouched
+    shadowcam bench store                            # 1M and 10M predictions: ~15 min on 2 cores, most of it filling
+    shadowcam bench store --sizes 1000000 --db postgresql://me@db/shadowcam_bench --write-db postgresql://me@db/writes
 
 Needs the training extras (torch, torchvision, albumentations): the throughput bench's naive baseline runs
 PyTorch eager and exports torchvision models; the estimate bench renders shifted sets and may train.
@@ -154,6 +159,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lb.add_argument("--half-width", type=float, default=argparse.SUPPRESS,
                     help="the target: interval half-width in accuracy (0.02 = +-2 points)")
     lb.add_argument("--workers", type=int, default=argparse.SUPPRESS, help="simulation processes (default: up to 2 cores)")
+    st = p.add_argument_group("store", "options of `shadowcam bench store` (defaults: pipeline.scale.StoreBenchConfig); also "
+                                       "--out (default docs/scale.md) and --workdir (default runs/bench_store)")
+    st.add_argument("--sizes", type=_ints, default=argparse.SUPPRESS,
+                    help="comma-separated numbers of predictions to fill and evaluate (default 1000000,10000000)")
+    st.add_argument("--db", default=argparse.SUPPRESS,
+                    help="fill this (empty) store instead of a fresh SQLite file per size: SQLite path or postgresql:// URL; one size")
+    st.add_argument("--eval-repeats", type=int, default=argparse.SUPPRESS,
+                    help="`shadowcam evaluate` runs per size; the fastest is reported (default 1)")
+    st.add_argument("--write-db", default=argparse.SUPPRESS,
+                    help="store the write rate is measured on (default: a fresh SQLite file; give a postgresql:// URL for the fleet's)")
+    st.add_argument("--writers", type=_ints, default=argparse.SUPPRESS, help="writer processes of the write-rate runs (default 1,4)")
+    st.add_argument("--write-predictions", type=int, default=argparse.SUPPRESS, help="predictions per write-rate run (default 40000)")
+    st.add_argument("--keep", action="store_true", default=argparse.SUPPRESS, help="keep the filled stores in the work directory")
 
 
 @dataclass(frozen=True)
@@ -314,6 +332,43 @@ def _serving(args: argparse.Namespace) -> int:
     return 0
 
 
+STORE_OPTIONS = ("sizes", "db", "eval_repeats", "write_db", "writers", "write_predictions", "keep")
+
+
+def _store(args: argparse.Namespace) -> int:
+    import shlex
+
+    from pipeline.scale import StoreBenchConfig, run_store_bench
+
+    given = {k: getattr(args, k) for k in ("out", "workdir", *STORE_OPTIONS) if hasattr(args, k)}
+    parts = ["shadowcam bench store"]
+    for k, v in given.items():
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:
+            parts.append(flag)
+        else:
+            parts.append(f"{flag} " + shlex.quote(",".join(map(str, v)) if isinstance(v, tuple) else str(v)))
+    if "eval_repeats" in given:
+        given["repeats"] = given.pop("eval_repeats")
+    if args.quick:
+        given.setdefault("sizes", (20_000,))
+        given.setdefault("write_predictions", 2_000)
+        given.setdefault("writers", (1,))
+        parts.append("--quick")
+    cfg = StoreBenchConfig(**given, seed=args.seed, command=" ".join(parts))
+    res = run_store_bench(cfg, progress=not args.no_progress)
+    for s in res["sizes"]:
+        e = s["evaluate"]
+        bpp = s.get("bytes_per_prediction")
+        print(f"{s['n_predictions']:>12,} predictions, {s['labels']:,} labels: evaluate {e['seconds']:.1f} s "
+              f"(CPU {e['cpu_seconds']:.1f} s), peak {e['max_rss_bytes'] / 2**30:.2f} GiB"
+              + (f", {bpp:.0f} bytes/prediction" if bpp is not None else ""))
+    for w in res["writes"]:
+        print(f"write rate: {w['writers']} writer(s) {w['predictions_per_s']:,.0f} predictions/s ({str(w['url']).split('://')[0]})")
+    print(f"report written to {cfg.out}")
+    return 0
+
+
 BENCHES: dict[str, Bench] = {
     "throughput": Bench("throughput and latency of `shadowcam run` against a naive loop and the raw ONNX Runtime bound",
                         ("frames", "arch", "img_size", "other_sizes", "batch_size", "repeats", "latency_frames",
@@ -324,4 +379,6 @@ BENCHES: dict[str, Bench] = {
                     "uniform + Wilson", LABELS_OPTIONS, _labels),
     "serving": Bench("money per million predictions of the demo-size model on this machine (runner busy time x a stated "
                      "price per device-hour), for the README", SERVING_OPTIONS, _serving),
+    "store": Bench("evaluation time and memory, bytes per prediction and write rate of stores of 1M and 10M predictions "
+                   "(docs/scale.md)", STORE_OPTIONS, _store),
 }

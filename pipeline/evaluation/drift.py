@@ -48,6 +48,7 @@ from scipy import stats as _st
 from pipeline.evaluation.result import ClassDistributionDrift, ImageStat, ImageStatDrift, SoftmaxDrift
 
 SOKAL_C = 5.0
+KS_EXACT_MAX_N = 10_000  # scipy.stats.ks_2samp's MAX_AUTO_N: up to it, its statistic is rounded to the exact lattice
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,9 +149,52 @@ def _ks_p(d: float, n1_eff: float, n2_eff: float) -> float:
     return float(_st.kstwo.sf(d, max(1, int(round(en)))))
 
 
+def _float16_counts(x: np.ndarray) -> np.ndarray | None:
+    """How many values of ``x`` sit on each float16 bit pattern, when every value is a non-negative float16 (stored
+    probabilities are, :func:`pipeline.store.encode_probs`), else None. For such values the bit patterns are in
+    numeric order, so the counts' running sum is the empirical CDF at every distinct value: no sort needed."""
+    if x.size == 0 or np.signbit(x).any():
+        return None
+    h = x.astype(np.float16)
+    if not np.array_equal(h.astype(x.dtype), x):
+        return None
+    return np.bincount(h.view(np.uint16), minlength=1 << 16)
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic, as ``scipy.stats.ks_2samp(a, b).statistic`` computes it (the same
+    floating-point operations, hence the same number), without scipy's p-value (the drift tests compute theirs at
+    the effective sizes) and, for float16-valued samples (stored probabilities), without sorting millions of values:
+    the empirical CDFs are taken from counts per value, evaluated at the same points."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    n1, n2 = a.size, b.size
+    if min(n1, n2) == 0:
+        raise ValueError("ks_statistic needs two non-empty samples")
+    ca = _float16_counts(a)
+    cb = _float16_counts(b) if ca is not None else None
+    if ca is not None and cb is not None:
+        present = (ca + cb) > 0  # the CDFs evaluated at every distinct value = at every data point (max/min alike)
+        cdf1 = np.cumsum(ca)[present] / n1
+        cdf2 = np.cumsum(cb)[present] / n2
+    else:
+        a, b = np.sort(a), np.sort(b)
+        both = np.concatenate([a, b])
+        cdf1 = np.searchsorted(a, both, side="right") / n1
+        cdf2 = np.searchsorted(b, both, side="right") / n2
+    diff = cdf1 - cdf2
+    min_s = float(np.clip(-diff[np.argmin(diff)], 0, 1))
+    max_s = float(diff[np.argmax(diff)])
+    d = min_s if min_s > max_s else max_s
+    if max(n1, n2) <= KS_EXACT_MAX_N:  # scipy's "exact" mode snaps the statistic to the lattice k / lcm(n1, n2)
+        lcm = (n1 // math.gcd(n1, n2)) * n2
+        d = int(np.round(d * lcm)) * 1.0 / lcm
+    return d
+
+
 def _ks_columns(ref: np.ndarray, cur: np.ndarray, ref_ts, cur_ts, ref_groups, cur_groups) -> dict[str, np.ndarray]:
     k = ref.shape[1]
-    d = np.array([_st.ks_2samp(ref[:, j], cur[:, j]).statistic for j in range(k)], dtype=np.float64)
+    d = np.array([ks_statistic(ref[:, j], cur[:, j]) for j in range(k)], dtype=np.float64)
     n1e, tau_ref = effective_sample_size(ref, ref_ts, ref_groups)
     n2e = _current_n_eff(len(cur), tau_ref)
     p = np.array([_ks_p(d[j], n1e[j], n2e[j]) for j in range(k)])
@@ -223,6 +267,9 @@ def class_distribution_drift(
 ) -> ClassDistributionDrift:
     """Chi-square test of the predicted-class distribution, reference vs current window.
 
+    ``ref_labels``/``cur_labels``: class names, or integer numpy arrays of class indices into ``classes`` (what the
+    evaluator passes for millions of frames; an index outside ``classes`` counts as ``(other)``).
+
     Labels outside ``classes`` (e.g. ``unknown`` for degraded predictions) count in an ``(other)`` bucket.
     The Pearson statistic is divided by the Rao-Scott first-order design effect
     ``mean_c (1 - share_c) deff_c / (k - 1)`` with ``deff_c`` the variance inflation of class ``c``'s
@@ -234,10 +281,12 @@ def class_distribution_drift(
     pos = {c: i for i, c in enumerate(classes)}
 
     def onehot(labels: Any) -> np.ndarray:
-        lab = list(labels)
-        idx = np.array([pos.get(v, len(classes)) for v in lab], dtype=np.int64)
-        oh = np.zeros((len(lab), len(cats)))
-        oh[np.arange(len(lab)), idx] = 1.0
+        if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":  # class indices (anything else: "(other)")
+            idx = np.where((labels >= 0) & (labels < len(classes)), labels, len(classes)).astype(np.int64)
+        else:
+            idx = np.array([pos.get(v, len(classes)) for v in list(labels)], dtype=np.int64)
+        oh = np.zeros((idx.size, len(cats)))
+        oh[np.arange(idx.size), idx] = 1.0
         return oh
 
     a, b = onehot(ref_labels), onehot(cur_labels)

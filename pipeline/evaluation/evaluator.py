@@ -72,6 +72,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from pipeline import tracking
@@ -143,8 +146,9 @@ class _RolePreds:
 class _Data:
     classes: list[str]
     runs: list[dict]
-    frame_ids: np.ndarray
-    cameras: np.ndarray
+    frame_ids: pa.Array  # strings, no Python object per frame (``d.frame_ids[i].as_py()`` for one)
+    camera_codes: np.ndarray  # int32 index into camera_names (sorted): group by it, not by the names
+    camera_names: list[str]
     ts: np.ndarray
     image_stats: dict[str, np.ndarray]
     roles: dict[str, _RolePreds]
@@ -156,10 +160,37 @@ class _Data:
     pair_a: np.ndarray  # object: first annotator's raw label on double-labelled frames, None otherwise
     pair_b: np.ndarray
     invalid_labels: int = 0
+    _fold_hash: np.ndarray | None = None
+    _camera_rows: list[np.ndarray] | None = None
 
     @property
     def n(self) -> int:
         return int(self.ts.shape[0])
+
+    @property
+    def cameras(self) -> np.ndarray:
+        """Every frame's camera id (object array sharing one string per camera)."""
+        return np.array(self.camera_names + [None], dtype=object)[self.camera_codes]
+
+    def camera_name(self, i: int) -> str:
+        return self.camera_names[int(self.camera_codes[i])]
+
+    def frame_id(self, i: int) -> str:
+        return self.frame_ids[int(i)].as_py()
+
+    def camera_rows(self) -> list[np.ndarray]:
+        """Per camera code, the indices of its frames in ascending order (what ``camera_codes == code`` selects)."""
+        if self._camera_rows is None:
+            order = np.argsort(self.camera_codes, kind="stable")
+            bounds = np.searchsorted(self.camera_codes[order], np.arange(len(self.camera_names) + 1))
+            self._camera_rows = [order[bounds[k]:bounds[k + 1]] for k in range(len(self.camera_names))]
+        return self._camera_rows
+
+    def fold_hash(self) -> np.ndarray:
+        """:func:`ppi.frame_hashes` of every frame id, computed once per load (the proxy's folds come from it)."""
+        if self._fold_hash is None:
+            self._fold_hash = ppi.frame_hashes(self.frame_ids)
+        return self._fold_hash
 
 
 def _scope_runs(store: PredictionStore, run_ids: Sequence[str] | None) -> list[dict]:
@@ -178,6 +209,8 @@ def _scope_runs(store: PredictionStore, run_ids: Sequence[str] | None) -> list[d
 
 
 def _load(store: PredictionStore, run_ids: Sequence[str] | None) -> _Data:
+    """The scope's frames, predictions, samples and labels as column arrays (:meth:`PredictionStore.evaluation_columns`),
+    with each labelled frame's truth (:func:`majority_truth`)."""
     runs = _scope_runs(store, run_ids)
     class_lists = {r["class_names"] for r in runs if r["class_names"]}
     if not class_lists:
@@ -188,45 +221,14 @@ def _load(store: PredictionStore, run_ids: Sequence[str] | None) -> _Data:
         )
     classes = json.loads(class_lists.pop())
     cidx = {c: i for i, c in enumerate(classes)}
-    frows, prows, srows, lrows = store.evaluation_rows([r["run_id"] for r in runs], STAT_NAMES)
+    cols = store.evaluation_columns([r["run_id"] for r in runs], classes, STAT_NAMES)
+    n = cols.n
+    roles = {role: _RolePreds(rc.has, rc.pred, rc.probs, rc.degraded, Counter(rc.models)) for role, rc in cols.roles.items()}
 
-    n = len(frows)
-    index = {r[0]: i for i, r in enumerate(frows)}
-    frame_ids = np.array([r[0] for r in frows], dtype=object)
-    cameras = np.array([r[1] for r in frows], dtype=object)
-    ts = np.array([r[2] for r in frows], dtype=np.float64)
-    image_stats = {k: np.array([np.nan if r[3 + j] is None else r[3 + j] for r in frows], dtype=np.float64) for j, k in enumerate(STAT_NAMES)}
-
-    C = len(classes)
-    roles = {
-        role: _RolePreds(np.zeros(n, bool), np.full(n, -1, np.int64), np.full((n, C), np.nan, np.float32), np.zeros(n, bool))
-        for role in ROLES
-    }
-    for fid, role, mname, mver, probs, label, degraded in prows:
-        i = index.get(fid)
-        rp = roles.get(role)
-        if i is None or rp is None:
-            continue
-        rp.has[i] = True
-        rp.pred[i] = cidx.get(label, -1)
-        if probs.shape[0] == C:
-            rp.probs[i] = probs
-        rp.degraded[i] = degraded is not None
-        rp.models[f"{mname}:{mver}" if mver else mname] += 1
-
-    incl = np.full(n, np.nan)
-    strategy = np.full(n, None, dtype=object)
-    for fid, pi, strat in srows:
-        i = index.get(fid)
-        if i is not None:
-            incl[i], strategy[i] = pi, strat
-
+    # labels: per labelled frame, (ts, annotator, label) sorted, as the row-wise reader did
     per_frame: dict[int, list[tuple[float, str, str]]] = defaultdict(list)
-    for fid, label, annotator, lts in lrows:
-        i = index.get(fid)
-        if i is not None:
-            per_frame[i].append((lts, annotator, label))
-
+    for i, lts, annotator, label in zip(cols.label_frame.tolist(), cols.label_ts.tolist(), cols.label_annotators, cols.label_values):
+        per_frame[i].append((lts, annotator, label))
     truth = np.full(n, -1, np.int64)
     status = np.full(n, None, dtype=object)
     n_labels = np.zeros(n, np.int64)
@@ -243,7 +245,8 @@ def _load(store: PredictionStore, run_ids: Sequence[str] | None) -> _Data:
         status[i] = t.status
         if t.ok:
             truth[i] = cidx[t.label]
-    return _Data(classes, runs, frame_ids, cameras, ts, image_stats, roles, incl, strategy, truth, status, n_labels, pair_a, pair_b, invalid)
+    return _Data(classes, runs, cols.frame_ids, cols.camera_codes, cols.camera_names, cols.ts, cols.image_stats, roles, cols.incl,
+                 cols.strategy, truth, status, n_labels, pair_a, pair_b, invalid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,14 +409,39 @@ def _image_roots(d: _Data, cfg: EvalConfig) -> list[Path]:
     return out
 
 
+class _ImageResolver:
+    """Finds a sampled frame's JPEG as :func:`_resolve_image` always did (an absolute path as is; a relative one
+    under the first root that has it), answering from each folder's listing, read once: a store with 100k samples
+    costs 100k set lookups (string paths, no ``Path`` per candidate), not 100k ``stat`` calls per root."""
+
+    def __init__(self, roots: list[Path]):
+        self.roots = [str(r) for r in roots]
+        self._listing: dict[str, frozenset[str]] = {}
+
+    def _files(self, folder: str) -> frozenset[str]:
+        got = self._listing.get(folder)
+        if got is None:
+            try:
+                with os.scandir(folder or ".") as it:
+                    got = frozenset(e.name for e in it if e.is_file())
+            except OSError:
+                got = frozenset()
+            self._listing[folder] = got
+        return got
+
+    def __call__(self, image_path: str) -> Path | None:
+        if not image_path:
+            return None
+        cands = [image_path] if os.path.isabs(image_path) else [os.path.join(r, image_path) for r in self.roots]
+        for cand in cands:
+            folder, name = os.path.split(cand)
+            if name and name in self._files(folder):
+                return Path(cand)
+        return None
+
+
 def _resolve_image(image_path: str, roots: list[Path]) -> Path | None:
-    p = Path(image_path)
-    if p.is_absolute():
-        return p if p.is_file() else None
-    for root in roots:
-        if (root / p).is_file():
-            return root / p
-    return None
+    return _ImageResolver(roots)(image_path)
 
 
 def _card_info(card: ModelCard | None, path: str | None) -> CardInfo | None:
@@ -659,13 +687,14 @@ class Evaluator:
         lab = d.truth >= 0
         if not lab.any():
             return None
-        index = {fid: i for i, fid in enumerate(d.frame_ids)}
         roots = _image_roots(d, self.config)
+        resolve = _ImageResolver(roots)
         paths: dict[int, Path] = {}
-        for sf in store.sampled_frames():
-            i = index.get(sf.frame_id)
+        sampled = store.sampled_frames()
+        at = pc.index_in(pa.array([sf.frame_id for sf in sampled], type=pa.string()), value_set=d.frame_ids).to_pylist() if sampled else []
+        for sf, i in zip(sampled, at):
             if i is not None and sf.image_path:
-                found = _resolve_image(sf.image_path, roots)
+                found = resolve(sf.image_path)
                 if found is not None:
                     paths[i] = found
         pred = np.full(d.n, -1, np.int64)
@@ -677,7 +706,7 @@ class Evaluator:
                 img = baselines_mod.read_image(p) if p is not None else None
                 if img is None:
                     continue
-                pred[i] = baselines_mod.apply_rule(rule, bc.rule, img, str(d.cameras[i]), d.classes, str(d.frame_ids[i]))
+                pred[i] = baselines_mod.apply_rule(rule, bc.rule, img, d.camera_name(i), d.classes, d.frame_id(i))
             description = f"user rule {bc.rule}"
             predicts = None
         else:
@@ -690,7 +719,7 @@ class Evaluator:
             empty = d.classes.index(bc.empty_class)
             by_cam: dict[str, list[int]] = defaultdict(list)
             for i in sorted(paths, key=lambda k: d.ts[k]):
-                by_cam[str(d.cameras[i])].append(i)
+                by_cam[d.camera_name(i)].append(i)
             small: dict[int, np.ndarray] = {}
             fit_images: dict[str, list[np.ndarray]] = {}
             for cam, idx in by_cam.items():
@@ -712,7 +741,7 @@ class Evaluator:
                 if img is None and i in paths:
                     img = baselines_mod.read_small(paths[i], bc.image_size)
                 if img is not None:
-                    pred[i] = fd.predict(img, str(d.cameras[i]))
+                    pred[i] = fd.predict(img, d.camera_name(i))
             description = (f"frame difference from each camera's median background (Otsu threshold): "
                            f"{d.classes[choice.busy]} when something is on the belt, else {bc.empty_class}")
             predicts = (empty, choice.busy)
@@ -740,11 +769,11 @@ class Evaluator:
         no_sample = int((labeled & np.isnan(d.incl)).sum())
         if no_sample:
             notes.append(f"{no_sample} labelled frame(s) have no sample row (e.g. imported labels): inclusion probability 1 assumed")
-        st_m = d.truth_status[mask]
+        st_m = d.truth_status[mask & (d.n_labels > 0)]  # a status only where labels are
         excluded = {k: int((st_m == k).sum()) for k in ("unsure", "tie", "unknown_class")}
         counts = Counts(
             frames=int(mask.sum()),
-            cameras=len(set(d.cameras[mask])),
+            cameras=int(np.unique(d.camera_codes[mask]).size),
             predictions={r: int((d.roles[r].has & mask).sum()) for r in ROLES},
             degraded={r: int((d.roles[r].has & d.roles[r].degraded & mask).sum()) for r in ROLES},
             shadow_coverage=(float((sh.has & inc.has & mask).sum() / (inc.has & mask).sum()) if (inc.has & mask).any() else None),
@@ -778,7 +807,7 @@ class Evaluator:
 
         paired, decision = self._paired(d, ctx, mask, pi_all)
         agreement = None
-        dbl = mask & (d.pair_a != None)  # noqa: E711 (object array)
+        dbl = mask & (d.n_labels >= 2)  # = pair_a set
         if dbl.any():
             agreement = stats.annotator_agreement(list(d.pair_a[dbl]), list(d.pair_b[dbl]))
         config = cfg.model_dump(mode="json")
@@ -912,10 +941,12 @@ class Evaluator:
             op = d.roles[other[role]]
             other_pred = np.where(op.has & ~op.degraded, op.pred, -1)[usable] if op.has.any() else None
             other_probs = np.where((op.has & ~op.degraded)[:, None], op.probs, np.nan)[usable] if op.has.any() else None
-            X, names = ppi.correctness_features(rp.probs[usable], other_pred, {k: d.image_stats[k][usable] for k in STAT_NAMES},
-                                                other_probs=other_probs)
+            # built a chunk of rows at a time inside crossfit_proxy: the full matrix would be ~1.4 GB at 5M frames
+            X = ppi.CorrectnessFeatures(rp.probs[usable], other_pred, {k: d.image_stats[k][usable] for k in STAT_NAMES},
+                                        other_probs=other_probs)
+            names = X.names
             correct = (rp.pred[usable] == d.truth[usable]).astype(np.float64)
-            folds = ppi.fold_ids(d.frame_ids[usable], cfg.proxy_folds)
+            folds = (d.fold_hash()[usable] % cfg.proxy_folds).astype(np.int64)  # = ppi.fold_ids(frame ids), hashed once
             proxy = ppi.crossfit_proxy(X, correct, lab[usable], folds, names)
             pi = np.where(lab, d.incl * share, np.nan)[usable]
             out[role] = _Assist(np.flatnonzero(usable), lab[usable], correct, pi, proxy)
@@ -955,12 +986,20 @@ class Evaluator:
         pred_names = list(names[np.where(y_pred >= 0, y_pred, C)])
         recall = stats.per_class_recall(true_names, pred_names, d.classes, weights=w, alpha=alpha) if sel.any() else {}
         per_camera = {}
-        for cam in sorted(set(d.cameras[sel])):
-            cm = d.cameras[sel] == cam
+        cam_sel = d.camera_codes[sel]
+        assist_rows = None
+        if a is not None:  # per camera, the positions of its frames among the assisted frames (ascending)
+            ca = d.camera_codes[a.frames]
+            order = np.argsort(ca, kind="stable")
+            bounds = np.searchsorted(ca[order], np.arange(len(d.camera_names) + 1))
+            assist_rows = [order[bounds[k]:bounds[k + 1]] for k in range(len(d.camera_names))]
+        for code in np.unique(cam_sel).tolist():  # codes follow the sorted camera names
+            cam = d.camera_names[code]
+            cm = cam_sel == code
             per_camera[str(cam)] = stats.accuracy_estimate(correct[cm], pi[cm], alpha=alpha)
             if a is not None:
-                sub = d.cameras[a.frames] == cam
-                if int((a.labelled & sub).sum()) >= cfg.proxy_min_labels:
+                sub = assist_rows[code]
+                if int(a.labelled[sub].sum()) >= cfg.proxy_min_labels:
                     per_camera[str(cam)] = self._assisted_accuracy(a, sub)[0]
         in_cls = y_pred >= 0  # a non-degraded prediction outside the class list counts as wrong, shown apart
         t_in, p_in = list(names[y_true[in_cls]]), list(names[y_pred[in_cls]])
@@ -1175,13 +1214,13 @@ class Evaluator:
             rp = d.roles[role]
             ok = mask & rp.has & ~rp.degraded & ~np.isnan(rp.probs).any(axis=1)
             if ok.any():
-                probs[role], prob_ts[role], prob_cams[role] = rp.probs[ok], d.ts[ok], d.cameras[ok]
+                probs[role], prob_ts[role], prob_cams[role] = rp.probs[ok], d.ts[ok], d.camera_codes[ok]
         img_ok = mask & np.all([~np.isnan(d.image_stats[k]) for k in STAT_NAMES], axis=0) if d.n else mask
         image_role = Role.INCUMBENT.value if Role.INCUMBENT.value in ctx.training_refs else None
         td = None
         if probs or img_ok.any():
             td = training_drift(ctx.training_refs, probs, {k: d.image_stats[k][img_ok] for k in STAT_NAMES},
-                                cameras=d.cameras[img_ok], ts=d.ts[img_ok], alpha=cfg.alpha, min_effect=cfg.drift_min_effect,
+                                cameras=d.camera_codes[img_ok], camera_names=d.camera_names, ts=d.ts[img_ok], alpha=cfg.alpha, min_effect=cfg.drift_min_effect,
                                 prob_ts=prob_ts, prob_cameras=prob_cams, image_role=image_role)
         return DriftFigures({}, None, {}, 0, int(mask.sum()), skipped=None if td is not None else "no usable frames in this window",
                             baseline="training", training=td)
@@ -1198,7 +1237,7 @@ class Evaluator:
             return DriftFigures({}, None, {}, int(ref.sum()), int(cur.sum()), skipped="no frames after the reference period in this window")
 
         def kw(r: np.ndarray, c: np.ndarray) -> dict:
-            return {"ref_ts": d.ts[r], "cur_ts": d.ts[c], "ref_groups": d.cameras[r], "cur_groups": d.cameras[c]}
+            return {"ref_ts": d.ts[r], "cur_ts": d.ts[c], "ref_groups": d.camera_codes[r], "cur_groups": d.camera_codes[c]}
 
         softmax = {}
         for role in ROLES:
@@ -1212,18 +1251,22 @@ class Evaluator:
         ok = inc.has & ~inc.degraded & (inc.pred >= 0)
         r, c = ref & ok, cur & ok
         if r.any() and c.any():
-            names = np.array(d.classes, dtype=object)
-            class_distribution = drift_mod.class_distribution_drift(list(names[inc.pred[r]]), list(names[inc.pred[c]]), d.classes, alpha=alpha, **kw(r, c))
+            class_distribution = drift_mod.class_distribution_drift(inc.pred[r], inc.pred[c], d.classes, alpha=alpha, **kw(r, c))
         image = {}
-        for cam in sorted(set(d.cameras[cur])):
-            rc, cc = ref & (d.cameras == cam), cur & (d.cameras == cam)
-            if not rc.any():
+        rows = d.camera_rows()
+        for code in np.unique(d.camera_codes[cur]).tolist():  # codes follow the sorted camera names
+            cam = d.camera_names[code]
+            idx = rows[code]
+            rc, cc = idx[ref[idx]], idx[cur[idx]]  # the camera's reference and current frames, in order
+            if not rc.size:
                 notes.append(f"camera {cam}: no frames in the reference period; image-statistics drift not computed")
                 continue
-            keep = [k for k in STAT_NAMES if not np.isnan(d.image_stats[k][rc]).any() and not np.isnan(d.image_stats[k][cc]).any()]
+            rs = {k: d.image_stats[k][rc] for k in STAT_NAMES}
+            cs = {k: d.image_stats[k][cc] for k in STAT_NAMES}
+            keep = [k for k in STAT_NAMES if not np.isnan(rs[k]).any() and not np.isnan(cs[k]).any()]
             if keep:
                 image[str(cam)] = drift_mod.image_stat_drift(
-                    {k: d.image_stats[k][rc] for k in keep}, {k: d.image_stats[k][cc] for k in keep}, alpha=alpha,
+                    {k: rs[k] for k in keep}, {k: cs[k] for k in keep}, alpha=alpha,
                     ref_ts=d.ts[rc], cur_ts=d.ts[cc],
                 )
         out = DriftFigures(softmax, class_distribution, image, int(ref.sum()), int(cur.sum()))

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import stats as _st
@@ -114,54 +114,91 @@ def correctness_features(probs: np.ndarray, other_pred: np.ndarray | None = None
     right). A ridge-penalised logistic regression on them is the proxy (:func:`crossfit_proxy`);
     docs/label_efficiency.md (``shadowcam bench labels``) measures what it buys.
     """
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 1:
-        raise ValueError(f"probs must be (N, C), got shape {p.shape}")
-    N, C = p.shape
-    top = np.sort(p, axis=1)
-    conf = np.clip(top[:, -1], 1e-4, 1 - 1e-4)
-    lc = np.log(conf / (1 - conf))
-    margin = top[:, -1] - (top[:, -2] if C > 1 else 0.0)
-    cols = [lc, margin]
-    names = list(FEATURES_BASE[:2])
-    b = np.searchsorted(np.asarray(CONFIDENCE_EDGES), conf, side="right")
-    for k in range(1, len(CONFIDENCE_EDGES) + 1):
-        cols.append((b == k).astype(np.float64))
-        names.append(f"confidence_bin_{k}")
-    for c in range(C):
-        cols.append(np.log(np.clip(p[:, c], 1e-6, 1.0)))
-        names.append(f"log_prob_{c}")
-    pred = p.argmax(axis=1)
-    for c in range(1, C):
-        cols += [(pred == c).astype(np.float64), (pred == c) * lc]
-        names += [f"predicted_class_{c}", f"predicted_class_{c}_x_confidence"]
-    if other_pred is not None:
-        o = np.asarray(other_pred)
-        if o.shape != (N,):
-            raise ValueError(f"other_pred must have shape ({N},), got {o.shape}")
-        has = o >= 0
-        agree = (has & (o == pred)).astype(np.float64)
-        cols += [has.astype(np.float64), agree, agree * lc]
-        names += list(FEATURES_BASE[2:]) + ["agrees_x_confidence"]
-    if other_probs is not None:
-        q = np.asarray(other_probs, dtype=np.float64)
-        if q.shape != (N, C):
-            raise ValueError(f"other_probs must have shape ({N}, {C}), got {q.shape}")
-        mine = q[np.arange(N), pred]
-        cols.append(np.where(np.isfinite(mine), np.log(np.clip(mine, 1e-6, 1.0)), 0.0))
-        names.append("other_log_prob_of_this_class")
-    for k, v in (image_stats or {}).items():
-        a = np.asarray(v, dtype=np.float64)
-        if a.shape != (N,):
-            raise ValueError(f"image_stats[{k!r}] must have shape ({N},), got {a.shape}")
-        ok = np.isfinite(a)
-        if ok.sum() < 2:
-            continue
-        mu, sd = float(a[ok].mean()), float(a[ok].std())
-        zs = np.where(ok, (a - mu) / sd, 0.0) if sd > 0 else np.zeros(N)
-        cols += [zs, zs * zs, zs * lc]
-        names += [k, f"{k}_squared", f"{k}_x_confidence"]
-    return np.column_stack(cols) if cols else np.zeros((N, 0)), tuple(names)
+    f = CorrectnessFeatures(probs, other_pred, image_stats, other_probs)
+    return f.rows(slice(None)), f.names
+
+
+class CorrectnessFeatures:
+    """The design matrix of :func:`correctness_features`, built for any subset of rows on demand.
+
+    What depends on the whole window (each image statistic's mean and sd, for standardising) is computed once here;
+    every column is otherwise a function of its own row, so ``rows(idx)`` equals ``correctness_features(...)[0][idx]``
+    bit for bit. :func:`crossfit_proxy` takes it instead of a matrix to keep memory flat on millions of frames
+    (the full matrix is ~35 float64 columns: 1.4 GB at 5M frames).
+    """
+
+    def __init__(self, probs: np.ndarray, other_pred: np.ndarray | None = None, image_stats: Mapping[str, np.ndarray] | None = None,
+                 other_probs: np.ndarray | None = None):
+        p = np.asarray(probs)
+        if p.ndim != 2 or p.shape[1] < 1:
+            raise ValueError(f"probs must be (N, C), got shape {p.shape}")
+        N, C = p.shape
+        self.probs = p
+        self.other_pred = None
+        if other_pred is not None:
+            o = np.asarray(other_pred)
+            if o.shape != (N,):
+                raise ValueError(f"other_pred must have shape ({N},), got {o.shape}")
+            self.other_pred = o
+        self.other_probs = None
+        if other_probs is not None:
+            q = np.asarray(other_probs)
+            if q.shape != (N, C):
+                raise ValueError(f"other_probs must have shape ({N}, {C}), got {q.shape}")
+            self.other_probs = q
+        self.stats: list[tuple[str, np.ndarray, float, float]] = []  # name, values, mean, sd over the window
+        for k, v in (image_stats or {}).items():
+            a = np.asarray(v, dtype=np.float64)
+            if a.shape != (N,):
+                raise ValueError(f"image_stats[{k!r}] must have shape ({N},), got {a.shape}")
+            ok = np.isfinite(a)
+            if ok.sum() < 2:
+                continue
+            self.stats.append((k, a, float(a[ok].mean()), float(a[ok].std())))
+        names = list(FEATURES_BASE[:2]) + [f"confidence_bin_{k}" for k in range(1, len(CONFIDENCE_EDGES) + 1)]
+        names += [f"log_prob_{c}" for c in range(C)]
+        for c in range(1, C):
+            names += [f"predicted_class_{c}", f"predicted_class_{c}_x_confidence"]
+        if self.other_pred is not None:
+            names += list(FEATURES_BASE[2:]) + ["agrees_x_confidence"]
+        if self.other_probs is not None:
+            names.append("other_log_prob_of_this_class")
+        for k, _, _, _ in self.stats:
+            names += [k, f"{k}_squared", f"{k}_x_confidence"]
+        self.names = tuple(names)
+        self.shape = (N, len(names))
+
+    def rows(self, idx: np.ndarray | slice) -> np.ndarray:
+        """The feature rows ``idx`` (an index array, a boolean mask or a slice) as an (m, k) float64 matrix."""
+        p = np.asarray(self.probs[idx], dtype=np.float64)
+        n, C = p.shape
+        top = np.sort(p, axis=1)
+        conf = np.clip(top[:, -1], 1e-4, 1 - 1e-4)
+        lc = np.log(conf / (1 - conf))
+        margin = top[:, -1] - (top[:, -2] if C > 1 else 0.0)
+        cols = [lc, margin]
+        b = np.searchsorted(np.asarray(CONFIDENCE_EDGES), conf, side="right")
+        for k in range(1, len(CONFIDENCE_EDGES) + 1):
+            cols.append((b == k).astype(np.float64))
+        for c in range(C):
+            cols.append(np.log(np.clip(p[:, c], 1e-6, 1.0)))
+        pred = p.argmax(axis=1)
+        for c in range(1, C):
+            cols += [(pred == c).astype(np.float64), (pred == c) * lc]
+        if self.other_pred is not None:
+            o = self.other_pred[idx]
+            has = o >= 0
+            agree = (has & (o == pred)).astype(np.float64)
+            cols += [has.astype(np.float64), agree, agree * lc]
+        if self.other_probs is not None:
+            q = np.asarray(self.other_probs[idx], dtype=np.float64)
+            mine = q[np.arange(n), pred]
+            cols.append(np.where(np.isfinite(mine), np.log(np.clip(mine, 1e-6, 1.0)), 0.0))
+        for _, a, mu, sd in self.stats:
+            v = a[idx]
+            zs = np.where(np.isfinite(v), (v - mu) / sd, 0.0) if sd > 0 else np.zeros(n)
+            cols += [zs, zs * zs, zs * lc]
+        return np.column_stack(cols) if cols else np.zeros((n, 0))
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, ridge: float = 1.0, iters: int = 50) -> np.ndarray:
@@ -213,9 +250,57 @@ def predict_logistic(beta: np.ndarray, X: np.ndarray) -> np.ndarray:
 def fold_ids(keys: np.ndarray | list, folds: int) -> np.ndarray:
     """A fold in ``0 .. folds-1`` for every frame, from a stable hash of its key (frame id): the same frame
     is in the same fold in every window and every evaluation."""
+    return (frame_hashes(keys) % folds).astype(np.int64)
+
+
+def _crc_table() -> np.ndarray:
+    poly = np.uint32(0xEDB88320)
+    t = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        t = np.where(t & 1, (t >> 1) ^ poly, t >> 1).astype(np.uint32)
+    return t
+
+
+_CRC_TABLE = _crc_table()
+
+
+def frame_hashes(keys: Any) -> np.ndarray:
+    """CRC-32 (``zlib.crc32``) of every key's UTF-8 text, as uint32; :func:`fold_ids` is it modulo the folds.
+
+    ``keys``: a sequence or numpy array (``zlib.crc32`` per key), or a pyarrow string array (millions of frame ids):
+    then the standard table-driven CRC runs over all keys of one length at once, a byte position per step, in numpy
+    (the same numbers as ``zlib.crc32``, without a Python call per frame)."""
+    if hasattr(keys, "buffers") or hasattr(keys, "combine_chunks"):
+        return _crc32_arrow(keys)
     import zlib
 
-    return np.array([zlib.crc32(str(k).encode()) % folds for k in keys], dtype=np.int64)
+    return np.array([zlib.crc32(str(k).encode()) for k in keys], dtype=np.uint32).reshape(-1)
+
+
+def _crc32_arrow(keys: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    arr = keys.combine_chunks() if hasattr(keys, "combine_chunks") else keys
+    if not pa.types.is_string(arr.type) or arr.null_count:
+        import zlib
+
+        return np.array([zlib.crc32(str(k).encode()) for k in arr.to_pylist()], dtype=np.uint32).reshape(-1)
+    n = len(arr)
+    out = np.empty(n, np.uint32)
+    if n == 0:
+        return out
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4).astype(np.int64)
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    table = _CRC_TABLE
+    for length in np.unique(lengths).tolist():
+        idx = np.flatnonzero(lengths == length)
+        crc = np.full(idx.size, 0xFFFFFFFF, np.uint32)
+        start = offsets[idx]
+        for j in range(length):
+            crc = table[(crc ^ data[start + j]) & 0xFF] ^ (crc >> 8)
+        out[idx] = crc ^ np.uint32(0xFFFFFFFF)
+    return out
 
 
 def _auc(score: np.ndarray, y: np.ndarray) -> float:
@@ -226,19 +311,28 @@ def _auc(score: np.ndarray, y: np.ndarray) -> float:
     return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
-def crossfit_proxy(X: np.ndarray, correct: np.ndarray, labelled: np.ndarray, folds: np.ndarray,
+PREDICT_CHUNK = 65536  # rows of features built at a time when the proxy predicts a fold
+
+
+def crossfit_proxy(X: "np.ndarray | CorrectnessFeatures", correct: np.ndarray, labelled: np.ndarray, folds: np.ndarray,
                    names: tuple[str, ...] = (), ridge: float = 1.0) -> Proxy:
     """Cross-fitted proxy of ``correct`` on every frame (see the module docstring).
 
-    ``X``: (N, k) features; ``correct``: (N,) 0/1 where ``labelled`` (ignored elsewhere); ``folds``: (N,) fold of
-    every frame. A fold whose training frames (labelled, other folds) hold fewer than
+    ``X``: (N, k) features, or a :class:`CorrectnessFeatures` (rows built as needed: the frames of a fold are
+    predicted :data:`PREDICT_CHUNK` at a time); ``correct``: (N,) 0/1 where ``labelled`` (ignored elsewhere);
+    ``folds``: (N,) fold of every frame. A fold whose training frames (labelled, other folds) hold fewer than
     :data:`MIN_LABELS_PER_FOLD` of either outcome gets their smoothed mean instead of a regression.
     """
-    X = np.asarray(X, dtype=np.float64)
+    if isinstance(X, CorrectnessFeatures):
+        N, n_feat = X.shape
+        rows = X.rows
+    else:
+        Xd = np.asarray(X, dtype=np.float64)
+        N, n_feat = Xd.shape
+        rows = Xd.__getitem__
     lab = np.asarray(labelled, dtype=bool)
     y = np.where(lab, np.asarray(correct, dtype=np.float64), np.nan)
     fo = np.asarray(folds, dtype=np.int64)
-    N = X.shape[0]
     if lab.shape != (N,) or fo.shape != (N,):
         raise ValueError(f"labelled and folds must have shape ({N},), got {lab.shape} and {fo.shape}")
     out = np.empty(N)
@@ -246,14 +340,17 @@ def crossfit_proxy(X: np.ndarray, correct: np.ndarray, labelled: np.ndarray, fol
     fitted = 0
     for k in range(K):
         tr = lab & (fo != k)
-        te = fo == k
-        if not te.any():
+        te = np.flatnonzero(fo == k)
+        if not te.size:
             continue
         yt = y[tr]
         n1 = int(yt.sum())
         n0 = int(tr.sum()) - n1
-        if min(n0, n1) >= MIN_LABELS_PER_FOLD and X.shape[1]:
-            out[te] = predict_logistic(fit_logistic(X[tr], yt, ridge), X[te])
+        if min(n0, n1) >= MIN_LABELS_PER_FOLD and n_feat:
+            beta = fit_logistic(rows(np.flatnonzero(tr)), yt, ridge)
+            for a in range(0, te.size, PREDICT_CHUNK):
+                part = te[a:a + PREDICT_CHUNK]
+                out[part] = predict_logistic(beta, rows(part))
             fitted += 1
         else:
             out[te] = (n1 + 0.5) / (n0 + n1 + 1.0)

@@ -228,6 +228,7 @@ def training_drift(
     prob_ts: Mapping[str, np.ndarray] | None = None,
     prob_cameras: Mapping[str, np.ndarray] | None = None,
     image_role: str | None = None,
+    camera_names: Sequence[str] | None = None,
 ) -> TrainingDrift:
     """One window's drift against the training reference of each model.
 
@@ -235,6 +236,8 @@ def training_drift(
     model on the window's frames (non-degraded), with ``prob_ts``/``prob_cameras`` giving each row's time and
     camera; ``image_stats``: name -> (n,) values of the window's frames with ``ts`` and ``cameras``, compared with
     the reference of ``image_role`` (default: the first role given). Image statistics are tested per camera.
+    ``camera_names``: when given, ``cameras`` (and ``prob_cameras``) hold integer codes into it, numbered in the
+    names' sorted order (what the evaluator passes: grouping millions of frames by an integer is cheap).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -250,7 +253,8 @@ def training_drift(
         cams = np.asarray(cameras) if cameras is not None else np.full(n_img, "all", object)
     stat_names = [k for k in STAT_NAMES if image_stats and k in image_stats and k in img_ref.image_stats]
     n_img_tests = sum(len(DIRECTIONS.get(k, ("low", "high"))) for k in stat_names)
-    n_planned = 2 * len(roles) + (n_img_tests * len(set(cams.tolist())) if cams is not None else 0)
+    cam_values = np.unique(cams).tolist() if cams is not None and cams.dtype != object else (sorted(set(cams.tolist())) if cams is not None else [])
+    n_planned = 2 * len(roles) + (n_img_tests * len(cam_values) if cams is not None else 0)
     # Bonferroni over the window's tests; within each, half of alpha for the reference quantile's own
     # uncertainty (estimated from n_ref validation images), half for the production count
     a_ref = alpha / (2 * max(1, n_planned))
@@ -266,10 +270,11 @@ def training_drift(
         if mix is not None:
             mixes.append(mix)
     if cams is not None:
-        for cam in sorted(set(cams.tolist())):
+        for cam in cam_values:
             sel = cams == cam
+            scope = str(camera_names[cam]) if camera_names is not None else str(cam)
             for name in stat_names:
-                tails += _tail_tests(img_ref.image_stats[name], np.asarray(image_stats[name])[sel], name, str(cam),
+                tails += _tail_tests(img_ref.image_stats[name], np.asarray(image_stats[name])[sel], name, scope,
                                      None if ts is None else np.asarray(ts)[sel], None, tail, a_ref,
                                      DIRECTIONS.get(name, ("low", "high")))
     n_tests = len(tails) + len(mixes)
