@@ -11,8 +11,10 @@
 * ``serving``: money per million predictions of the demo-size model on this machine, from the runner's measured busy
   time and a stated price per device-hour, ``docs/serving_cost.md`` and the README's table (see :mod:`apps.bench_serving`);
 * ``store``: fills stores of 1M and 10M predictions (SQLite by default) in bulk, times ``shadowcam evaluate`` on each as a
-  child process (wall time, peak memory), measures bytes per prediction and the write rate, ``docs/scale.md`` (see
-  :mod:`pipeline.scale`; no training extras needed).
+  child process (wall time, peak memory), measures bytes per prediction (and before/after: the schema-v2 JSON format
+  against today's, on SQLite and PostgreSQL) and the write rate of 1 and 4 writers into SQLite and into a throw-away
+  PostgreSQL server it starts itself when PostgreSQL is installed, ``docs/scale.md`` (see :mod:`pipeline.scale`; no
+  training extras needed).
 
 Examples::
 
@@ -26,6 +28,7 @@ Examples::
     shadowcam bench serving                          # ~1 min: the README's serving-cost table for this machine
     shadowcam bench serving --price 2.50 --device-name "1x L4 GPU VM" --readme ''   # your price; README untouched
     shadowcam bench store                            # 1M and 10M predictions: ~15 min on 2 cores, most of it filling
+    shadowcam bench store --sizes 20000 --bytes-predictions 20000 --write-predictions 20000 --postgres never  # a minute
     shadowcam bench store --sizes 1000000 --db postgresql://me@db/shadowcam_bench --write-db postgresql://me@db/writes
 
 Needs the training extras (torch, torchvision, albumentations): the throughput bench's naive baseline runs
@@ -168,9 +171,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--eval-repeats", type=int, default=argparse.SUPPRESS,
                     help="`shadowcam evaluate` runs per size; the fastest is reported (default 1)")
     st.add_argument("--write-db", default=argparse.SUPPRESS,
-                    help="store the write rate is measured on (default: a fresh SQLite file; give a postgresql:// URL for the fleet's)")
+                    help="the one store the write rate is measured on (default: a fresh SQLite file and a fresh database on the "
+                         "throw-away PostgreSQL server per writer setting)")
     st.add_argument("--writers", type=_ints, default=argparse.SUPPRESS, help="writer processes of the write-rate runs (default 1,4)")
-    st.add_argument("--write-predictions", type=int, default=argparse.SUPPRESS, help="predictions per write-rate run (default 40000)")
+    st.add_argument("--write-predictions", type=int, default=argparse.SUPPRESS,
+                    help="predictions per write-rate run (default 200000)")
+    st.add_argument("--postgres", choices=("auto", "always", "never"), default=argparse.SUPPRESS,
+                    help="start a throw-away PostgreSQL server (initdb + pg_ctl from /usr/lib/postgresql/*/bin, 127.0.0.1, "
+                         "default durable settings) for the PostgreSQL bytes and write rate: auto (default) when installed, "
+                         "always (an error when not), never")
+    st.add_argument("--bytes-predictions", type=int, default=argparse.SUPPRESS,
+                    help="predictions written in the schema-v2 format and in today's to compare bytes per prediction "
+                         "(default 500000; 0: not measured)")
     st.add_argument("--keep", action="store_true", default=argparse.SUPPRESS, help="keep the filled stores in the work directory")
 
 
@@ -332,7 +344,7 @@ def _serving(args: argparse.Namespace) -> int:
     return 0
 
 
-STORE_OPTIONS = ("sizes", "db", "eval_repeats", "write_db", "writers", "write_predictions", "keep")
+STORE_OPTIONS = ("sizes", "db", "eval_repeats", "write_db", "writers", "write_predictions", "postgres", "bytes_predictions", "keep")
 
 
 def _store(args: argparse.Namespace) -> int:
@@ -354,6 +366,7 @@ def _store(args: argparse.Namespace) -> int:
         given.setdefault("sizes", (20_000,))
         given.setdefault("write_predictions", 2_000)
         given.setdefault("writers", (1,))
+        given.setdefault("bytes_predictions", 4_000)
         parts.append("--quick")
     cfg = StoreBenchConfig(**given, seed=args.seed, command=" ".join(parts))
     res = run_store_bench(cfg, progress=not args.no_progress)
@@ -363,8 +376,14 @@ def _store(args: argparse.Namespace) -> int:
         print(f"{s['n_predictions']:>12,} predictions, {s['labels']:,} labels: evaluate {e['seconds']:.1f} s "
               f"(CPU {e['cpu_seconds']:.1f} s), peak {e['max_rss_bytes'] / 2**30:.2f} GiB"
               + (f", {bpp:.0f} bytes/prediction" if bpp is not None else ""))
+    for b in res.get("bytes", []):
+        print(f"bytes/prediction ({b['backend']}): {b['before']['bytes_per_prediction']:.0f} in the v2 format, "
+              f"{b['after']['bytes_per_prediction']:.0f} now ({b['ratio'] * 100:.0f}%)")
     for w in res["writes"]:
-        print(f"write rate: {w['writers']} writer(s) {w['predictions_per_s']:,.0f} predictions/s ({str(w['url']).split('://')[0]})")
+        ok = "" if w["backend"] != "postgresql" else (" PASS" if w["predictions_per_s"] >= cfg.write_target else " FAIL")
+        print(f"write rate: {w['writers']} writer(s) {w['predictions_per_s']:,.0f} predictions/s ({w['backend']}){ok}")
+    if not res["postgres"]["ran"]:
+        print(res["postgres"]["note"])
     print(f"report written to {cfg.out}")
     return 0
 
