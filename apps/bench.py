@@ -448,6 +448,7 @@ def measure_end_to_end(cfg: BenchConfig, video: Path, models: BenchModels) -> di
         "seconds": wall,
         "coverage": cov,
         "frames_shed": summary.shadow.get("frames_shed", 0),
+        "backpressure": "on" if (summary.shadow.get("backpressure") or {}).get("enabled") else "off",
         "shadow_batches_background": summary.shadow.get("batches_background", 0),
         "shadow_batches_catch_up": summary.shadow.get("batches_catch_up", 0),
         "shadow_catch_up": summary.shadow.get("catch_up"),
@@ -792,9 +793,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"(latency) runs (the runner's CPU defaults: half the cores per model for a replay, all cores for the incumbent "
         f"in real time). On the CPU the shadow runs "
         f"on a lowest-priority background lane; when it falls behind, a replay of files at full speed (the throughput "
-        f"runs) lets it catch up at normal priority, so that it covers every frame it can keep up with (a shadow "
-        f"slower than the incumbent still sheds what its queue of {_pending()} batches cannot hold: "
-        f"the coverage below), while a real-time source (a camera, "
+        f"runs) lets it catch up at normal priority, and with `shadow_mode.backpressure: auto` ("
+        f"{e2e.get('backpressure', 'on')} in these runs) the replay waits for it when its queue of {_pending()} batches "
+        f"is full instead of shedding (the coverage below), while a real-time source (a camera, "
         f"or a file paced with max_fps: the latency runs) sheds its batches instead, so it never takes CPU from the "
         f"incumbent (`pipeline/shadow.py`, \"CPU priority\").",
         "",
