@@ -57,7 +57,7 @@ def test_offline_accuracy_reads_a_stream_folder_manifest(tmp_path: Path) -> None
     assert offline_accuracy(model, manifest)["accuracy"] == 0.5
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\na.png,red\n")
-    with pytest.raises(DataError, match="bad.csv: manifest is missing column"):
+    with pytest.raises(DataError, match=r"bad.csv:1: manifest is missing column"):
         offline_accuracy(model, bad)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.gallery import GalleryItem, build_error_gallery, find_errors, gallery_html
-from pipeline.store import FrameRecord, PredictionStore, SampleRecord
+from pipeline.store import PROBS_MAX_ABS_ERROR, FrameRecord, PredictionStore, SampleRecord
 from pipeline.types import ConfigError, Label, Prediction
 from tests.helpers.onnx_models import make_tiny_classifier
 
@@ -85,13 +85,14 @@ def test_pairs_are_ordered_by_errors_and_items_by_confidence(filled, tmp_path):
     out = tmp_path / "report" / "gallery"
     items = build_error_gallery(store, [RUN], model, out)
     got = [(it.frame_id, it.true_class, it.predicted_class, it.confidence, it.pair_errors) for it in items]
+    conf = lambda p: pytest.approx(p, abs=PROBS_MAX_ABS_ERROR)  # noqa: E731  (probabilities are stored as float16)
     assert got == [
-        (fid(0), "box", "pallet", pytest.approx(0.90), 5),
-        (fid(2), "box", "pallet", pytest.approx(0.80), 5),  # f1 (0.85) has no JPEG: the next one is shown
-        (fid(3), "box", "pallet", pytest.approx(0.70), 5),
-        (fid(5), "pallet", "empty", pytest.approx(0.95), 2),
-        (fid(6), "pallet", "empty", pytest.approx(0.50), 2),
-        (fid(7), "empty", "box", pytest.approx(0.99), 1),
+        (fid(0), "box", "pallet", conf(0.90), 5),
+        (fid(2), "box", "pallet", conf(0.80), 5),  # f1 (0.85) has no JPEG: the next one is shown
+        (fid(3), "box", "pallet", conf(0.70), 5),
+        (fid(5), "pallet", "empty", conf(0.95), 2),
+        (fid(6), "pallet", "empty", conf(0.50), 2),
+        (fid(7), "empty", "box", conf(0.99), 1),
     ]
     assert all(isinstance(it, GalleryItem) and it.role == "incumbent" for it in items)
     assert [it.camera_id for it in items] == ["cam0", "cam0", "cam1", "cam1", "cam0", "cam1"]
