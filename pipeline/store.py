@@ -393,7 +393,9 @@ def make_engine(url: str, create: bool = True) -> Engine:
 
         return engine
     try:
-        return sa.create_engine(url, pool_pre_ping=True)
+        # PostgreSQL serves several threads per process (the labeling page runs its handlers in a thread pool of 40):
+        # room for that many connections, so a burst waits for the database, not for a pool slot (a pool timeout is a 500)
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40, pool_timeout=120)
     except ImportError as e:  # e.g. postgresql+psycopg2:// without psycopg2
         raise StoreError(f"{redact_url(url)}: database driver {getattr(e, 'name', None) or one_line(e)!r} is not installed; "
                          f"use postgresql:// (psycopg 3, installed with shadowcam)") from None

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.helpers.postgres import PostgresServer, find_pg_bin
     from tests.pipeline.labeling.conftest import CLASSES, fill_store
 
+    load_at_start = os.getloadavg()[0]
     bin_dir = find_pg_bin()
     if bin_dir is None:
         print("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql", file=sys.stderr)
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         over = {f: n for f, n in per_frame.items() if n > (2 if f in double else 1)}
         dup = {k: n for k, n in pairs.items() if n > 1}
         figures = dict(
-            users=args.users, duration_s=args.duration, workers=args.workers, frames=args.frames, wall_s=round(wall, 1),
+            load_at_start=round(load_at_start, 2), users=args.users, duration_s=args.duration, workers=args.workers, frames=args.frames, wall_s=round(wall, 1),
             submits=int(submit.get("Request Count", 0)), submit_failures=int(submit.get("Failure Count", 0)),
             submit_p50_ms=float(submit.get("50%", "nan") or "nan"), submit_p95_ms=float(submit.get("95%", "nan") or "nan"),
             submit_p99_ms=float(submit.get("99%", "nan") or "nan"), requests=int(agg.get("Request Count", 0)),
@@ -186,8 +187,9 @@ def write_docs(path: Path, f: dict, ok: bool) -> None:
     block = "\n".join([
         BEGIN,
         f"Measured {time.strftime('%Y-%m-%d')} by `scripts/label_load.py --users {f['users']} --duration {f['duration_s']}` on this "
-        f"machine ({cpu} cores; 1-minute load average {load:.1f} at the end, other jobs were running: the latencies are "
-        "noisy upper bounds). Locust, the two uvicorn workers and PostgreSQL shared the cores.",
+        f"machine ({cpu} cores; 1-minute load average {f.get('load_at_start', float('nan')):.1f} before the run, {load:.1f} at "
+        "its end). Locust's simulated annotators, the two uvicorn workers and PostgreSQL shared these cores, so the "
+        "latencies include that contention (an upper bound for a server of its own).",
         "",
         "| figure | value |",
         "|---|---|",
