@@ -39,7 +39,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -178,6 +178,25 @@ def _insert_sql(conn: sa.Connection, table: str, cols: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"
 
 
+def _write_chunks(conn: Any, spec: FillSpec, rng: np.random.Generator, encode: Callable[[np.ndarray], Any],
+                  sqls: dict[str, str], stats: FillStats, bar: Any) -> None:
+    """Write ``spec``'s rows chunk by chunk (one transaction each) through ``sqls`` (table -> INSERT), with
+    ``encode`` for the probabilities; counts into ``stats`` and ``bar``. Plain DB-API executemany: SQLAlchemy's
+    per-row work would double the time."""
+    for start in range(0, spec.n_frames, spec.chunk):
+        stop = min(spec.n_frames, start + spec.chunk)
+        rows = _chunk_rows(spec, start, stop, rng, encode)
+        with conn.begin():
+            for t, sql in sqls.items():
+                if rows[t]:
+                    conn.exec_driver_sql(sql, rows[t])
+        stats.frames += len(rows["frames"])
+        stats.predictions += len(rows["predictions"])
+        stats.samples += len(rows["samples"])
+        stats.labels += len(rows["labels"])
+        bar.update(2 * (stop - start))
+
+
 def fill_store(url: str, spec: FillSpec, progress: bool = True) -> FillStats:
     """Write ``spec`` into the (new, empty) store at ``url``; returns what was written and how long it took."""
     store = PredictionStore(url)
@@ -201,18 +220,7 @@ def fill_store(url: str, spec: FillSpec, progress: bool = True) -> FillStats:
                 if sqlite:
                     conn.exec_driver_sql("PRAGMA synchronous=OFF")
                     conn.commit()
-                for start in range(0, spec.n_frames, spec.chunk):
-                    stop = min(spec.n_frames, start + spec.chunk)
-                    rows = _chunk_rows(spec, start, stop, rng, encode)
-                    with conn.begin():
-                        for t, cols in tables.items():  # plain DB-API executemany: SQLAlchemy's per-row work would double the time
-                            if rows[t]:
-                                conn.exec_driver_sql(sqls[t], rows[t])
-                    stats.frames += len(rows["frames"])
-                    stats.predictions += len(rows["predictions"])
-                    stats.samples += len(rows["samples"])
-                    stats.labels += len(rows["labels"])
-                    bar.update(2 * (stop - start))
+                _write_chunks(conn, spec, rng, encode, sqls, stats, bar)
                 if sqlite:
                     conn.exec_driver_sql("PRAGMA synchronous=FULL")
                     conn.commit()
@@ -262,6 +270,17 @@ LEGACY_V2_LABELS = sa.Table(
     sa.Column("source", sa.String(32), nullable=False), sa.Column("ts", sa.Float, nullable=False),
     sa.UniqueConstraint("frame_id", "annotator", name="uq_label_frame_annotator"),
 )
+# the rest of the v2 schema (so that tests/pipeline/test_store.py makes a genuine v2 store to migrate from it)
+sa.Table("schema_meta", LEGACY_V2_METADATA, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False))
+sa.Table("runs", LEGACY_V2_METADATA, sa.Column("run_id", sa.String(64), primary_key=True),
+         sa.Column("started_at", sa.Float, nullable=False), sa.Column("ended_at", sa.Float), sa.Column("incumbent_model", sa.String(256)),
+         sa.Column("shadow_model", sa.String(256)), sa.Column("class_names", sa.Text), sa.Column("config", sa.Text),
+         sa.Column("summary", sa.Text))
+sa.Table("health_events", LEGACY_V2_METADATA, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+         sa.Column("run_id", sa.String(64), nullable=False, index=True), sa.Column("camera_id", sa.String(128), nullable=False),
+         sa.Column("kind", sa.String(32), nullable=False), sa.Column("ts", sa.Float, nullable=False), sa.Column("detail", sa.Text, default=""))
+sa.Table("label_skips", LEGACY_V2_METADATA, sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), primary_key=True),
+         sa.Column("annotator", sa.String(128), primary_key=True), sa.Column("ts", sa.Float, nullable=False))
 DATA_TABLES = ("frames", "predictions", "samples", "labels")  # the tables that grow with the stream
 
 
@@ -318,18 +337,7 @@ def fill_legacy_v2_store(url: str, spec: FillSpec, progress: bool = True) -> Fil
                 conn.commit()
             sqls = {t: _insert_sql(conn, t, cols) for t, cols in tables.items()}
             with tqdm(total=spec.n_frames * 2, unit="pred", unit_scale=True, desc="filling v2 store", disable=not progress) as bar:
-                for start in range(0, spec.n_frames, spec.chunk):
-                    stop = min(spec.n_frames, start + spec.chunk)
-                    rows = _chunk_rows(spec, start, stop, rng, legacy_v2_encode_probs)
-                    with conn.begin():
-                        for t in tables:
-                            if rows[t]:
-                                conn.exec_driver_sql(sqls[t], rows[t])
-                    stats.frames += len(rows["frames"])
-                    stats.predictions += len(rows["predictions"])
-                    stats.samples += len(rows["samples"])
-                    stats.labels += len(rows["labels"])
-                    bar.update(2 * (stop - start))
+                _write_chunks(conn, spec, rng, legacy_v2_encode_probs, sqls, stats, bar)
         stats.seconds = time.perf_counter() - t0
         return stats
     finally:

@@ -130,6 +130,30 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def frame_truth(per_frame: dict[int, list[tuple[float, str, str]]], n: int, cidx: dict[str, int]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The truth of ``n`` frames from their labels (``per_frame``: frame index -> ``(ts, annotator, label)``; sorted
+    here, oldest first): ``(truth class index or -1, truth status, number of labels, first and second answer of
+    double-labelled frames, invalid labels)``, by the one truth rule (:func:`majority_truth`)."""
+    truth = np.full(n, -1, np.int64)
+    status = np.full(n, None, dtype=object)
+    n_labels = np.zeros(n, np.int64)
+    pair_a = np.full(n, None, dtype=object)
+    pair_b = np.full(n, None, dtype=object)
+    invalid = 0
+    for i, rows in per_frame.items():
+        rows.sort()
+        n_labels[i] = len(rows)
+        if len(rows) >= 2:
+            pair_a[i], pair_b[i] = rows[0][2], rows[1][2]
+        t = majority_truth((label for _, _, label in rows), cidx)
+        invalid += t.invalid
+        status[i] = t.status
+        if t.ok:
+            truth[i] = cidx[t.label]
+    return truth, status, n_labels, pair_a, pair_b, invalid
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading: the store's rows as column arrays aligned on frames
 # --------------------------------------------------------------------------------------------------
@@ -229,22 +253,7 @@ def _load(store: PredictionStore, run_ids: Sequence[str] | None) -> _Data:
     per_frame: dict[int, list[tuple[float, str, str]]] = defaultdict(list)
     for i, lts, annotator, label in zip(cols.label_frame.tolist(), cols.label_ts.tolist(), cols.label_annotators, cols.label_values):
         per_frame[i].append((lts, annotator, label))
-    truth = np.full(n, -1, np.int64)
-    status = np.full(n, None, dtype=object)
-    n_labels = np.zeros(n, np.int64)
-    pair_a = np.full(n, None, dtype=object)
-    pair_b = np.full(n, None, dtype=object)
-    invalid = 0
-    for i, rows in per_frame.items():
-        rows.sort()
-        n_labels[i] = len(rows)
-        if len(rows) >= 2:
-            pair_a[i], pair_b[i] = rows[0][2], rows[1][2]
-        t = majority_truth((label for _, _, label in rows), cidx)
-        invalid += t.invalid
-        status[i] = t.status
-        if t.ok:
-            truth[i] = cidx[t.label]
+    truth, status, n_labels, pair_a, pair_b, invalid = frame_truth(per_frame, n, cidx)
     return _Data(classes, runs, cols.frame_ids, cols.camera_codes, cols.camera_names, cols.ts, cols.image_stats, roles, cols.incl,
                  cols.strategy, truth, status, n_labels, pair_a, pair_b, invalid)
 

@@ -25,6 +25,7 @@ from pipeline.store import (
     schema_meta,
 )
 from pipeline.types import Degraded, Frame, HealthEvent, HealthKind, Label, Prediction, Role, StoreError, make_frame_id
+from pipeline.scale import LEGACY_V2_FRAMES, LEGACY_V2_LABELS, LEGACY_V2_METADATA, LEGACY_V2_PREDICTIONS
 from tests.helpers.postgres import postgres_server  # noqa: F401  (session fixture)
 
 CLASSES = ["box", "bag", "empty"]
@@ -344,47 +345,9 @@ def test_probs_codec_refuses_bad_values(values, n, match):
         store_mod.decode_probs_many(values, n)
 
 
-# the schema as it was at version 2 (before _migrate_compact_predictions): frozen here so that the test keeps making
-# a genuine old store whatever the current tables look like
-_V2 = sa.MetaData()
-sa.Table("schema_meta", _V2, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False))
-sa.Table("runs", _V2, sa.Column("run_id", sa.String(64), primary_key=True), sa.Column("started_at", sa.Float, nullable=False),
-         sa.Column("ended_at", sa.Float), sa.Column("incumbent_model", sa.String(256)), sa.Column("shadow_model", sa.String(256)),
-         sa.Column("class_names", sa.Text), sa.Column("config", sa.Text), sa.Column("summary", sa.Text))
-_V2_FRAMES = sa.Table(
-    "frames", _V2, sa.Column("frame_id", sa.String(200), primary_key=True),
-    sa.Column("run_id", sa.String(64), nullable=False, index=True), sa.Column("camera_id", sa.String(128), nullable=False, index=True),
-    sa.Column("seq", sa.Integer, nullable=False), sa.Column("ts", sa.Float, nullable=False, index=True),
-    sa.Column("source_ref", sa.Text, nullable=False, default=""), sa.Column("width", sa.Integer), sa.Column("height", sa.Integer),
-    *[sa.Column(k, sa.Float) for k in ("brightness", "contrast", "sharpness", "noise")],
-)
-_V2_PREDICTIONS = sa.Table(
-    "predictions", _V2, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), nullable=False, index=True),
-    sa.Column("camera_id", sa.String(128), nullable=False), sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("model_name", sa.String(200), nullable=False), sa.Column("model_version", sa.String(64), nullable=False, default=""),
-    sa.Column("probs", sa.Text, nullable=False), sa.Column("label", sa.String(128), nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False), sa.Column("latency_ms", sa.Float, nullable=False, default=0.0),
-    sa.Column("degraded", sa.String(32)), sa.Column("ts", sa.Float, nullable=False),
-    sa.UniqueConstraint("frame_id", "role", name="uq_prediction_frame_role"),
-)
-sa.Table("health_events", _V2, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-         sa.Column("run_id", sa.String(64), nullable=False, index=True), sa.Column("camera_id", sa.String(128), nullable=False),
-         sa.Column("kind", sa.String(32), nullable=False), sa.Column("ts", sa.Float, nullable=False), sa.Column("detail", sa.Text, default=""))
-sa.Table("samples", _V2, sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), primary_key=True),
-         sa.Column("camera_id", sa.String(128), nullable=False, index=True), sa.Column("strategy", sa.String(64), nullable=False),
-         sa.Column("inclusion_prob", sa.Float, nullable=False), sa.Column("image_path", sa.Text, nullable=False),
-         sa.Column("sampled_at", sa.Float, nullable=False), sa.Column("double_label", sa.Boolean, nullable=False, default=False),
-         sa.Column("status", sa.String(16), nullable=False, default="pending", index=True))
-_V2_LABELS = sa.Table(
-    "labels", _V2, sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), nullable=False, index=True),
-    sa.Column("label", sa.String(128), nullable=False), sa.Column("annotator", sa.String(128), nullable=False),
-    sa.Column("source", sa.String(32), nullable=False), sa.Column("ts", sa.Float, nullable=False),
-    sa.UniqueConstraint("frame_id", "annotator", name="uq_label_frame_annotator"),
-)
-sa.Table("label_skips", _V2, sa.Column("frame_id", sa.String(200), sa.ForeignKey("frames.frame_id"), primary_key=True),
-         sa.Column("annotator", sa.String(128), primary_key=True), sa.Column("ts", sa.Float, nullable=False))
+# the schema as it was at version 2 (before _migrate_compact_predictions), frozen in pipeline.scale (which measures the
+# bytes before/after with it), so that the test keeps making a genuine old store whatever the current tables look like
+_V2, _V2_FRAMES, _V2_PREDICTIONS, _V2_LABELS = LEGACY_V2_METADATA, LEGACY_V2_FRAMES, LEGACY_V2_PREDICTIONS, LEGACY_V2_LABELS
 
 
 def _make_v2_store(url: str, n_frames: int, chunk: int | None = None) -> list[list[float]]:

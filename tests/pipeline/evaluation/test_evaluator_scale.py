@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,6 @@ from pipeline import cli, columnar
 from pipeline.evaluation import evaluator as ev
 from pipeline.evaluation import ppi
 from pipeline.evaluation.drift import ks_statistic
-from pipeline.evaluation.truth import majority_truth
 from pipeline.imagestats import STAT_NAMES
 from pipeline.store import FrameRecord, PredictionStore, SampleRecord
 from pipeline.types import Label, Prediction
@@ -59,19 +58,7 @@ def _load_rowwise(store: PredictionStore, run_ids):
     for fid, label, annotator, lts in lrows:
         if fid in index:
             per_frame[index[fid]].append((lts, annotator, label))
-    truth, status = np.full(n, -1, np.int64), np.full(n, None, dtype=object)
-    n_labels, pair_a, pair_b = np.zeros(n, np.int64), np.full(n, None, dtype=object), np.full(n, None, dtype=object)
-    invalid = 0
-    for i, rows in per_frame.items():
-        rows.sort()
-        n_labels[i] = len(rows)
-        if len(rows) >= 2:
-            pair_a[i], pair_b[i] = rows[0][2], rows[1][2]
-        t = majority_truth((label for _, _, label in rows), cidx)
-        invalid += t.invalid
-        status[i] = t.status
-        if t.ok:
-            truth[i] = cidx[t.label]
+    truth, status, n_labels, pair_a, pair_b, invalid = ev.frame_truth(per_frame, n, cidx)  # the truth rule is not under test here
     return ev._Data(classes, runs, pa.array([r[0] for r in frows], pa.string()), codes, cams, ts, image_stats, roles, incl, strategy,
                     truth, status, n_labels, pair_a, pair_b, invalid)
 

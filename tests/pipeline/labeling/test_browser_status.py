@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from pipeline.config import EvalConfig
 from pipeline.labeling.status import build_status, deployments

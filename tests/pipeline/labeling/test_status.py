@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from pipeline.config import AlertConfig, EvalConfig
 from pipeline.evaluation.evaluator import Evaluator
