@@ -1340,8 +1340,8 @@ class PredictionStore:
         :class:`pipeline.columnar.EvaluationColumns` (frames in ``(ts, frame_id)`` order; per role: has, class index
         into ``classes``, (n, C) float32 probabilities, degraded, model counts; inclusion probabilities and strategies;
         labels oldest first). The same rows and rules as :meth:`evaluation_rows` (retraining-only samples and their
-        labels left out), read in C through ADBC when its driver is installed (:mod:`pipeline.columnar`): seconds, not
-        minutes, for millions of predictions.
+        labels left out), read in C through ADBC when its driver is installed (:mod:`pipeline.columnar`; SQLite's big
+        reads in a child process): seconds, not minutes, for millions of predictions.
 
         Four scans: frames of the scope; predictions, each fetched as its frame id, one packed integer (role, degraded,
         class index, model index: SQL ``CASE`` s) and its probability bytes (all predictions when the scope holds most
@@ -1409,7 +1409,8 @@ class PredictionStore:
                 continue
             edges = np.linspace(int(lo), int(hi) + 1, parts + 1).astype(np.int64)
             jobs += [(q.where((col >= int(a)) & (col < int(b))), t) for a, b in zip(edges[:-1], edges[1:])]
-        tables = columnar.read_tables(self.engine, jobs, workers=columnar.READ_THREADS)
+        scanned = n_scope if n_scope * 2 < n_all else n_all  # frames read; about two predictions each
+        tables = columnar.read_tables(self.engine, jobs, workers=columnar.READ_THREADS, rows=3 * scanned)
         st, lt = tables[0], tables[1]
         n_frame_jobs = 1 if parts == 1 or lo_f is None else parts
         ft = columnar.concat(tables[2:2 + n_frame_jobs], frame_t)

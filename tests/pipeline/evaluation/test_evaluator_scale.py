@@ -73,10 +73,10 @@ def _docs(results) -> list[dict]:
 
 
 def _both(store, monkeypatch, cfg, window=None, split=True):
-    with columnar.ArrowReader(store.engine) as rd:  # the drivers are installed here: the ADBC path is the one tested
-        assert rd.adbc
-    """(fast, row-wise) result documents; the fast path with tiny read parts and proxy chunks, so that splitting a
-    scan into id ranges and predicting the proxy a chunk at a time are exercised on a small store."""
+    """(fast, row-wise) result documents; the fast path with tiny read parts and proxy chunks, read through ADBC in a
+    child process (as a big SQLite store is), so that splitting a scan into id ranges and predicting the proxy a
+    chunk at a time are exercised on a small store; without ``split``, read through sqlite3 in this process."""
+    assert columnar._has_module("adbc_driver_sqlite")  # the driver is installed here: the ADBC path is the one tested
     evaluator = ev.Evaluator(cfg)
 
     def run():
@@ -85,6 +85,7 @@ def _both(store, monkeypatch, cfg, window=None, split=True):
     with monkeypatch.context() as m:
         if split:
             m.setattr(columnar, "READ_PART_ROWS", 40)
+            m.setattr(columnar, "SQLITE_CHILD_MIN_ROWS", 0)
             m.setattr(ppi, "PREDICT_CHUNK", 64)
         fast = run()
     with monkeypatch.context() as m:
@@ -170,8 +171,9 @@ def test_columns_equal_rows_on_a_mixed_store(tmp_path, monkeypatch, caplog):
     store = _mixed_store(tmp_path / "m.db")
     for split in (False, True):
         with monkeypatch.context() as m:
-            if split:
+            if split:  # id ranges, read through ADBC in a child process
                 m.setattr(columnar, "READ_PART_ROWS", 10)
+                m.setattr(columnar, "SQLITE_CHILD_MIN_ROWS", 0)
             for runs in (None, ["old", "new"]):
                 fast, slow = ev._load(store, runs), _load_rowwise(store, runs)
                 assert fast.frame_ids.to_pylist() == slow.frame_ids.to_pylist()
@@ -190,9 +192,10 @@ def test_columns_equal_rows_on_a_mixed_store(tmp_path, monkeypatch, caplog):
                     assert list(a.models.items()) == list(b.models.items())
     assert list(ev._load(store, None).roles["incumbent"].models.items()) == [("m:2", 20), ("m:9", 10)]
     assert not [r for r in caplog.records if r.name == "pipeline.columnar"]  # ADBC read everything, no fallback
-    # without the ADBC drivers the same columns come through SQLAlchemy rows
+    # without the ADBC drivers the same columns come through sqlite3 in this process
     with monkeypatch.context() as m:
-        m.setattr(columnar, "_adbc_connect", lambda engine: None)
+        m.setattr(columnar, "_has_module", lambda name: False)
+        m.setattr(columnar, "SQLITE_CHILD_MIN_ROWS", 0)
         plain = ev._load(store, ["old", "new"])
     fast = ev._load(store, ["old", "new"])
     assert plain.frame_ids.to_pylist() == fast.frame_ids.to_pylist()
