@@ -102,6 +102,42 @@ def test_fleet_survives_a_killed_worker(fleet_figures):
     assert ev["cameras"] == sorted(fig["per_camera"]) and ev["n_cameras"] == CAMERAS
     assert ev["run_ids"] == sorted(fig["run_ids"]) and len(ev["run_ids"]) == 3
     assert ev["frames"] == CAMERAS * FRAMES and ev["predictions"]["incumbent"] == CAMERAS * FRAMES
+    # scripts/fleet_resume.py (which writes docs/fleet.md's table) reads these figures as this test does
+    resume = _fleet_resume_script()
+    fig = {**fig, "wall_s": 100.0, "load_before": 1.0, "load_after": 2.0, "returncode": 0}
+    assert resume.checks(fig, FRAMES) == []
+    assert f"| {fig['time_to_resume_s']:.1f} s | 100 s | all held |" in resume.render_block([fig], FRAMES, "now")
+
+
+def _fleet_resume_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fleet_resume_script", REPO_ROOT / "scripts" / "fleet_resume.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fleet_resume_script_reports_what_did_not_hold():
+    resume = _fleet_resume_script()
+    cams = {f"cam{i}": {"frames": 120, "distinct_seqs": 120, "missing": 0, "unexpected": 0} for i in range(2)}
+    fig = {"params": {"per_actor": 2, "fps": 8.0, "kill_at": 0.3}, "per_camera": cams, "snapshot_rows_lost": 0,
+           "time_to_resume_s": 4.2, "rows_at_kill": {"cam0": 37, "cam1": 36}, "rows_after": {"cam0": 120, "cam1": 120},
+           "killed": {"cameras": ["cam0", "cam1"]}, "restarted": {"already_stored": {"cam0": 37, "cam1": 36}},
+           "evaluate": {"returncode": 0}, "wall_s": 99.6, "load_before": 0.5, "load_after": 3.25, "returncode": 0}
+    assert resume.checks(fig, 120) == []
+    slow = {**fig, "time_to_resume_s": 16.0, "snapshot_rows_lost": 2,
+            "per_camera": {**cams, "cam1": {"frames": 121, "distinct_seqs": 120, "missing": 0, "unexpected": 0}}}
+    assert resume.checks(slow, 120) == ["cam1: 121 rows, 120 distinct seqs, 0 missing", "2 rows committed before the kill lost",
+                                        "resumed after 16.0 s (limit 15 s)"]
+    block = resume.render_block([fig, slow], 120, "2026-11-30 05:00 UTC")
+    assert "| 1 | 0.5 / 3.2 | 37, 36 | 120, 120 | 4.2 s | 100 s | all held |" in block
+    assert "| 2 |" in block and "resumed after 16.0 s (limit 15 s)" in block and "Time to resume: 4.2-16.0 s" in block
+    doc = "# Fleet\n\nbefore\n\n" + block + "\nafter\n"
+    again = resume.replace_block(doc, resume.render_block([fig], 120, "later"))
+    assert again.startswith("# Fleet\n\nbefore\n\n") and again.endswith("\nafter\n") and "| 2 |" not in again
+    assert again.count(resume.BLOCK_END) == 1
+    assert resume.replace_block("# Fleet\n", block).startswith("# Fleet\n\n<!-- BEGIN fleet_resume")
 
 
 # --- the plan and the options, without Ray ------------------------------------------------------------------------------
