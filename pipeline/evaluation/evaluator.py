@@ -91,6 +91,7 @@ from pipeline.evaluation import costs as costs_mod
 from pipeline.evaluation import drift as drift_mod
 from pipeline.evaluation import estimate as estimate_mod
 from pipeline.evaluation import ppi, sequential, stats
+from pipeline.evaluation.blas import one_blas_thread
 from pipeline.evaluation.reference import TrainingReference, training_drift
 from pipeline.evaluation.result import (
     ROLES,
@@ -763,6 +764,11 @@ class Evaluator:
         return _Baseline(baselines_mod.RULE, description, pred, False, predicts)
 
     def _compute(self, d: _Data, ctx: _Context, mask: np.ndarray, index: int, start: float | None, end: float | None,
+                 length_s: float | None) -> EvaluationResult:
+        with one_blas_thread():  # small matrices: BLAS threads only spin-wait for each other (pipeline.evaluation.blas)
+            return self._figures(d, ctx, mask, index, start, end, length_s)
+
+    def _figures(self, d: _Data, ctx: _Context, mask: np.ndarray, index: int, start: float | None, end: float | None,
                  length_s: float | None) -> EvaluationResult:
         cfg = self.config
         alpha = cfg.alpha
