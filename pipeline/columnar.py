@@ -219,32 +219,50 @@ def _type_name(t: pa.DataType) -> str:
 def read_sqlite_in_child(path: Path, jobs: Sequence[tuple[str, dict[str, pa.DataType]]], workers: int = 2,
                          timeout: float = 3600.0) -> list[pa.Table]:
     """Run SQL ``jobs`` (text, column types) on the SQLite file ``path`` in a child process (``python -m
-    pipeline.columnar``) through ADBC, ``workers`` statements at a time; the tables come back as Arrow IPC files
-    in a temporary folder, read here. Raises :class:`ChildReadError` when the child fails."""
+    pipeline.columnar``) through ADBC, ``workers`` statements at a time; the tables come back in order as Arrow IPC
+    streams on the child's stdout (nothing on disk). Raises :class:`ChildReadError` when the child fails."""
     import subprocess
     import sys
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="shadowcam-read-") as tmp:
-        spec = {"db": str(path), "out": tmp, "workers": workers,
-                "jobs": [{"sql": sql, "types": {k: _type_name(t) for k, t in types.items()}} for sql, types in jobs]}
+    spec = {"db": str(path), "workers": workers,
+            "jobs": [{"sql": sql, "types": {k: _type_name(t) for k, t in types.items()}} for sql, types in jobs]}
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child cannot block on it while we read
         try:
-            proc = subprocess.run([sys.executable, "-m", "pipeline.columnar"], input=json.dumps(spec).encode(), capture_output=True, check=False,
-                                  timeout=timeout, cwd=str(Path(__file__).resolve().parent.parent))
-        except (OSError, subprocess.TimeoutExpired) as e:
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline.columnar"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=err, cwd=str(Path(__file__).resolve().parent.parent))
+        except OSError as e:
             raise ChildReadError(str(e)) from e
-        if proc.returncode != 0:
-            words = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise ChildReadError(f"exit status {proc.returncode}: {words[-1] if words else 'no message'}")
-        out = []
-        for i in range(len(jobs)):  # read into memory (not mapped): the folder goes when this returns
-            with pa.OSFile(str(Path(tmp) / f"{i}.arrow"), "rb") as src:
-                out.append(pa.ipc.open_file(src).read_all())
+        out: list[pa.Table] = []
+        broken: Exception | None = None
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(spec).encode())
+            proc.stdin.close()
+            for _ in jobs:
+                out.append(pa.ipc.open_stream(proc.stdout).read_all())
+        except (OSError, pa.ArrowException) as e:  # the child died mid-way: its exit status and stderr say why
+            broken = e
+        finally:
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired as e:
+                proc.kill()
+                proc.wait()
+                raise ChildReadError(f"no answer within {timeout:g} s") from e
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if rc != 0 or broken is not None:
+            err.seek(0)
+            words = err.read().decode(errors="replace").strip().splitlines()
+            why = words[-1] if words else f"{type(broken).__name__}: {broken}" if broken else "no message"
+            raise ChildReadError(f"exit status {rc}: {why}")
         return out
 
 
 def _child_main() -> int:
-    """The child of :func:`read_sqlite_in_child`: a JSON spec on stdin, one Arrow IPC file per job."""
+    """The child of :func:`read_sqlite_in_child`: a JSON spec on stdin, one Arrow IPC stream per job on stdout, in
+    the jobs' order (``workers`` statements read at a time)."""
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
@@ -253,24 +271,26 @@ def _child_main() -> int:
     spec = json.load(sys.stdin)
     uri = f"{Path(spec['db']).as_uri()}?mode=ro"
 
-    def one(i_job: tuple[int, dict[str, Any]]) -> None:
-        i, job = i_job
+    def one(job: dict[str, Any]) -> pa.Table:
         conn = adbc_sqlite.connect(uri)
         try:
             cur = conn.cursor()
             try:
                 cur.execute("PRAGMA busy_timeout = 30000")  # wait for a writer's lock (a WAL checkpoint) as the store does
                 cur.execute(job["sql"])
-                t = conform(cur.fetch_arrow_table(), {k: _TYPE_NAMES[v] for k, v in job["types"].items()})
+                return conform(cur.fetch_arrow_table(), {k: _TYPE_NAMES[v] for k, v in job["types"].items()})
             finally:
                 cur.close()
         finally:
             conn.close()
-        with pa.OSFile(str(Path(spec["out"]) / f"{i}.arrow"), "wb") as sink, pa.ipc.new_file(sink, t.schema) as w:
-            w.write_table(t)
 
+    sink = pa.output_stream(sys.stdout.buffer)
     with ThreadPoolExecutor(max_workers=max(1, int(spec["workers"]))) as pool:
-        list(pool.map(one, enumerate(spec["jobs"])))
+        for t in pool.map(one, spec["jobs"]):  # in order; the next statements are read while this one is written
+            w = pa.ipc.new_stream(sink, t.schema)
+            w.write_table(t)
+            w.close()
+    sink.flush()
     return 0
 
 
