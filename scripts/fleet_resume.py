@@ -97,7 +97,8 @@ def replace_block(text: str, block: str) -> str:
     start, end = text.find(BLOCK_BEGIN.split(":")[0]), text.find(BLOCK_END)
     if start < 0 or end < 0:
         return text.rstrip("\n") + "\n\n" + block
-    return text[:start] + block + text[end + len(BLOCK_END):].lstrip("\n")
+    rest = text[end + len(BLOCK_END):].lstrip("\n")
+    return text[:start] + block + ("\n" + rest if rest else "")
 
 
 def main(argv: list[str] | None = None) -> int:
