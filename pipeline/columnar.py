@@ -197,6 +197,7 @@ def read_tables(engine: Engine, jobs: Sequence[tuple[Any, dict[str, pa.DataType]
 
 
 def _has_module(name: str) -> bool:
+    """Whether module ``name`` can be imported (found without importing it)."""
     import importlib.util
 
     return importlib.util.find_spec(name) is not None

@@ -575,14 +575,12 @@ def run_store_bench(cfg: StoreBenchConfig, progress: bool = True) -> dict[str, A
     work.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"config": asdict(cfg), "machine": _machine(), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                            "sizes": []}
-    try:
-        import adbc_driver_sqlite  # noqa: F401
-
+    if columnar._has_module("adbc_driver_sqlite"):
         res["reader"] = (f"ADBC (SQLite: adbc-driver-sqlite in a child process for reads of "
                          f"{columnar.SQLITE_CHILD_MIN_ROWS:,} rows or more, Python's sqlite3 below; PostgreSQL: "
                          "adbc-driver-postgresql)")
-    except ImportError:
-        res["reader"] = "SQLAlchemy rows (ADBC drivers not installed: slower)"
+    else:
+        res["reader"] = "Python's sqlite3 rows (adbc-driver-sqlite not installed: slower)"
     for n in cfg.sizes:
         url = cfg.db
         path = None
