@@ -528,7 +528,8 @@ class LabelOutcome:
     ``status``: ``created`` (a new label), ``changed`` (the annotator's earlier answer replaced; ``old_label`` says
     what it was), ``unchanged`` (the same answer again), or a refusal that wrote nothing: ``complete`` (the frame
     already has all its labels), ``unknown_frame`` (never sampled), ``withdrawn`` (an operator took the sample out),
-    ``not_tied`` (resolve: the frame's labels do not tie), ``not_an_answer`` (resolve: pick one of the answers given).
+    ``not_tied`` (resolve: the frame's labels do not tie), ``not_an_answer`` (resolve: pick one of the answers given),
+    ``resolved`` (a changed answer on a frame a reviewer has resolved: the answers the reviewer decided between stay).
     """
 
     status: str
@@ -1035,7 +1036,8 @@ class PredictionStore:
 
         A first answer is written only while the frame needs labels (else ``complete``, nothing written: a third vote
         on a double-labelled frame cannot flip its majority). The same annotator answering again *changes* their label
-        (``changed``, old and new in the audit) or, with the same answer, changes nothing (``unchanged``). Every write
+        (``changed``, old and new in the audit) or, with the same answer, changes nothing (``unchanged``); once a
+        reviewer resolved the frame, its answers no longer change (``resolved``, nothing written). Every write
         goes to ``label_audit`` with ``session_id``; the annotator's lease on the frame is dropped.
         """
         now = time.time() if now is None else now
@@ -1051,6 +1053,9 @@ class PredictionStore:
                 conn.execute(label_leases.delete().where((label_leases.c.frame_id == frame_id) & (label_leases.c.annotator == annotator)))
                 if mine.label == label:
                     return LabelOutcome("unchanged", frame_id, label, label)
+                reviewed = conn.execute(sa.select(labels.c.id).where((labels.c.frame_id == frame_id) & (labels.c.source == "review"))).first()
+                if reviewed is not None:  # a reviewer decided between the answers as they were: they stay so
+                    return LabelOutcome("resolved", frame_id, mine.label, label)
                 conn.execute(labels.update().where(labels.c.id == mine.id).values(label=label, ts=now, source=source))
                 conn.execute(label_audit.insert().values(action="change", old_label=mine.label, **audit))
                 return LabelOutcome("changed", frame_id, mine.label, label)

@@ -479,9 +479,10 @@ def create_app(
         out = store.submit_label(frame_id, s.annotator, label, source="web", session_id=s.session_id)
         if out.status == "unknown_frame":
             return error(request, 404, "Unknown frame", f"Frame {frame_id!r} is not in the label queue.", s)
-        if out.status in ("complete", "withdrawn"):
+        if out.status in ("complete", "withdrawn", "resolved"):
             log.info("answer from %s for %s refused: %s", s.annotator, frame_id, out.status)
-            why = "already has all the labels it needs" if out.status == "complete" else "was taken out of the label queue"
+            why = {"complete": "already has all the labels it needs", "withdrawn": "was taken out of the label queue",
+                   "resolved": "was resolved by a reviewer, so its answers no longer change"}[out.status]
             return error(request, 409, "Frame already labelled", f"Frame {frame_id!r} {why}; your answer was not recorded.", s)
         if out.status == "changed":
             log.info("%s changed their label of %s: %s -> %s", s.annotator, frame_id, out.old_label, out.new_label)

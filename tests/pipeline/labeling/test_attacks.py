@@ -220,6 +220,11 @@ def test_third_vote_and_the_double_label_plan(app, filled: Filled, tokens) -> No
     assert alice.post("/resolve", data={"frame_id": f1, "label": "box", "csrf_token": csrf_of(alice.get("/").text)}).status_code == 403
     assert carol.post("/resolve", data={"frame_id": f1, "label": "pallet", "csrf_token": csrf}).status_code == 200
     assert carol.post("/resolve", data={"frame_id": f1, "label": "box", "csrf_token": csrf}).status_code == 409
+    # after the resolution, an annotator cannot undo it by changing their own answer (it would make a new tie)
+    resolved = snapshot(filled)
+    r = bob.post("/label", data={"frame_id": f1, "label": "box", "csrf_token": csrf_of(bob.get("/").text)})
+    assert r.status_code == 409 and "resolved by a reviewer" in r.text
+    assert snapshot(filled) == resolved
     audit = [(r["action"], r["annotator"], r["new_label"]) for r in filled.store.table_rows(label_audit, order_by=label_audit.c.id)]
     assert audit == [("create", "alice", "box"), ("create", "bob", "pallet"), ("resolve", "carol", "pallet")]
 
