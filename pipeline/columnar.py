@@ -217,8 +217,7 @@ def _type_name(t: pa.DataType) -> str:
     raise ValueError(f"no column type {t} in a child read (one of {sorted(_TYPE_NAMES)})")
 
 
-def read_sqlite_in_child(path: Path, jobs: Sequence[tuple[str, dict[str, pa.DataType]]], workers: int = 2,
-                         timeout: float = 3600.0) -> list[pa.Table]:
+def read_sqlite_in_child(path: Path, jobs: Sequence[tuple[str, dict[str, pa.DataType]]], workers: int = 2) -> list[pa.Table]:
     """Run SQL ``jobs`` (text, column types) on the SQLite file ``path`` in a child process (``python -m
     pipeline.columnar``) through ADBC, ``workers`` statements at a time; the tables come back in order as Arrow IPC
     streams on the child's stdout (nothing on disk). Raises :class:`ChildReadError` when the child fails."""
@@ -242,17 +241,20 @@ def read_sqlite_in_child(path: Path, jobs: Sequence[tuple[str, dict[str, pa.Data
             proc.stdin.close()
             for _ in jobs:
                 out.append(pa.ipc.open_stream(proc.stdout).read_all())
-        except (OSError, pa.ArrowException) as e:  # the child died mid-way: its exit status and stderr say why
+        except (OSError, pa.ArrowException) as e:  # the child died mid-way (its exit status and stderr say why)
             broken = e
-        finally:
             try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired as e:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # alive, and wrote what we cannot read: it must not block on a full pipe
                 proc.kill()
-                proc.wait()
-                raise ChildReadError(f"no answer within {timeout:g} s") from e
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
             if proc.stdout is not None:
                 proc.stdout.close()
+        rc = proc.wait()  # all tables read: the child is exiting
         if rc != 0 or broken is not None:
             err.seek(0)
             words = err.read().decode(errors="replace").strip().splitlines()

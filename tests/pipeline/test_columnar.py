@@ -113,3 +113,12 @@ def test_a_child_that_exits_with_an_error_says_why(tmp_path):
     missing = tmp_path / "missing.db"
     with pytest.raises(columnar.ChildReadError, match=r"exit status 1: .*"):
         columnar.read_sqlite_in_child(missing, [("SELECT 1", {"x": columnar.I64})])
+
+
+def test_a_child_that_answers_garbage_is_an_error_not_a_table(tmp_path, monkeypatch):
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\ncat > /dev/null\necho 'not an arrow stream'\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    with pytest.raises(columnar.ChildReadError, match=r"^exit status 0: ArrowInvalid"):
+        columnar.read_sqlite_in_child(tmp_path / "s.db", [("SELECT 1", {"x": columnar.I64})])
